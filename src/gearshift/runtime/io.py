@@ -1,0 +1,278 @@
+"""Loading Hugging Face checkpoints into the runtime, and gearshift's own folders.
+
+A gearshift folder is ``gearshift.json`` (what it is, the model config with per-block shapes,
+where it came from, task and method info) + ``model.safetensors`` + tokenizer files.
+Folders are written atomically: into a temporary sibling, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gearshift import backbones
+from gearshift.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from gearshift.errors import ArtifactError
+from gearshift.paths import resolve_model_name
+from gearshift.runtime.config import BlockShape, HeadConfig, ModelConfig
+from gearshift.runtime.model import Transformer
+
+logger = logging.getLogger("gearshift.runtime")
+
+HEAD_INIT_STD = 0.02
+
+
+# ---------------------------------------------------------------------- HF checkpoints
+def config_from_hf(hf_config: Any, head_kind: str | None = None, num_labels: int = 0,
+                   label_names: list[str] | None = None) -> ModelConfig:
+    """Translate an HF config into a ModelConfig with the requested head."""
+    bb = backbones.for_model_type(hf_config.model_type)
+    kw = bb.read_config(hf_config)
+    num_heads, inter = kw.pop("num_heads"), kw.pop("intermediate_size")
+    n_blocks = kw.pop("num_blocks", kw["num_layers"])
+    kw.setdefault("layer_to_block", list(range(kw["num_layers"])))
+    if kw["hidden_size"] % num_heads:
+        raise ArtifactError(f"hidden size {kw['hidden_size']} is not divisible by {num_heads} heads")
+    dropout = bb.read_head_dropout(hf_config) if bb.read_head_dropout else 0.1
+    head = HeadConfig(kind=head_kind, num_labels=num_labels, label_names=label_names,
+                      dropout=dropout if dropout is not None else 0.1, **bb.head_defaults)
+    if head_kind == "lm":
+        head.dense_activation = None
+    return ModelConfig(
+        head_dim=kw["hidden_size"] // num_heads,
+        blocks=[BlockShape(num_heads, inter) for _ in range(n_blocks)],
+        head=head,
+        **kw,
+    )
+
+
+def _hf_head_from_config(hf_config: Any) -> tuple[str | None, int, list[str] | None]:
+    """Guess the head an HF checkpoint carries from its `architectures` and labels."""
+    archs = " ".join(getattr(hf_config, "architectures", None) or [])
+    id2label = getattr(hf_config, "id2label", None) or {}
+    names = [id2label[i] for i in sorted(id2label)] if id2label else None
+    n = len(names) if names else 0
+    if "SequenceClassification" in archs:
+        if getattr(hf_config, "problem_type", None) == "regression" or n == 1:
+            return "regression", 1, None
+        return "classification", n, names
+    if "TokenClassification" in archs:
+        return "token_classification", n, names
+    if "LMHead" in archs or "CausalLM" in archs:
+        return "lm", 0, None
+    return None, 0, None
+
+
+def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    st = folder / "model.safetensors"
+    if st.is_file():
+        return load_file(str(st))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        out: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            out.update(load_file(str(folder / shard)))
+        return out
+    pt = folder / "pytorch_model.bin"
+    if pt.is_file():
+        # Only tensors can come out of this: weights_only refuses arbitrary pickled objects.
+        return torch.load(str(pt), map_location="cpu", weights_only=True)
+    raise ArtifactError(
+        f"{folder} has no weights: expected model.safetensors (or pytorch_model.bin); "
+        "save the model with `save_pretrained` or download the full checkpoint"
+    )
+
+
+def _hf_folder(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or name_or_path.startswith((".", "/", "~")):
+        raise ArtifactError(f"model folder {name_or_path} does not exist (or is not a folder)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as exc:
+        raise ArtifactError(
+            f"could not find model {name_or_path!r}: it is not a local folder and the Hugging Face hub "
+            f"did not provide it ({type(exc).__name__}). Pass a local checkpoint folder, or 'minilm-l6' "
+            "for the built-in MiniLM-L6."
+        ) from exc
+
+
+def load_hf(name_or_path: str, head_kind: str | None = "auto", num_labels: int = 0,
+            label_names: list[str] | None = None) -> Transformer:
+    """Load a Hugging Face checkpoint (folder or hub name) into the runtime.
+
+    ``head_kind="auto"`` keeps the head the checkpoint carries (or none); an explicit kind
+    attaches that head, reusing the checkpoint's head weights (e.g. BERT's pooler) where they
+    fit and initialising the rest as HF does (normal, std 0.02). Returns the model in eval mode.
+    """
+    from transformers import AutoConfig
+
+    folder = _hf_folder(resolve_model_name(name_or_path))
+    if not (folder / "config.json").is_file():
+        raise ArtifactError(f"{folder} has no config.json: it is not a Hugging Face checkpoint folder")
+    hf_config = AutoConfig.from_pretrained(str(folder))
+    if head_kind == "auto":
+        head_kind, num_labels, label_names = _hf_head_from_config(hf_config)
+    config = config_from_hf(hf_config, head_kind, num_labels, label_names)
+    config.source = name_or_path
+    bb = backbones.for_model_type(hf_config.model_type)
+    state, unused = bb.convert(_read_hf_weights(folder), head_kind)
+    model = Transformer(config)
+    _init_head(model)
+    expected = model.state_dict()
+    fresh = [k for k in expected if k not in state]
+    not_head = [k for k in fresh if not k.startswith(("head.", "lm_head."))]
+    if not_head:
+        raise ArtifactError(f"{folder}: checkpoint lacks weights the model needs: {', '.join(not_head[:8])}")
+    for k, v in state.items():
+        if k in expected and expected[k].shape != v.shape:
+            raise ArtifactError(f"{folder}: weight {k} has shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}")
+    if fresh:
+        logger.info("new head weights (trained from scratch): %s", ", ".join(fresh))
+    if unused:
+        logger.debug("unused checkpoint weights: %s", ", ".join(unused))
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    return model.eval()
+
+
+def _init_head(model: Transformer) -> None:
+    for module in (model.head, model.lm_head):
+        if module is None:
+            continue
+        for sub in module.modules():
+            if isinstance(sub, torch.nn.Linear):
+                torch.nn.init.normal_(sub.weight, std=HEAD_INIT_STD)
+                if sub.bias is not None:
+                    torch.nn.init.zeros_(sub.bias)
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of an HF checkpoint or a gearshift folder (AutoTokenizer)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_name(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise ArtifactError(f"could not load a tokenizer from {path}: {exc}") from exc
+    if tok.pad_token is None and tok.eos_token is not None:  # GPT-2 has no pad token
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# ---------------------------------------------------------------------- gearshift folders
+def write_folder_atomically(folder: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_dir)`` then move the result to ``folder`` in one rename."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        write(tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def save_model(model: Transformer, folder: str | os.PathLike, tokenizer=None,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` as a gearshift folder; returns its path."""
+
+    def write(tmp: Path) -> None:
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": "model",
+            "config": model.config.to_dict(),
+            **(extra or {}),
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+
+    return write_folder_atomically(folder, write)
+
+
+def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``gearshift.json``; ArtifactError says what is missing or wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder} does not exist or is not a folder")
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        hint = " It looks like a Hugging Face checkpoint: load it by path with load_pretrained." if (folder / "config.json").is_file() else ""
+        raise ArtifactError(f"{folder} is not a gearshift folder: {CONFIG_NAME} is missing.{hint}")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}; re-save the model") from exc
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise ArtifactError(f"{path} has no 'config' entry: it was not written by gearshift's save_model")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format version {meta['format_version']}, newer than this gearshift "
+                            f"({FORMAT_VERSION}); upgrade gearshift")
+    return meta
+
+
+def load_model(folder: str | os.PathLike) -> Transformer:
+    """Load a model saved by :func:`save_model`; outputs are identical to the saved model's."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    config = ModelConfig.from_dict(meta["config"])
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ArtifactError(f"{folder}: {WEIGHTS_NAME} is missing; the folder holds only "
+                            f"{', '.join(sorted(p.name for p in folder.iterdir()))}")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:
+        raise ArtifactError(f"{weights} cannot be read as safetensors ({exc}); the file is damaged, re-save it") from exc
+    model = Transformer(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{weights} does not fit {CONFIG_NAME}: missing {missing[:6]}, unexpected {unexpected[:6]}; "
+            "the two files come from different models"
+        )
+    for k, v in state.items():
+        if expected[k].shape != v.shape:
+            raise ArtifactError(f"{weights}: {k} has shape {tuple(v.shape)} but {CONFIG_NAME} implies "
+                                f"{tuple(expected[k].shape)}; the two files come from different models")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_pretrained(name_or_path: str, head_kind: str | None = "auto", num_labels: int = 0,
+                    label_names: list[str] | None = None) -> Transformer:
+    """Load a gearshift folder, an HF checkpoint folder, a hub name or a built-in alias."""
+    path = Path(resolve_model_name(name_or_path)).expanduser()
+    if (path / CONFIG_NAME).is_file():
+        model = load_model(path)
+        if head_kind not in ("auto", model.config.head.kind):
+            model.set_head(head_kind, num_labels, label_names)
+            _init_head(model)
+        return model
+    return load_hf(name_or_path, head_kind, num_labels, label_names)
