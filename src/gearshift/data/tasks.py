@@ -36,6 +36,9 @@ TASK_KINDS: tuple[str, ...] = ("classification", "regression", "token_classifica
 #: A reader for tasks added later: ``loader(spec, split, data_dir) -> list[Example]``.
 Loader = Callable[["TaskSpec", str, Path | None], list["Example"]]
 
+#: Label id of positions the loss and metrics ignore (sub-tokens after a word's first, specials).
+IGNORE_INDEX = -100
+
 #: The 9 CoNLL-2003 IOB2 tags, in the order of the Hugging Face ``conll2003`` data set.
 CONLL2003_LABELS: tuple[str, ...] = (
     "O",
@@ -133,7 +136,9 @@ def _key(name: str) -> str:
     return name.strip().lower()
 
 
-def register_task(spec: TaskSpec, aliases: tuple[str, ...] = (), overwrite: bool = False) -> TaskSpec:
+def register_task(
+    spec: TaskSpec, aliases: tuple[str, ...] = (), overwrite: bool = False
+) -> TaskSpec:
     """Add ``spec`` (and optional extra names for it) to the registry; return ``spec``.
 
     Raises DataError when the name or an alias is taken, unless ``overwrite`` is set.
@@ -161,13 +166,19 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
     """
     if isinstance(name, TaskSpec):
         return name
-    key = _ALIASES.get(_key(name))
-    if key is None:
+    spec = find_task(name)
+    if spec is None:
         raise DataError(
             f"unknown task {name!r}; known tasks: {', '.join(list_tasks())} "
             "(or bring your own file with a custom task config)"
         )
-    return _TASKS[key]
+    return spec
+
+
+def find_task(name: str) -> TaskSpec | None:
+    """Return the registered task for ``name`` (case-insensitive, aliases allowed), or None."""
+    key = _ALIASES.get(_key(name))
+    return _TASKS[key] if key is not None else None
 
 
 def list_tasks() -> list[str]:
@@ -189,6 +200,7 @@ def _glue(
     )
 
 
+# fmt: off
 _ENTAIL = ("entailment", "not_entailment")
 _NLI = ("contradiction", "entailment", "neutral")  # the classic MnliProcessor order
 _glue("cola", "classification", ("unacceptable", "acceptable"), ("matthews", "accuracy"),
@@ -211,6 +223,7 @@ _glue("qnli", "classification", _ENTAIL, ("accuracy",),
       main="accuracy", description="QNLI: question answering as inference (GLUE)")
 _glue("rte", "classification", _ENTAIL, ("accuracy",),
       main="accuracy", description="RTE: textual entailment (GLUE)")
+# fmt: on
 register_task(
     TaskSpec(
         "conll2003",

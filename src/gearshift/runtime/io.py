@@ -44,8 +44,10 @@ def config_from_hf(hf_config: Any, head_kind: str | None = None, num_labels: int
     dropout = bb.read_head_dropout(hf_config) if bb.read_head_dropout else 0.1
     head = HeadConfig(kind=head_kind, num_labels=num_labels, label_names=label_names,
                       dropout=dropout if dropout is not None else 0.1, **bb.head_defaults)
-    if head_kind == "lm":
+    if head_kind in ("lm", "token_classification"):
         head.dense_activation = None
+    if head_kind == "token_classification":
+        head.output_bias = True  # every family's token classifier has a bias
     return ModelConfig(
         head_dim=kw["hidden_size"] // num_heads,
         blocks=[BlockShape(num_heads, inter) for _ in range(n_blocks)],
