@@ -93,7 +93,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     model = load_pretrained(args.model)
     tok = load_tokenizer(args.model)
     result = profile(model, tok, task, limit=args.limit, threads=args.threads, data_dir=args.data_dir)
-    result.update(model=args.model, task=task.name)
+    result.update(model_name=args.model, task=task.name)
     print(profile_markdown(result))
     if args.json:
         _emit(result, args.json, quiet=True)
@@ -103,8 +103,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gearshift.jobs import demo
 
-    demo(args.model, args.task or "sst2", args.output, train_limit=args.train_limit, epochs=args.epochs,
-         threads=args.threads, resume=not args.fresh)
+    demo(args.model, args.task or "sst2", args.output, train_limit=args.train_limit, dev_limit=args.dev_limit,
+         epochs=args.epochs, threads=args.threads, resume=not args.fresh, profile_limit=args.profile_limit)
     return 0
 
 
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="sst2")
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--train-limit", type=int, default=4000)
+    p.add_argument("--dev-limit", type=int, help="evaluate on the first N dev examples (default: all)")
+    p.add_argument("--profile-limit", type=int, default=256, help="dev sentences to profile on")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--threads", type=int)
     p.add_argument("--fresh", action="store_true", help="ignore an earlier run's checkpoint in OUTPUT")

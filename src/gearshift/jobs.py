@@ -202,9 +202,10 @@ def finetune(
 
 
 # ---------------------------------------------------------------------- profiling
-def dev_texts(task: TaskSpec, limit: int | None = None, data_dir: str | None = None) -> list[tuple[str, str | None]]:
-    """Real dev inputs (text, text pair) for measurement."""
-    return [(e.text_a, e.text_b) for e in load_examples(task, "dev", data_dir=data_dir, limit=limit)]
+def dev_texts(task: TaskSpec, limit: int | None = None, data_dir: str | None = None) -> list[str | tuple[str, str]]:
+    """Real dev inputs for measurement: a text, or a (text, text pair) tuple for pair tasks."""
+    examples = load_examples(task, "dev", data_dir=data_dir, limit=limit)
+    return [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples]
 
 
 def profile(model: Transformer, tokenizer, task: TaskSpec, limit: int = 256, threads: int | None = None,
@@ -263,6 +264,7 @@ def demo(
     threads: int | None = None,
     resume: bool = True,
     stages: list[str] | None = None,
+    profile_limit: int = 256,
 ) -> list[dict]:
     """The main job: fine-tune a teacher on a subset, evaluate, profile, and return (and
     write) the operating-point table. Sized for a few minutes on 2 CPU cores."""
@@ -280,8 +282,9 @@ def demo(
     tokenizer = load_tokenizer(str(ft.model_dir))
     dev = TaskData.load(task, tokenizer, "dev", dev_limit)
     print("[demo] profiling the teacher on real dev sentences")
-    prof = profile(teacher, tokenizer, task, threads=threads)
-    command = "gearshift demo " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["demo"] else "gearshift.jobs.demo()"
+    prof = profile(teacher, tokenizer, task, limit=profile_limit, threads=threads)
+    command = ("gearshift demo " + " ".join(shlex.quote(a) for a in sys.argv[2:])).strip() \
+        if sys.argv[1:2] == ["demo"] else "gearshift.jobs.demo()"
     row = teacher_row(task, model_name, ft.score, prof, command)
     ctx = DemoContext(model_name, task, teacher, tokenizer, dev, output_dir, threads, ft.score, rows=[row])
     for name, stage in DEMO_STAGES:
