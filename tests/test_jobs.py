@@ -110,3 +110,21 @@ def test_evaluate_matches_a_manual_accuracy(tmp_path):
         labels = b.pop("labels")
         acc = (model(**b).logits.argmax(-1) == labels).float().mean().item() * 100
     assert metrics["accuracy"] == pytest.approx(acc)
+
+
+def test_an_interrupted_teacher_is_not_taken_for_a_finished_one(tmp_path, monkeypatch):
+    from gearshift import jobs
+
+    monkeypatch.setenv("GEARSHIFT_CACHE", str(tmp_path))
+    root = jobs.teacher_dir("rte")
+    calls = []
+    monkeypatch.setattr(jobs, "finetune", lambda *a, **k: calls.append(k["resume"]))
+    (root / "best").mkdir(parents=True)
+    (root / "best" / "gearshift.json").write_text("{}")
+    (root / "checkpoint").mkdir()
+    state = root / "checkpoint" / "trainer_state.json"
+    state.write_text(json.dumps({"global_step": 99, "total_steps": 390}))
+    jobs.ensure_teacher("rte", progress=False)
+    assert calls == [True]  # resumed, not skipped
+    state.write_text(json.dumps({"global_step": 390, "total_steps": 390}))
+    assert jobs.ensure_teacher("rte") == root / "best" and calls == [True]

@@ -315,8 +315,8 @@ def seed_everything(seed: int) -> None:
 TEACHER_RECIPES: dict[str, dict[str, Any]] = {
     "sst2": dict(epochs=1.0, learning_rate=1e-4, batch_size=32),
     "cola": dict(epochs=3.0, learning_rate=1e-4, batch_size=32),
-    "mrpc": dict(epochs=5.0, learning_rate=1e-4, batch_size=32),
-    "stsb": dict(epochs=5.0, learning_rate=1e-4, batch_size=32),
+    "mrpc": dict(epochs=3.0, learning_rate=1e-4, batch_size=32),
+    "stsb": dict(epochs=3.0, learning_rate=1e-4, batch_size=32),
     "rte": dict(epochs=5.0, learning_rate=1e-4, batch_size=32),
     "qnli": dict(epochs=1.0, learning_rate=1e-4, batch_size=32),
     "conll2003": dict(epochs=3.0, learning_rate=1e-4, batch_size=32),
@@ -331,6 +331,20 @@ def teacher_dir(task_name: str, model_name: str = "minilm-l6") -> Path:
     return cache_dir() / "teachers" / safe / get_task(task_name).name
 
 
+def training_finished(output_dir: str | Path) -> bool:
+    """True when the run in ``output_dir`` reached its last step (its final checkpoint says so).
+
+    A ``best/`` folder alone is not enough: it exists after the first evaluation.
+    """
+    from gearshift.constants import TRAINER_STATE_NAME
+
+    state = Path(output_dir) / "checkpoint" / TRAINER_STATE_NAME
+    if not state.is_file():
+        return False
+    data = json.loads(state.read_text())
+    return data.get("global_step", 0) >= data.get("total_steps", float("inf")) or bool(data.get("should_stop"))
+
+
 def ensure_teacher(task_name: str, model_name: str = "minilm-l6", force: bool = False,
                    progress: bool = True) -> Path:
     """Return the folder of the fine-tuned teacher for (model, task), training it with
@@ -338,7 +352,7 @@ def ensure_teacher(task_name: str, model_name: str = "minilm-l6", force: bool = 
     task = get_task(task_name)
     root = teacher_dir(task.name, model_name)
     best = root / "best"
-    if (best / "gearshift.json").is_file() and not force:
+    if training_finished(root) and (best / "gearshift.json").is_file() and not force:
         return best
     recipe = dict(TEACHER_RECIPES.get(task.name, dict(epochs=3.0, learning_rate=5e-5, batch_size=32)))
     cfg = TrainConfig(output_dir=str(root), warmup_ratio=0.06, save_every=200, seed=42,
