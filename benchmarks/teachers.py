@@ -25,21 +25,36 @@ GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", nargs="+", default=GLUE5)
     parser.add_argument("--model", default="minilm-l6")
-    parser.add_argument("--force", action="store_true", help="retrain even if a cached teacher exists")
-    parser.add_argument("--train-only", action="store_true", help="build the teachers, measure nothing")
+    parser.add_argument(
+        "--force", action="store_true", help="retrain even if a cached teacher exists"
+    )
+    parser.add_argument(
+        "--train-only", action="store_true", help="build the teachers, measure nothing"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
     folders = {t: ensure_teacher(t, args.model, force=args.force) for t in args.tasks}
     if args.train_only:
         return 0
-    command = "python benchmarks/teachers.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python benchmarks/teachers.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
     # Keep rows of tasks not measured in this run.
-    previous = [r.to_dict() for r in read_results(RESULTS.parent) if r.method == "teacher" and r.task not in
-                {get_task(t).name for t in args.tasks}] if RESULTS.is_file() else []
+    previous = (
+        [
+            r.to_dict()
+            for r in read_results(RESULTS.parent)
+            if r.method == "teacher" and r.task not in {get_task(t).name for t in args.tasks}
+        ]
+        if RESULTS.is_file()
+        else []
+    )
     rows = list(previous)
     for name, folder in folders.items():
         task = get_task(name)

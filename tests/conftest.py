@@ -24,22 +24,61 @@ def tiny_hf_config(family: str, **overrides):
     import transformers as T
 
     if family == "bert":
-        cfg = T.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                           intermediate_size=48, max_position_embeddings=64, type_vocab_size=2)
+        cfg = T.BertConfig(
+            vocab_size=99,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=64,
+            type_vocab_size=2,
+        )
     elif family == "roberta":
-        cfg = T.RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                              intermediate_size=48, max_position_embeddings=70, type_vocab_size=1,
-                              pad_token_id=1, bos_token_id=0, eos_token_id=2)
+        cfg = T.RobertaConfig(
+            vocab_size=99,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=70,
+            type_vocab_size=1,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        )
     elif family == "albert":
-        cfg = T.AlbertConfig(vocab_size=99, embedding_size=16, hidden_size=32, num_hidden_layers=4,
-                             num_hidden_groups=2, num_attention_heads=4, intermediate_size=48,
-                             max_position_embeddings=64, pad_token_id=0)
+        cfg = T.AlbertConfig(
+            vocab_size=99,
+            embedding_size=16,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_hidden_groups=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        )
     elif family == "distilbert":
-        cfg = T.DistilBertConfig(vocab_size=99, dim=32, n_layers=3, n_heads=4, hidden_dim=48,
-                                 max_position_embeddings=64, pad_token_id=0)
+        cfg = T.DistilBertConfig(
+            vocab_size=99,
+            dim=32,
+            n_layers=3,
+            n_heads=4,
+            hidden_dim=48,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        )
     elif family == "gpt2":
-        cfg = T.GPT2Config(vocab_size=99, n_embd=32, n_layer=3, n_head=4, n_positions=64,
-                           bos_token_id=98, eos_token_id=98, pad_token_id=98)
+        cfg = T.GPT2Config(
+            vocab_size=99,
+            n_embd=32,
+            n_layer=3,
+            n_head=4,
+            n_positions=64,
+            bos_token_id=98,
+            eos_token_id=98,
+            pad_token_id=98,
+        )
     else:
         raise ValueError(family)
     for k, v in overrides.items():
@@ -52,8 +91,13 @@ def make_hf_model(family: str, head: str | None = None, num_labels: int = 3, see
     import transformers as T
 
     cfg = tiny_hf_config(family, num_labels=num_labels)
-    prefix = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "distilbert": "DistilBert",
-              "gpt2": "GPT2"}[family]
+    prefix = {
+        "bert": "Bert",
+        "roberta": "Roberta",
+        "albert": "Albert",
+        "distilbert": "DistilBert",
+        "gpt2": "GPT2",
+    }[family]
     cls = getattr(T, prefix + HEAD_CLASSES[head])
     torch.manual_seed(seed)
     model = cls(cfg).eval()

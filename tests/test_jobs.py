@@ -16,47 +16,93 @@ pytestmark = pytest.mark.integration
 
 
 def tiny_train(tmp_path, **kw) -> TrainConfig:
-    return TrainConfig(output_dir=str(tmp_path), max_steps=kw.pop("max_steps", 3), batch_size=8,
-                       learning_rate=1e-4, progress=False, **kw)
+    return TrainConfig(
+        output_dir=str(tmp_path),
+        max_steps=kw.pop("max_steps", 3),
+        batch_size=8,
+        learning_rate=1e-4,
+        progress=False,
+        **kw,
+    )
 
 
 def test_finetune_saves_a_teacher_that_reloads_exactly(tmp_path):
-    res = finetune("minilm-l6", "sst2", tmp_path, tiny_train(tmp_path), train_limit=48, dev_limit=40)
+    res = finetune(
+        "minilm-l6", "sst2", tmp_path, tiny_train(tmp_path), train_limit=48, dev_limit=40
+    )
     assert res.model_dir == tmp_path / "best"
     assert 0.0 <= res.score <= 100.0 and res.dev_metrics["examples"] == 40
     meta = json.loads((res.model_dir / "gearshift.json").read_text())
     assert meta["task"]["name"] == "sst2" and meta["config"]["head"]["kind"] == "classification"
     model = load_pretrained(str(res.model_dir))
-    model2, tok = model_for_task(str(res.model_dir), __import__("gearshift.data").data.get_task("sst2"))
+    model2, tok = model_for_task(
+        str(res.model_dir), __import__("gearshift.data").data.get_task("sst2")
+    )
     batch = tok(["a fine film", "dreadful"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, model2(**batch).logits)
 
 
 def test_regression_and_token_classification_train_and_score(tmp_path):
-    res = finetune("minilm-l6", "stsb", tmp_path / "stsb", tiny_train(tmp_path / "stsb"), train_limit=32, dev_limit=32)
+    res = finetune(
+        "minilm-l6",
+        "stsb",
+        tmp_path / "stsb",
+        tiny_train(tmp_path / "stsb"),
+        train_limit=32,
+        dev_limit=32,
+    )
     assert set(res.dev_metrics) >= {"pearson", "spearman"}
-    res = finetune("minilm-l6", "conll2003", tmp_path / "ner", tiny_train(tmp_path / "ner"), train_limit=32,
-                   dev_limit=32)
+    res = finetune(
+        "minilm-l6",
+        "conll2003",
+        tmp_path / "ner",
+        tiny_train(tmp_path / "ner"),
+        train_limit=32,
+        dev_limit=32,
+    )
     assert set(res.dev_metrics) >= {"f1", "precision", "recall"}
     model = load_pretrained(str(res.model_dir))
     assert model.config.head.kind == "token_classification" and model.config.head.num_labels == 9
 
 
 def test_cli_evaluate_reads_the_task_from_the_folder(tmp_path, capsys):
-    finetune("minilm-l6", "rte", tmp_path, tiny_train(tmp_path, max_steps=1), train_limit=16, dev_limit=16)
+    finetune(
+        "minilm-l6",
+        "rte",
+        tmp_path,
+        tiny_train(tmp_path, max_steps=1),
+        train_limit=16,
+        dev_limit=16,
+    )
     assert main(["evaluate", "--model", str(tmp_path / "best"), "--limit", "24"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["task"] == "rte" and out["metrics"]["examples"] == 24 and out["metric"] == "accuracy"
 
 
 def test_cli_custom_task_from_a_csv(tmp_path, capsys):
-    rows = ["review,stars"] + [f"\"{w} product, would {w} again\",{s}" for w, s in
-                               [("great", "good"), ("awful", "bad")] * 20]
+    rows = ["review,stars"] + [
+        f'"{w} product, would {w} again",{s}' for w, s in [("great", "good"), ("awful", "bad")] * 20
+    ]
     (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
-    code = main(["finetune", "--train-file", str(tmp_path / "reviews.csv"), "--text-column", "review",
-                 "--label-column", "stars", "--output", str(tmp_path / "out"), "--max-steps", "2",
-                 "--batch-size", "8", "--no-progress"])
+    code = main(
+        [
+            "finetune",
+            "--train-file",
+            str(tmp_path / "reviews.csv"),
+            "--text-column",
+            "review",
+            "--label-column",
+            "stars",
+            "--output",
+            str(tmp_path / "out"),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     capsys.readouterr()
     assert main(["evaluate", "--model", str(tmp_path / "out" / "best")]) == 0
@@ -73,15 +119,48 @@ def test_cli_bad_input_gives_a_message_not_a_traceback(tmp_path, capsys):
     assert "nosuchtask" in err and "sst2" in err
     bad = tmp_path / "bad.tsv"
     bad.write_text("text\tlabel\nfine\tpos\nbroken line without a tab\n")
-    assert main(["finetune", "--train-file", str(bad), "--text-column", "text", "--label-column", "label",
-                 "--output", str(tmp_path / "o"), "--max-steps", "1", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--train-file",
+                str(bad),
+                "--text-column",
+                "text",
+                "--label-column",
+                "label",
+                "--output",
+                str(tmp_path / "o"),
+                "--max-steps",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "bad.tsv" in err and "3" in err
 
 
 def test_cli_profile_prints_flops_latency_memory(tmp_path, capsys):
-    assert main(["profile", "--model", "minilm-l6", "--task", "sst2", "--limit", "16", "--threads", "1",
-                 "--json", str(tmp_path / "p.json")]) == 0
+    assert (
+        main(
+            [
+                "profile",
+                "--model",
+                "minilm-l6",
+                "--task",
+                "sst2",
+                "--limit",
+                "16",
+                "--threads",
+                "1",
+                "--json",
+                str(tmp_path / "p.json"),
+            ]
+        )
+        == 0
+    )
     prof = json.loads((tmp_path / "p.json").read_text())
     assert prof["flops"]["per_example_at_length"] > prof["flops"]["per_example_dynamic"] > 0
     assert prof["latency"]["b32"]["median_ms"] > 0 and prof["memory"]["b32"]["peak_bytes"] > 0
@@ -90,9 +169,19 @@ def test_cli_profile_prints_flops_latency_memory(tmp_path, capsys):
 def test_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
     from gearshift.jobs import demo
 
-    rows = demo(output_dir=tmp_path, train_limit=48, dev_limit=32, epochs=1.0, threads=1, profile_limit=16)
+    rows = demo(
+        output_dir=tmp_path, train_limit=48, dev_limit=32, epochs=1.0, threads=1, profile_limit=16
+    )
     assert rows[0]["method"] == "teacher" and rows[0]["task"] == "sst2"
-    for key in ("score", "flops_dynamic", "flops_128", "params", "latency_ratio_b1", "command", "machine"):
+    for key in (
+        "score",
+        "flops_dynamic",
+        "flops_128",
+        "params",
+        "latency_ratio_b1",
+        "command",
+        "machine",
+    ):
         assert rows[0][key] is not None
     assert (tmp_path / "operating_points.md").read_text().count("teacher") == 1
     assert "Operating points" in capsys.readouterr().out

@@ -82,9 +82,17 @@ def test_albert_shares_blocks(hf_tiny_dir):
 
 
 def tiny_config(**kw) -> ModelConfig:
-    base = dict(family="bert", vocab_size=50, hidden_size=16, num_layers=3, head_dim=4,
-                blocks=[BlockShape(4, 32), BlockShape(2, 8), BlockShape(0, 0)],
-                layer_to_block=[0, 1, 2], max_positions=32, type_vocab_size=2)
+    base = dict(
+        family="bert",
+        vocab_size=50,
+        hidden_size=16,
+        num_layers=3,
+        head_dim=4,
+        blocks=[BlockShape(4, 32), BlockShape(2, 8), BlockShape(0, 0)],
+        layer_to_block=[0, 1, 2],
+        max_positions=32,
+        type_vocab_size=2,
+    )
     base.update(kw)
     return ModelConfig(**base)
 
@@ -106,11 +114,15 @@ def test_heterogeneous_widths_run_and_round_trip(tmp_path):
 def test_euler_step_one_is_exactly_the_model(hf_tiny_dir):
     model = load_hf(str(hf_tiny_dir("albert")))
     batch = random_batch("albert")
-    steps = [Step(block=b, layer=i, step_size=1.0) for i, b in enumerate(model.config.layer_to_block)]
+    steps = [
+        Step(block=b, layer=i, step_size=1.0) for i, b in enumerate(model.config.layer_to_block)
+    ]
     with torch.no_grad():
         ref = model(**batch).last_hidden_state
         same = model(**batch, plan=ForwardPlan(steps=steps)).last_hidden_state
-        half = model(**batch, plan=ForwardPlan(steps=[Step(0, 1, 2.0), Step(1, 3, 2.0)])).last_hidden_state
+        half = model(
+            **batch, plan=ForwardPlan(steps=[Step(0, 1, 2.0), Step(1, 3, 2.0)])
+        ).last_hidden_state
     assert torch.equal(ref, same)
     assert not torch.allclose(ref, half)
 
@@ -189,3 +201,33 @@ def test_loading_bad_folders_says_what_is_wrong(tmp_path, hf_tiny_dir):
     (tmp_path / "m3" / "gearshift.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         load_model(tmp_path / "m3")
+
+
+@pytest.mark.integration
+def test_real_minilm_matches_hf_with_pairs_and_padding():
+    import transformers as T
+
+    from gearshift.paths import resolve_model_name
+    from gearshift.runtime import load_pretrained, load_tokenizer
+
+    path = resolve_model_name("minilm-l6")
+    ours = load_pretrained("minilm-l6", head_kind=None)
+    ref = T.AutoModel.from_pretrained(path).eval()
+    tok = load_tokenizer("minilm-l6")
+    batch = tok(
+        ["A man is playing a guitar.", "The cat sat."],
+        ["Someone plays an instrument on a stage in front of a crowd.", "A dog barked loudly."],
+        padding=True,
+        return_tensors="pt",
+    )
+    assert batch["token_type_ids"].any() and not batch["attention_mask"].all()
+    with torch.no_grad():
+        a = ours(**batch).last_hidden_state
+        b = ref(**batch).last_hidden_state
+    assert (a - b).abs().max() <= TOL
+
+
+def test_unknown_hub_name_fails_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ArtifactError, match="not a local folder"):
+        load_hf("no-such-org/no-such-model")

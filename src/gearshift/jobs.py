@@ -52,7 +52,9 @@ def model_for_task(model_name: str, task: TaskSpec) -> tuple[Transformer, Any]:
     model = load_pretrained(model_name, head_kind="auto")
     head = model.config.head
     if head.kind != task.kind or head.num_labels != task.num_labels:
-        model = load_pretrained(model_name, head_kind=task.kind, num_labels=task.num_labels, label_names=labels)
+        model = load_pretrained(
+            model_name, head_kind=task.kind, num_labels=task.num_labels, label_names=labels
+        )
     return model, load_tokenizer(model_name)
 
 
@@ -88,19 +90,30 @@ class TaskData:
     collator: Callable
 
     @classmethod
-    def load(cls, task: TaskSpec, tokenizer, split: str, limit: int | None = None,
-             max_length: int = 128, data_dir: str | None = None) -> TaskData:
+    def load(
+        cls,
+        task: TaskSpec,
+        tokenizer,
+        split: str,
+        limit: int | None = None,
+        max_length: int = 128,
+        data_dir: str | None = None,
+    ) -> TaskData:
         examples = load_examples(task, split, data_dir=data_dir, limit=limit)
         features = encode_examples(examples, tokenizer, task, max_length=max_length)
         return cls(task, split, examples, features, make_collator(tokenizer, task))
 
     def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0):
-        return make_dataloader(self.features, self.collator, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        return make_dataloader(
+            self.features, self.collator, batch_size=batch_size, shuffle=shuffle, seed=seed
+        )
 
 
 # ---------------------------------------------------------------------- evaluation
 @torch.inference_mode()
-def predict(model: torch.nn.Module, data: TaskData, batch_size: int = 64, **forward_kwargs) -> tuple[list, list]:
+def predict(
+    model: torch.nn.Module, data: TaskData, batch_size: int = 64, **forward_kwargs
+) -> tuple[list, list]:
     """Run ``model`` over ``data``; returns (predictions, references) in the metric's format.
 
     Classification: class ids; regression: floats; token classification: per-example lists
@@ -128,7 +141,9 @@ def predict(model: torch.nn.Module, data: TaskData, batch_size: int = 64, **forw
     return preds, refs
 
 
-def evaluate(model: torch.nn.Module, data: TaskData, batch_size: int = 64, **forward_kwargs) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, data: TaskData, batch_size: int = 64, **forward_kwargs
+) -> dict[str, float]:
     """The task's official metrics (points, 0-100) of ``model`` on ``data``."""
     preds, refs = predict(model, data, batch_size, **forward_kwargs)
     metrics = compute_metrics(data.task, preds, refs)
@@ -175,8 +190,7 @@ def finetune(
     task_info = {"name": task.name, "kind": task.kind, "label_names": list(task.label_names or [])}
     if task.custom is not None:  # so `gearshift evaluate --model DIR` finds the user's files again
         task_info["custom"] = task.custom.to_dict()
-    extra = {"task": task_info,
-             "base_model": model_name, "train_config": config.to_dict()}
+    extra = {"task": task_info, "base_model": model_name, "train_config": config.to_dict()}
 
     def save(m: torch.nn.Module, path: str | Path) -> None:
         save_model(m, path, tokenizer=tokenizer, extra=extra)
@@ -197,19 +211,34 @@ def finetune(
         save(trainer.model, best_dir)
     best = load_pretrained(str(best_dir))
     metrics = evaluate(best, dev)
-    return FinetuneResult(best_dir, task.name, task.main_metric, metrics[task.main_metric], metrics,
-                          seconds, result.global_step)
+    return FinetuneResult(
+        best_dir,
+        task.name,
+        task.main_metric,
+        metrics[task.main_metric],
+        metrics,
+        seconds,
+        result.global_step,
+    )
 
 
 # ---------------------------------------------------------------------- profiling
-def dev_texts(task: TaskSpec, limit: int | None = None, data_dir: str | None = None) -> list[str | tuple[str, str]]:
+def dev_texts(
+    task: TaskSpec, limit: int | None = None, data_dir: str | None = None
+) -> list[str | tuple[str, str]]:
     """Real dev inputs for measurement: a text, or a (text, text pair) tuple for pair tasks."""
     examples = load_examples(task, "dev", data_dir=data_dir, limit=limit)
     return [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples]
 
 
-def profile(model: Transformer, tokenizer, task: TaskSpec, limit: int = 256, threads: int | None = None,
-            data_dir: str | None = None) -> dict[str, Any]:
+def profile(
+    model: Transformer,
+    tokenizer,
+    task: TaskSpec,
+    limit: int = 256,
+    threads: int | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
     """Parameters, FLOPs per example (dynamic and at length 128), latency (batch 1, 32),
     peak memory, measured on ``limit`` real dev inputs of ``task``."""
     from gearshift.measure import profile_model
@@ -218,18 +247,31 @@ def profile(model: Transformer, tokenizer, task: TaskSpec, limit: int = 256, thr
     return profile_model(model, tokenizer, texts, threads=threads)
 
 
-def teacher_row(task: TaskSpec, model_name: str, score: float, prof: dict[str, Any], command: str) -> dict:
+def teacher_row(
+    task: TaskSpec, model_name: str, score: float, prof: dict[str, Any], command: str
+) -> dict:
     """The reference operating point: the unmodified teacher, latency ratios 1 by definition."""
     from gearshift.measure import OperatingPoint
 
     return OperatingPoint(
-        task=task.name, model=model_name, method="teacher", setting="full", metric=task.main_metric,
-        score=score, flops_dynamic=prof["flops"]["per_example_dynamic"],
-        flops_128=prof["flops"]["per_example_at_length"], params=prof["params"]["total"],
-        latency_ratio_b1=1.0, latency_ratio_b32=1.0, reference_score=score, command=command,
-        extras={"latency_ms_b1": prof["latency"]["b1"]["median_ms"],
-                "latency_ms_b32": prof["latency"]["b32"]["median_ms"],
-                "peak_memory_bytes_b32": prof["memory"]["b32"]["peak_bytes"]},
+        task=task.name,
+        model=model_name,
+        method="teacher",
+        setting="full",
+        metric=task.main_metric,
+        score=score,
+        flops_dynamic=prof["flops"]["per_example_dynamic"],
+        flops_128=prof["flops"]["per_example_at_length"],
+        params=prof["params"]["total"],
+        latency_ratio_b1=1.0,
+        latency_ratio_b32=1.0,
+        reference_score=score,
+        command=command,
+        extras={
+            "latency_ms_b1": prof["latency"]["b1"]["median_ms"],
+            "latency_ms_b32": prof["latency"]["b32"]["median_ms"],
+            "peak_memory_bytes_b32": prof["memory"]["b32"]["peak_bytes"],
+        },
     ).to_dict()
 
 
@@ -272,21 +314,45 @@ def demo(
 
     output_dir = Path(output_dir)
     task = get_task(task_name)
-    cfg = TrainConfig(output_dir=str(output_dir / "teacher"), epochs=epochs, batch_size=32,
-                      learning_rate=1e-4, warmup_ratio=0.06, eval_every=0, save_every=50, seed=42)
-    print(f"[demo] fine-tuning {model_name} on {task.name} ({train_limit} training examples, {epochs} epoch)")
-    ft = finetune(model_name, task.name, output_dir / "teacher", cfg, train_limit=train_limit,
-                  dev_limit=dev_limit, resume=resume)
-    print(f"[demo] teacher dev {ft.metric} = {ft.score:.2f} ({ft.train_seconds:.0f} s, {ft.steps} steps)")
+    cfg = TrainConfig(
+        output_dir=str(output_dir / "teacher"),
+        epochs=epochs,
+        batch_size=32,
+        learning_rate=1e-4,
+        warmup_ratio=0.06,
+        eval_every=0,
+        save_every=50,
+        seed=42,
+    )
+    print(
+        f"[demo] fine-tuning {model_name} on {task.name} ({train_limit} training examples, {epochs} epoch)"
+    )
+    ft = finetune(
+        model_name,
+        task.name,
+        output_dir / "teacher",
+        cfg,
+        train_limit=train_limit,
+        dev_limit=dev_limit,
+        resume=resume,
+    )
+    print(
+        f"[demo] teacher dev {ft.metric} = {ft.score:.2f} ({ft.train_seconds:.0f} s, {ft.steps} steps)"
+    )
     teacher = load_pretrained(str(ft.model_dir))
     tokenizer = load_tokenizer(str(ft.model_dir))
     dev = TaskData.load(task, tokenizer, "dev", dev_limit)
     print("[demo] profiling the teacher on real dev sentences")
     prof = profile(teacher, tokenizer, task, limit=profile_limit, threads=threads)
-    command = ("gearshift demo " + " ".join(shlex.quote(a) for a in sys.argv[2:])).strip() \
-        if sys.argv[1:2] == ["demo"] else "gearshift.jobs.demo()"
+    command = (
+        ("gearshift demo " + " ".join(shlex.quote(a) for a in sys.argv[2:])).strip()
+        if sys.argv[1:2] == ["demo"]
+        else "gearshift.jobs.demo()"
+    )
     row = teacher_row(task, model_name, ft.score, prof, command)
-    ctx = DemoContext(model_name, task, teacher, tokenizer, dev, output_dir, threads, ft.score, rows=[row])
+    ctx = DemoContext(
+        model_name, task, teacher, tokenizer, dev, output_dir, threads, ft.score, rows=[row]
+    )
     for name, stage in DEMO_STAGES:
         if stages is not None and name not in stages:
             continue
@@ -342,11 +408,14 @@ def training_finished(output_dir: str | Path) -> bool:
     if not state.is_file():
         return False
     data = json.loads(state.read_text())
-    return data.get("global_step", 0) >= data.get("total_steps", float("inf")) or bool(data.get("should_stop"))
+    return data.get("global_step", 0) >= data.get("total_steps", float("inf")) or bool(
+        data.get("should_stop")
+    )
 
 
-def ensure_teacher(task_name: str, model_name: str = "minilm-l6", force: bool = False,
-                   progress: bool = True) -> Path:
+def ensure_teacher(
+    task_name: str, model_name: str = "minilm-l6", force: bool = False, progress: bool = True
+) -> Path:
     """Return the folder of the fine-tuned teacher for (model, task), training it with
     :data:`TEACHER_RECIPES` first when it is missing (resuming an interrupted run)."""
     task = get_task(task_name)
@@ -354,9 +423,18 @@ def ensure_teacher(task_name: str, model_name: str = "minilm-l6", force: bool = 
     best = root / "best"
     if training_finished(root) and (best / "gearshift.json").is_file() and not force:
         return best
-    recipe = dict(TEACHER_RECIPES.get(task.name, dict(epochs=3.0, learning_rate=5e-5, batch_size=32)))
-    cfg = TrainConfig(output_dir=str(root), warmup_ratio=0.06, save_every=200, seed=42,
-                      progress=progress, group_by_length=True, **recipe)
+    recipe = dict(
+        TEACHER_RECIPES.get(task.name, dict(epochs=3.0, learning_rate=5e-5, batch_size=32))
+    )
+    cfg = TrainConfig(
+        output_dir=str(root),
+        warmup_ratio=0.06,
+        save_every=200,
+        seed=42,
+        progress=progress,
+        group_by_length=True,
+        **recipe,
+    )
     logger.warning("training the %s teacher for %s (cached at %s)", model_name, task.name, root)
     finetune(model_name, task.name, root, cfg, resume=not force)
     return best

@@ -7,11 +7,13 @@ from gearshift.errors import ArtifactError
 def read_config(c) -> dict:
     L, G, inner = c.num_hidden_layers, c.num_hidden_groups, c.inner_group_num
     if inner != 1:
-        raise ArtifactError(f"ALBERT config: inner_group_num={inner} is not supported (released ALBERTs use 1)")
+        raise ArtifactError(
+            f"ALBERT config: inner_group_num={inner} is not supported (released ALBERTs use 1)"
+        )
     if L % G:
         raise ArtifactError(f"ALBERT config: {L} layers do not split into {G} groups evenly")
     # HF: layer l runs group int(l / (L / G)), whose `inner` layers run one after another.
-    layer_to_block = [(l * G // L) * inner + j for l in range(L) for j in range(inner)]
+    layer_to_block = [(layer * G // L) * inner + j for layer in range(L) for j in range(inner)]
     return dict(
         family="albert",
         vocab_size=c.vocab_size,

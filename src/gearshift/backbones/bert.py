@@ -58,8 +58,14 @@ BACKBONE = register(
         base_prefix="bert.",
         read_config=read_config,
         table=TABLE,
-        head_table={"classification": SEQUENCE_HEAD, "regression": SEQUENCE_HEAD, "token_classification": TOKEN_HEAD},
+        head_table={
+            "classification": SEQUENCE_HEAD,
+            "regression": SEQUENCE_HEAD,
+            "token_classification": TOKEN_HEAD,
+        },
         head_defaults=dict(pool="first", dense_activation="tanh", output_bias=True),
-        read_head_dropout=lambda c: c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob,
+        read_head_dropout=lambda c: (
+            c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+        ),
     )
 )

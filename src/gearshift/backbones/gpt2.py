@@ -5,8 +5,12 @@ from gearshift.errors import ArtifactError
 
 
 def read_config(c) -> dict:
-    if getattr(c, "scale_attn_by_inverse_layer_idx", False) or getattr(c, "reorder_and_upcast_attn", False):
-        raise ArtifactError("GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported")
+    if getattr(c, "scale_attn_by_inverse_layer_idx", False) or getattr(
+        c, "reorder_and_upcast_attn", False
+    ):
+        raise ArtifactError(
+            "GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported"
+        )
     return dict(
         family="gpt2",
         vocab_size=c.vocab_size,

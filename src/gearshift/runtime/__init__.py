@@ -6,7 +6,17 @@ from gearshift.runtime.model import Transformer, TransformerOutput
 from gearshift.runtime.plan import ForwardPlan, Step, euler_update
 
 __all__ = [
-    "BlockShape", "ForwardPlan", "HeadConfig", "ModelConfig", "Step", "Transformer",
-    "TransformerOutput", "euler_update", "load_hf", "load_model", "load_pretrained",
-    "load_tokenizer", "save_model",
+    "BlockShape",
+    "ForwardPlan",
+    "HeadConfig",
+    "ModelConfig",
+    "Step",
+    "Transformer",
+    "TransformerOutput",
+    "euler_update",
+    "load_hf",
+    "load_model",
+    "load_pretrained",
+    "load_tokenizer",
+    "save_model",
 ]

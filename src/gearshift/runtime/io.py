@@ -31,8 +31,12 @@ HEAD_INIT_STD = 0.02
 
 
 # ---------------------------------------------------------------------- HF checkpoints
-def config_from_hf(hf_config: Any, head_kind: str | None = None, num_labels: int = 0,
-                   label_names: list[str] | None = None) -> ModelConfig:
+def config_from_hf(
+    hf_config: Any,
+    head_kind: str | None = None,
+    num_labels: int = 0,
+    label_names: list[str] | None = None,
+) -> ModelConfig:
     """Translate an HF config into a ModelConfig with the requested head."""
     bb = backbones.for_model_type(hf_config.model_type)
     kw = bb.read_config(hf_config)
@@ -40,10 +44,17 @@ def config_from_hf(hf_config: Any, head_kind: str | None = None, num_labels: int
     n_blocks = kw.pop("num_blocks", kw["num_layers"])
     kw.setdefault("layer_to_block", list(range(kw["num_layers"])))
     if kw["hidden_size"] % num_heads:
-        raise ArtifactError(f"hidden size {kw['hidden_size']} is not divisible by {num_heads} heads")
+        raise ArtifactError(
+            f"hidden size {kw['hidden_size']} is not divisible by {num_heads} heads"
+        )
     dropout = bb.read_head_dropout(hf_config) if bb.read_head_dropout else 0.1
-    head = HeadConfig(kind=head_kind, num_labels=num_labels, label_names=label_names,
-                      dropout=dropout if dropout is not None else 0.1, **bb.head_defaults)
+    head = HeadConfig(
+        kind=head_kind,
+        num_labels=num_labels,
+        label_names=label_names,
+        dropout=dropout if dropout is not None else 0.1,
+        **bb.head_defaults,
+    )
     if head_kind in ("lm", "token_classification"):
         head.dense_activation = None
     if head_kind == "token_classification":
@@ -103,7 +114,11 @@ def _hf_folder(name_or_path: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        return Path(
+            snapshot_download(
+                name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+            )
+        )
     except Exception as exc:
         raise ArtifactError(
             f"could not find model {name_or_path!r}: it is not a local folder and the Hugging Face hub "
@@ -112,8 +127,12 @@ def _hf_folder(name_or_path: str) -> Path:
         ) from exc
 
 
-def load_hf(name_or_path: str, head_kind: str | None = "auto", num_labels: int = 0,
-            label_names: list[str] | None = None) -> Transformer:
+def load_hf(
+    name_or_path: str,
+    head_kind: str | None = "auto",
+    num_labels: int = 0,
+    label_names: list[str] | None = None,
+) -> Transformer:
     """Load a Hugging Face checkpoint (folder or hub name) into the runtime.
 
     ``head_kind="auto"`` keeps the head the checkpoint carries (or none); an explicit kind
@@ -124,7 +143,9 @@ def load_hf(name_or_path: str, head_kind: str | None = "auto", num_labels: int =
 
     folder = _hf_folder(resolve_model_name(name_or_path))
     if not (folder / "config.json").is_file():
-        raise ArtifactError(f"{folder} has no config.json: it is not a Hugging Face checkpoint folder")
+        raise ArtifactError(
+            f"{folder} has no config.json: it is not a Hugging Face checkpoint folder"
+        )
     hf_config = AutoConfig.from_pretrained(str(folder))
     if head_kind == "auto":
         head_kind, num_labels, label_names = _hf_head_from_config(hf_config)
@@ -138,10 +159,14 @@ def load_hf(name_or_path: str, head_kind: str | None = "auto", num_labels: int =
     fresh = [k for k in expected if k not in state]
     not_head = [k for k in fresh if not k.startswith(("head.", "lm_head."))]
     if not_head:
-        raise ArtifactError(f"{folder}: checkpoint lacks weights the model needs: {', '.join(not_head[:8])}")
+        raise ArtifactError(
+            f"{folder}: checkpoint lacks weights the model needs: {', '.join(not_head[:8])}"
+        )
     for k, v in state.items():
         if k in expected and expected[k].shape != v.shape:
-            raise ArtifactError(f"{folder}: weight {k} has shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}")
+            raise ArtifactError(
+                f"{folder}: weight {k} has shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}"
+            )
     if fresh:
         logger.info("new head weights (trained from scratch): %s", ", ".join(fresh))
     if unused:
@@ -196,8 +221,12 @@ def write_folder_atomically(folder: str | os.PathLike, write) -> Path:
     return folder
 
 
-def save_model(model: Transformer, folder: str | os.PathLike, tokenizer=None,
-               extra: dict[str, Any] | None = None) -> Path:
+def save_model(
+    model: Transformer,
+    folder: str | os.PathLike,
+    tokenizer=None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Save ``model`` as a gearshift folder; returns its path."""
 
     def write(tmp: Path) -> None:
@@ -223,17 +252,27 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(f"{folder} does not exist or is not a folder")
     path = folder / CONFIG_NAME
     if not path.is_file():
-        hint = " It looks like a Hugging Face checkpoint: load it by path with load_pretrained." if (folder / "config.json").is_file() else ""
+        hint = (
+            " It looks like a Hugging Face checkpoint: load it by path with load_pretrained."
+            if (folder / "config.json").is_file()
+            else ""
+        )
         raise ArtifactError(f"{folder} is not a gearshift folder: {CONFIG_NAME} is missing.{hint}")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}; re-save the model") from exc
+        raise ArtifactError(
+            f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}; re-save the model"
+        ) from exc
     if not isinstance(meta, dict) or "config" not in meta:
-        raise ArtifactError(f"{path} has no 'config' entry: it was not written by gearshift's save_model")
+        raise ArtifactError(
+            f"{path} has no 'config' entry: it was not written by gearshift's save_model"
+        )
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ArtifactError(f"{path} has format version {meta['format_version']}, newer than this gearshift "
-                            f"({FORMAT_VERSION}); upgrade gearshift")
+        raise ArtifactError(
+            f"{path} has format version {meta['format_version']}, newer than this gearshift "
+            f"({FORMAT_VERSION}); upgrade gearshift"
+        )
     return meta
 
 
@@ -244,12 +283,16 @@ def load_model(folder: str | os.PathLike) -> Transformer:
     config = ModelConfig.from_dict(meta["config"])
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
-        raise ArtifactError(f"{folder}: {WEIGHTS_NAME} is missing; the folder holds only "
-                            f"{', '.join(sorted(p.name for p in folder.iterdir()))}")
+        raise ArtifactError(
+            f"{folder}: {WEIGHTS_NAME} is missing; the folder holds only "
+            f"{', '.join(sorted(p.name for p in folder.iterdir()))}"
+        )
     try:
         state = load_file(str(weights))
     except Exception as exc:
-        raise ArtifactError(f"{weights} cannot be read as safetensors ({exc}); the file is damaged, re-save it") from exc
+        raise ArtifactError(
+            f"{weights} cannot be read as safetensors ({exc}); the file is damaged, re-save it"
+        ) from exc
     model = Transformer(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -261,14 +304,20 @@ def load_model(folder: str | os.PathLike) -> Transformer:
         )
     for k, v in state.items():
         if expected[k].shape != v.shape:
-            raise ArtifactError(f"{weights}: {k} has shape {tuple(v.shape)} but {CONFIG_NAME} implies "
-                                f"{tuple(expected[k].shape)}; the two files come from different models")
+            raise ArtifactError(
+                f"{weights}: {k} has shape {tuple(v.shape)} but {CONFIG_NAME} implies "
+                f"{tuple(expected[k].shape)}; the two files come from different models"
+            )
     model.load_state_dict(state)
     return model.eval()
 
 
-def load_pretrained(name_or_path: str, head_kind: str | None = "auto", num_labels: int = 0,
-                    label_names: list[str] | None = None) -> Transformer:
+def load_pretrained(
+    name_or_path: str,
+    head_kind: str | None = "auto",
+    num_labels: int = 0,
+    label_names: list[str] | None = None,
+) -> Transformer:
     """Load a gearshift folder, an HF checkpoint folder, a hub name or a built-in alias."""
     path = Path(resolve_model_name(name_or_path)).expanduser()
     if (path / CONFIG_NAME).is_file():

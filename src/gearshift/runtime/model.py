@@ -7,7 +7,6 @@ final LayerNorm and task head.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -46,9 +45,15 @@ class Transformer(nn.Module):
         self.embeddings = Embeddings(config)
         self.blocks = nn.ModuleList(Block(config, shape) for shape in config.blocks)
         self.final_norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.final_norm else None
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.final_norm
+            else None
         )
-        self.head = Head(config) if config.head.kind in ("classification", "regression", "token_classification") else None
+        self.head = (
+            Head(config)
+            if config.head.kind in ("classification", "regression", "token_classification")
+            else None
+        )
         self.lm_head = None
         if config.head.kind == "lm" and not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -60,12 +65,18 @@ class Transformer(nn.Module):
         """The default layer loop: one step of size 1 per layer."""
         return self._default_steps
 
-    def set_head(self, kind: str | None, num_labels: int = 0, label_names: list[str] | None = None) -> None:
+    def set_head(
+        self, kind: str | None, num_labels: int = 0, label_names: list[str] | None = None
+    ) -> None:
         """Replace the task head (fresh weights) for ``kind`` with ``num_labels`` outputs."""
         hc = self.config.head
         hc.kind, hc.num_labels, hc.label_names = kind, num_labels, label_names
         self.config.validate()
-        self.head = Head(self.config) if kind in ("classification", "regression", "token_classification") else None
+        self.head = (
+            Head(self.config)
+            if kind in ("classification", "regression", "token_classification")
+            else None
+        )
 
     def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Next-token logits from hidden states (tied to the word embedding unless untied)."""
@@ -120,9 +131,11 @@ class Transformer(nn.Module):
                 return y
 
             wrap = plan.block_wrap.get(step.layer)
-            if wrap is not None:
-                inner = block_fn
-                block_fn = functools.partial(lambda x, inner=inner, wrap=wrap: wrap(inner, x, mask))
+            if wrap is not None:  # the wrap may change the sequence (and so the mask) it runs on
+
+                def block_fn(x, inner=block_fn, wrap=wrap, m=mask):
+                    return wrap(inner, x, m)
+
             h = plan.update(block_fn, h, step)
             if new_cache is not None:
                 new_cache.append(kv_out[-1])
@@ -157,7 +170,9 @@ class Transformer(nn.Module):
             logits = self.lm_logits(h)
             if labels is not None:
                 loss = F.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+                    logits[:, :-1].reshape(-1, logits.shape[-1]),
+                    labels[:, 1:].reshape(-1),
+                    ignore_index=-100,
                 )
         return TransformerOutput(
             last_hidden_state=h,
@@ -173,7 +188,9 @@ class Transformer(nn.Module):
         kind = self.config.head.kind
         if kind == "regression":
             return F.mse_loss(logits.float(), labels.float())
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+        )
 
 
 _NO_PLAN = ForwardPlan()

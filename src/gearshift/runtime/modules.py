@@ -90,7 +90,9 @@ class Embeddings(nn.Module):
         e = config.embedding_size or config.hidden_size
         self.word = nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
         self.position = nn.Embedding(config.max_positions, e)
-        self.token_type = nn.Embedding(config.type_vocab_size, e) if config.type_vocab_size else None
+        self.token_type = (
+            nn.Embedding(config.type_vocab_size, e) if config.type_vocab_size else None
+        )
         self.norm = nn.LayerNorm(e, eps=config.layer_norm_eps) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.hidden_dropout)
         # ALBERT's factorized embeddings: E -> d after the sum and LayerNorm.
@@ -226,7 +228,9 @@ class Head(nn.Module):
         hc = config.head
         d = config.hidden_size
         self.kind, self.pool = hc.kind, hc.pool
-        self.dense = nn.Linear(d, d) if hc.dense_activation and hc.kind != "token_classification" else None
+        self.dense = (
+            nn.Linear(d, d) if hc.dense_activation and hc.kind != "token_classification" else None
+        )
         self.dense_act = activation_fn(hc.dense_activation) if self.dense is not None else None
         self.dropout = nn.Dropout(hc.dropout)
         out = 1 if hc.kind == "regression" else hc.num_labels

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 import torch
 
 # (ffn_fn, x, keep) -> y ; keep is the (B, n) bool mask of real tokens or None
-FFNWrap = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+FFNWrap = Callable[
+    [Callable[[torch.Tensor], torch.Tensor], torch.Tensor, "torch.Tensor | None"], torch.Tensor
+]
 # (block_fn, h, attention_mask) -> h ; block_fn(h, attention_mask) runs the layer
 BlockWrap = Callable[..., torch.Tensor]
 # (layer, h, attention_mask, rows) -> bool mask over the active rows that exit now, or None
@@ -41,7 +43,9 @@ class Step:
     step_size: float = 1.0
 
 
-def euler_update(block_fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, step: Step) -> torch.Tensor:
+def euler_update(
+    block_fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, step: Step
+) -> torch.Tensor:
     """Forward Euler: ``h + a * f(h)`` with ``f(h) = block(h) - h``; exactly ``block(h)`` at a = 1."""
     out = block_fn(h)
     if step.step_size == 1.0:

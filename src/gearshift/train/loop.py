@@ -27,7 +27,7 @@ import math
 import shutil
 import signal
 import threading
-from collections.abc import Sequence, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,9 @@ class EpochSampler(Sampler[int]):
         for start in range(0, len(order), chunk):
             part = order[start : start + chunk]
             grouped.extend(sorted(part, key=lambda i: -self.lengths[i]))
-        batches = [grouped[i : i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
+        batches = [
+            grouped[i : i + self.batch_size] for i in range(0, len(grouped), self.batch_size)
+        ]
         perm = torch.randperm(len(batches), generator=g).tolist()
         return iter([i for b in perm for i in batches[b]])
 
