@@ -1,6 +1,7 @@
 """ALBERT: factorized embeddings (E -> d) and layer groups that share parameters."""
 
-from gearshift.backbones.base import Backbone, register
+from gearshift.backbones import bert
+from gearshift.backbones.base import Backbone, entries, register
 from gearshift.errors import ArtifactError
 
 
@@ -35,35 +36,31 @@ def read_config(c) -> dict:
 
 
 GROUP = "encoder.albert_layer_groups.{i}.albert_layers.0."  # inner_group_num == 1 naming
-TABLE = [
-    ("embeddings.word_embeddings.weight", "embeddings.word.weight", None),
-    ("embeddings.position_embeddings.weight", "embeddings.position.weight", None),
-    ("embeddings.token_type_embeddings.weight", "embeddings.token_type.weight", None),
-    ("embeddings.LayerNorm.weight", "embeddings.norm.weight", None),
-    ("embeddings.LayerNorm.bias", "embeddings.norm.bias", None),
-    ("encoder.embedding_hidden_mapping_in.weight", "embeddings.project.weight", None),
-    ("encoder.embedding_hidden_mapping_in.bias", "embeddings.project.bias", None),
-]
-for hf, rt in [
-    ("attention.query", "attn.q"),
-    ("attention.key", "attn.k"),
-    ("attention.value", "attn.v"),
-    ("attention.dense", "attn.o"),
-    ("attention.LayerNorm", "attn_norm"),
-    ("ffn", "ffn.inp"),
-    ("ffn_output", "ffn.out"),
-    ("full_layer_layer_norm", "ffn_norm"),
-]:
-    for p in ("weight", "bias"):
-        TABLE.append((f"{GROUP}{hf}.{p}", f"blocks.{{i}}.{rt}.{p}", None))
+TABLE = entries("", "", bert.EMBEDDINGS, ("weight",))
+TABLE += entries(
+    "",
+    "",
+    [
+        ("embeddings.LayerNorm", "embeddings.norm"),
+        ("encoder.embedding_hidden_mapping_in", "embeddings.project"),
+    ],
+)
+TABLE += entries(
+    GROUP,
+    "blocks.{i}.",
+    [
+        ("attention.query", "attn.q"),
+        ("attention.key", "attn.k"),
+        ("attention.value", "attn.v"),
+        ("attention.dense", "attn.o"),
+        ("attention.LayerNorm", "attn_norm"),
+        ("ffn", "ffn.inp"),
+        ("ffn_output", "ffn.out"),
+        ("full_layer_layer_norm", "ffn_norm"),
+    ],
+)
 
-SEQUENCE_HEAD = [
-    ("pooler.weight", "head.dense.weight", None),
-    ("pooler.bias", "head.dense.bias", None),
-    ("classifier.weight", "head.out.weight", None),
-    ("classifier.bias", "head.out.bias", None),
-]
-
+SEQUENCE_HEAD = entries("", "head.", [("pooler", "dense"), ("classifier", "out")])
 BACKBONE = register(
     Backbone(
         family="albert",

@@ -73,6 +73,16 @@ class Backbone:
         return out, unused
 
 
+def entries(
+    hf_prefix: str, rt_prefix: str, names: list[tuple[str, str]], params=("weight", "bias")
+) -> Table:
+    """Table rows for modules with the same parameters: ``{hf_prefix}{hf}.{p}`` ->
+    ``{rt_prefix}{rt}.{p}`` for each (hf, rt) in ``names`` and each ``p`` in ``params``."""
+    return [
+        (f"{hf_prefix}{hf}.{p}", f"{rt_prefix}{rt}.{p}", None) for hf, rt in names for p in params
+    ]
+
+
 _REGISTRY: dict[str, Backbone] = {}
 
 

@@ -1,6 +1,6 @@
 """BERT (and MiniLM, which is a BERT): post-LayerNorm encoder with token types and a pooler."""
 
-from gearshift.backbones.base import Backbone, register
+from gearshift.backbones.base import Backbone, entries, register
 
 
 def read_config(c) -> dict:
@@ -21,35 +21,31 @@ def read_config(c) -> dict:
     )
 
 
-LAYER = "encoder.layer.{i}."
-BLOCK = "blocks.{i}."
-TABLE = [
-    ("embeddings.word_embeddings.weight", "embeddings.word.weight", None),
-    ("embeddings.position_embeddings.weight", "embeddings.position.weight", None),
-    ("embeddings.token_type_embeddings.weight", "embeddings.token_type.weight", None),
-    ("embeddings.LayerNorm.weight", "embeddings.norm.weight", None),
-    ("embeddings.LayerNorm.bias", "embeddings.norm.bias", None),
+EMBEDDINGS = [
+    ("embeddings.word_embeddings", "embeddings.word"),
+    ("embeddings.position_embeddings", "embeddings.position"),
+    ("embeddings.token_type_embeddings", "embeddings.token_type"),
 ]
-for hf, rt in [
-    ("attention.self.query", "attn.q"),
-    ("attention.self.key", "attn.k"),
-    ("attention.self.value", "attn.v"),
-    ("attention.output.dense", "attn.o"),
-    ("attention.output.LayerNorm", "attn_norm"),
-    ("intermediate.dense", "ffn.inp"),
-    ("output.dense", "ffn.out"),
-    ("output.LayerNorm", "ffn_norm"),
-]:
-    for p in ("weight", "bias"):
-        TABLE.append((f"{LAYER}{hf}.{p}", f"{BLOCK}{rt}.{p}", None))
+TABLE = entries("", "", EMBEDDINGS, ("weight",)) + entries(
+    "", "", [("embeddings.LayerNorm", "embeddings.norm")]
+)
+TABLE += entries(
+    "encoder.layer.{i}.",
+    "blocks.{i}.",
+    [
+        ("attention.self.query", "attn.q"),
+        ("attention.self.key", "attn.k"),
+        ("attention.self.value", "attn.v"),
+        ("attention.output.dense", "attn.o"),
+        ("attention.output.LayerNorm", "attn_norm"),
+        ("intermediate.dense", "ffn.inp"),
+        ("output.dense", "ffn.out"),
+        ("output.LayerNorm", "ffn_norm"),
+    ],
+)
 
-SEQUENCE_HEAD = [
-    ("pooler.dense.weight", "head.dense.weight", None),
-    ("pooler.dense.bias", "head.dense.bias", None),
-    ("classifier.weight", "head.out.weight", None),
-    ("classifier.bias", "head.out.bias", None),
-]
-TOKEN_HEAD = SEQUENCE_HEAD[2:]
+SEQUENCE_HEAD = entries("", "head.", [("pooler.dense", "dense"), ("classifier", "out")])
+TOKEN_HEAD = entries("", "head.", [("classifier", "out")])
 
 BACKBONE = register(
     Backbone(

@@ -1,6 +1,6 @@
 """DistilBERT: BERT without token types or pooler; a ReLU pre-classifier in its head."""
 
-from gearshift.backbones.base import Backbone, register
+from gearshift.backbones.base import Backbone, entries, register
 
 
 def read_config(c) -> dict:
@@ -21,32 +21,28 @@ def read_config(c) -> dict:
     )
 
 
-TABLE = [
-    ("embeddings.word_embeddings.weight", "embeddings.word.weight", None),
-    ("embeddings.position_embeddings.weight", "embeddings.position.weight", None),
-    ("embeddings.LayerNorm.weight", "embeddings.norm.weight", None),
-    ("embeddings.LayerNorm.bias", "embeddings.norm.bias", None),
-]
-for hf, rt in [
-    ("attention.q_lin", "attn.q"),
-    ("attention.k_lin", "attn.k"),
-    ("attention.v_lin", "attn.v"),
-    ("attention.out_lin", "attn.o"),
-    ("sa_layer_norm", "attn_norm"),
-    ("ffn.lin1", "ffn.inp"),
-    ("ffn.lin2", "ffn.out"),
-    ("output_layer_norm", "ffn_norm"),
-]:
-    for p in ("weight", "bias"):
-        TABLE.append((f"transformer.layer.{{i}}.{hf}.{p}", f"blocks.{{i}}.{rt}.{p}", None))
+TABLE = entries(
+    "embeddings.",
+    "embeddings.",
+    [("word_embeddings", "word"), ("position_embeddings", "position")],
+    ("weight",),
+) + entries("", "", [("embeddings.LayerNorm", "embeddings.norm")])
+TABLE += entries(
+    "transformer.layer.{i}.",
+    "blocks.{i}.",
+    [
+        ("attention.q_lin", "attn.q"),
+        ("attention.k_lin", "attn.k"),
+        ("attention.v_lin", "attn.v"),
+        ("attention.out_lin", "attn.o"),
+        ("sa_layer_norm", "attn_norm"),
+        ("ffn.lin1", "ffn.inp"),
+        ("ffn.lin2", "ffn.out"),
+        ("output_layer_norm", "ffn_norm"),
+    ],
+)
 
-SEQUENCE_HEAD = [
-    ("pre_classifier.weight", "head.dense.weight", None),
-    ("pre_classifier.bias", "head.dense.bias", None),
-    ("classifier.weight", "head.out.weight", None),
-    ("classifier.bias", "head.out.bias", None),
-]
-
+SEQUENCE_HEAD = entries("", "head.", [("pre_classifier", "dense"), ("classifier", "out")])
 BACKBONE = register(
     Backbone(
         family="distilbert",

@@ -1,6 +1,6 @@
 """GPT-2: pre-LayerNorm causal decoder, fused QKV in Conv1D layout, final LayerNorm, tied LM head."""
 
-from gearshift.backbones.base import Backbone, register
+from gearshift.backbones.base import Backbone, entries, register
 from gearshift.errors import ArtifactError
 
 
@@ -47,9 +47,7 @@ TABLE = [
     ("h.{i}.mlp.c_proj.weight", "blocks.{i}.ffn.out.weight", "T"),
     ("h.{i}.mlp.c_proj.bias", "blocks.{i}.ffn.out.bias", None),
 ]
-for hf, rt in [("ln_1", "attn_norm"), ("ln_2", "ffn_norm")]:
-    for p in ("weight", "bias"):
-        TABLE.append((f"h.{{i}}.{hf}.{p}", f"blocks.{{i}}.{rt}.{p}", None))
+TABLE += entries("h.{i}.", "blocks.{i}.", [("ln_1", "attn_norm"), ("ln_2", "ffn_norm")])
 
 BACKBONE = register(
     Backbone(

@@ -1,7 +1,7 @@
 """RoBERTa: BERT's layout with positions counted from padding_idx + 1 and its own head."""
 
 from gearshift.backbones import bert
-from gearshift.backbones.base import Backbone, register
+from gearshift.backbones.base import Backbone, entries, register
 
 
 def read_config(c) -> dict:
@@ -10,12 +10,7 @@ def read_config(c) -> dict:
     return out
 
 
-SEQUENCE_HEAD = [
-    ("classifier.dense.weight", "head.dense.weight", None),
-    ("classifier.dense.bias", "head.dense.bias", None),
-    ("classifier.out_proj.weight", "head.out.weight", None),
-    ("classifier.out_proj.bias", "head.out.bias", None),
-]
+SEQUENCE_HEAD = entries("classifier.", "head.", [("dense", "dense"), ("out_proj", "out")])
 
 BACKBONE = register(
     Backbone(
