@@ -264,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tasks", help="list the registered tasks")
     p.set_defaults(func=cmd_tasks)
+
+    # Each method adds its own verbs.
+    from gearshift.methods.plugins.cli import add_cli as add_plugin_cli
+
+    add_plugin_cli(sub)
     return parser
 
 

@@ -292,8 +292,16 @@ class DemoContext:
     rows: list[dict] = field(default_factory=list)
 
 
-# A stage takes the context and returns operating-point rows. Methods append theirs here.
+# A stage takes the context and returns operating-point rows. Each method contributes one
+# (method_demo_stages); user code may append more here.
 DEMO_STAGES: list[tuple[str, Callable[[DemoContext], list[dict]]]] = []
+
+
+def method_demo_stages() -> list[tuple[str, Callable[[DemoContext], list[dict]]]]:
+    """The built-in methods' demo stages, in the order the demo runs them."""
+    from gearshift.methods.plugins.train import demo_stage as plugins_stage
+
+    return [("plugins", plugins_stage)]
 
 
 def demo(

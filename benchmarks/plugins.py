@@ -1,0 +1,330 @@
+"""Compression plugins (Variator) against their teachers and training-free baselines.
+
+    python benchmarks/plugins.py                          # every task whose teacher is finished
+    python benchmarks/plugins.py --tasks rte --quick      # smoke run (a few minutes on 2 cores)
+    python benchmarks/plugins.py --tasks sst2 --teacher minilm-l6 --quick
+                                                          # no teacher yet: untrained head (smoke only)
+
+Per task: the teacher; plugins at k = 2, 4, 8 for placements "ffn" and "layer" (stage C:
+hidden-state MSE to the frozen teacher, ``--steps`` optimizer steps each); at k=4 the
+variants first-token-kept ("-cls"), + KL to the teacher's logits ("+kl") and the paper's
+64-wide restorer ("-r64"); and at the same k the training-free baselines: mean merging
+(both placements) and truncation to ceil(n/k) tokens. Each row: dev score, FLOPs per
+example (dev inputs at their own length, and at length 128; plugin cost included),
+parameters, CPU latency ratio to the teacher at batch 1 and 32 measured in one interleaved
+run. Rows go to ``benchmarks/results/plugins.json`` (rows of other tasks are kept), the plot
+to ``benchmarks/results/plugins_<task>.png``; trained plugins to ``runs/plugins/<task>/``
+(training resumes there).
+
+A task whose cached teacher (``gearshift.jobs.teacher_dir``) has not finished training is
+skipped: this script never starts teacher training (``benchmarks/teachers.py`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gearshift.data import get_task
+from gearshift.jobs import (
+    TaskData,
+    dev_texts,
+    model_for_task,
+    seed_everything,
+    teacher_dir,
+    training_finished,
+)
+from gearshift.measure import (
+    fixed_threads,
+    markdown_table,
+    plot_tradeoff,
+    read_results,
+    write_results,
+)
+from gearshift.methods.plugins import (
+    Plugin,
+    PluginConfig,
+    load_plugin,
+    mean_merging,
+    truncation_plan,
+)
+from gearshift.methods.plugins.operating_points import Candidate, measure_candidates
+from gearshift.methods.plugins.train import stage_a_texts, text_features, train_plugin
+from gearshift.runtime import load_pretrained, load_tokenizer
+from gearshift.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "plugins.json"
+TASKS = ["sst2", "mrpc", "rte", "stsb", "cola", "conll2003"]
+COLUMNS = [
+    "task",
+    "method",
+    "setting",
+    "score",
+    "reference_score",
+    "flops_dynamic",
+    "flops_128",
+    "extras.saved_flops_128",
+    "extras.added_params",
+    "latency_ratio_b1",
+    "latency_ratio_b32",
+]
+
+
+@dataclass
+class Spec:
+    """One plugin to train: its config, whether KL joins the loss, its row name."""
+
+    config: PluginConfig
+    kl: bool = False
+
+    @property
+    def name(self) -> str:
+        name = self.config.name
+        if self.config.bottleneck != PluginConfig.bottleneck:
+            name += f"-r{self.config.bottleneck}"
+        return name + ("+kl" if self.kl else "")
+
+
+def plugin_specs(ks: list[int], placements: list[str], variants: bool) -> list[Spec]:
+    specs = [Spec(PluginConfig(k=k, placement=p)) for k in ks for p in placements]
+    if variants:
+        specs += [Spec(PluginConfig(k=4, placement=p, keep_first_token=True)) for p in placements]
+        specs += [
+            Spec(PluginConfig(k=4, placement="ffn"), kl=True),
+            Spec(PluginConfig(k=4, placement="ffn", bottleneck=64)),
+        ]
+    return specs
+
+
+def find_teacher(task_name: str, override: str | None) -> str | None:
+    """The teacher folder to use, or None (with a message) when it is not ready."""
+    if override:
+        return override
+    root = teacher_dir(task_name)
+    best = root / "best"
+    if training_finished(root) and (best / "gearshift.json").is_file():
+        return str(best)
+    print(
+        f"[plugins] skipping {task_name}: its teacher in {root} has not finished training "
+        "(run benchmarks/teachers.py first, or pass --teacher PATH)",
+        flush=True,
+    )
+    return None
+
+
+def stage_a_plugin(spec: Spec, args: argparse.Namespace) -> Path | None:
+    """Pre-train (stage A) on WikiText-2 with the pre-trained MiniLM; returns the plugin folder."""
+    if not args.stage_a_steps:
+        return None
+    out = Path(args.runs) / "stage-a" / spec.config.name
+    base, tok = load_pretrained("minilm-l6"), load_tokenizer("minilm-l6")
+    feats, collate = text_features(
+        tok, stage_a_texts("wikitext2", limit=args.stage_a_steps * args.batch_size)
+    )
+    cfg = TrainConfig(
+        output_dir=str(out),
+        max_steps=args.stage_a_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_ratio=0.06,
+        save_every=100,
+        progress=not args.quick,
+    )
+    return train_plugin(
+        base,
+        Plugin(spec.config, base),
+        feats,
+        collate,
+        cfg,
+        resume=True,
+        extra={"training": {"stage": "A", "text": "wikitext2"}},
+    ).plugin_dir
+
+
+def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: str) -> list[dict]:
+    task = get_task(task_name)
+    seed_everything(42)  # the head of an untrained "teacher" (--teacher minilm-l6) is drawn here
+    base, tok = model_for_task(teacher, task)
+    base.eval()
+    steps, batch = args.steps, args.batch_size
+    train = TaskData.load(task, tok, "train", limit=args.train_limit or steps * batch)
+    dev = TaskData.load(task, tok, "dev", limit=args.dev_limit)
+    texts = dev_texts(task, args.profile_limit)
+    candidates = [Candidate("full", "teacher", None, extras={"teacher": teacher})]
+    for spec in plugin_specs(args.ks, args.placements, args.variants):
+        init = stage_a_plugin(spec, args)
+        plugin = load_plugin(init, base) if init else Plugin(spec.config, base)
+        cfg = TrainConfig(
+            output_dir=str(Path(args.runs) / task.name / spec.name),
+            max_steps=steps,
+            batch_size=batch,
+            learning_rate=args.lr,
+            warmup_ratio=0.06,
+            save_every=100,
+            seed=42,
+            progress=not args.quick,
+        )
+        start = time.perf_counter()
+        res = train_plugin(
+            base,
+            plugin,
+            train.features,
+            train.collator,
+            cfg,
+            kl_weight=1.0 if spec.kl else 0.0,
+            resume=True,
+            extra={
+                "training": {"stage": "C", "task": task.name, "init": str(init) if init else None}
+            },
+        )
+        print(
+            f"[plugins] {task.name} {spec.name}: trained {res.steps} steps in "
+            f"{time.perf_counter() - start:.0f} s (final loss {res.final_loss})",
+            flush=True,
+        )
+        candidates.append(
+            Candidate(
+                spec.name,
+                "plugin",
+                plugin.plan(),
+                plugin.num_parameters(),
+                {
+                    "train_steps": res.steps,
+                    "kl": spec.kl,
+                    "stage_a": bool(init),
+                    "plugin_dir": str(res.plugin_dir),
+                },
+            )
+        )
+    for k in args.ks:
+        for placement in args.placements:
+            mean = mean_merging(base, k, placement)
+            candidates.append(Candidate(mean.config.name, "mean-merging", mean.plan()))
+        candidates.append(Candidate(f"k{k}-truncate", "truncation", truncation_plan(base, k)))
+    return measure_candidates(
+        base,
+        tok,
+        task,
+        dev,
+        candidates,
+        texts,
+        model_name="minilm-l6",
+        command=command,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=1 if args.quick else 5,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument(
+        "--teacher",
+        help="use this model folder as the teacher (one task only); "
+        "'minilm-l6' = the pre-trained model with an untrained head (smoke runs)",
+    )
+    parser.add_argument("--ks", nargs="+", type=int, default=[2, 4, 8])
+    parser.add_argument(
+        "--placements", nargs="+", default=["ffn", "layer"], choices=["ffn", "layer"]
+    )
+    parser.add_argument("--steps", type=int, default=500, help="stage-C optimizer steps per plugin")
+    parser.add_argument(
+        "--stage-a-steps",
+        type=int,
+        default=0,
+        help="pre-train each plugin on WikiText-2 first (stage A) for this many steps",
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--train-limit", type=int, help="training examples (default: steps * batch size)"
+    )
+    parser.add_argument(
+        "--dev-limit", type=int, help="score on the first N dev examples (default: all)"
+    )
+    parser.add_argument(
+        "--profile-limit", type=int, default=256, help="dev inputs for FLOPs and latency"
+    )
+    parser.add_argument("--repeats", type=int, default=30, help="timed latency rounds")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads for everything (default 2; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--variants",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the k=4 variants (-cls, +kl, -r64); default: on, off with --quick",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets everywhere")
+    parser.add_argument("--runs", default="runs/plugins", help="where trained plugins go")
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    if args.quick:  # a smoke run of every code path, not a measurement
+        args.steps = min(args.steps, 10)
+        args.batch_size = min(args.batch_size, 16)
+        args.dev_limit = args.dev_limit or 100
+        args.profile_limit = min(args.profile_limit, 16)
+        args.repeats = min(args.repeats, 3)
+        args.stage_a_steps = min(args.stage_a_steps, 5)
+        args.threads = args.threads or 1
+    args.threads = args.threads or 2
+    if args.variants is None:
+        args.variants = not args.quick
+    if args.teacher and len(args.tasks) != 1:
+        parser.error("--teacher names one teacher: give exactly one --tasks entry")
+    command = "python benchmarks/plugins.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+
+    output = Path(args.output)
+    names = {get_task(t).name for t in args.tasks}
+    rows = (
+        [
+            r.to_dict()
+            for r in read_results(output.parent)
+            if r.extras.get("benchmark") == "plugins" and r.task not in names
+        ]
+        if output.is_file()
+        else []
+    )
+    for r in rows:
+        r["extras"].pop("benchmark", None)
+    done = []
+    for name in args.tasks:
+        teacher = find_teacher(get_task(name).name, args.teacher)
+        if teacher is None:
+            continue
+        with fixed_threads(args.threads):
+            task_rows = run_task(name, teacher, args, command)
+        if args.teacher == "minilm-l6":
+            for r in task_rows:
+                r["extras"]["note"] = (
+                    "smoke run: teacher = pre-trained MiniLM-L6 with an untrained head"
+                )
+        rows += task_rows
+        done.append(name)
+        write_results(output, rows, "plugins")
+        plot_tradeoff(
+            task_rows,
+            output.parent / f"plugins_{get_task(name).name}.png",
+            x="flops_128",
+            title=f"Plugins on {get_task(name).name} (MiniLM-L6): score vs FLOPs at length 128",
+        )
+        print(markdown_table(task_rows, COLUMNS), flush=True)
+    if not done:
+        print("[plugins] no task had a finished teacher: nothing measured", flush=True)
+        return 1
+    print(f"[plugins] rows written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
