@@ -166,7 +166,7 @@ def test_cli_profile_prints_flops_latency_memory(tmp_path, capsys):
     assert prof["latency"]["b32"]["median_ms"] > 0 and prof["memory"]["b32"]["peak_bytes"] > 0
 
 
-def test_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
+def test_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys, monkeypatch):
     from gearshift.jobs import demo
 
     rows = demo(

@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gearshift.methods.plugins.cli import add_cli as add_plugin_cli
 
     add_plugin_cli(sub)
+    from gearshift.methods.factorize.cli import add_cli as add_factorize_cli
+
+    add_factorize_cli(sub)
     return parser
 
 

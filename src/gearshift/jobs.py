@@ -361,7 +361,7 @@ def demo(
     ctx = DemoContext(
         model_name, task, teacher, tokenizer, dev, output_dir, threads, ft.score, rows=[row]
     )
-    for name, stage in DEMO_STAGES:
+    for name, stage in DEMO_STAGES + method_demo_stages():
         if stages is not None and name not in stages:
             continue
         print(f"[demo] stage: {name}")

@@ -1,0 +1,476 @@
+"""Offline compression: SVD family vs the autoencoder framework, per layer and grouped.
+
+    python benchmarks/factorize.py                        # every task with a finished teacher
+    python benchmarks/factorize.py --tasks mrpc --quick   # smoke run (a few minutes)
+    python benchmarks/factorize.py --teacher DIR --tasks rte
+    python benchmarks/factorize.py --with-finetune --finetune-examples 4000
+
+For each task whose MiniLM-L6 teacher has finished training, each ratio (2, 4, 10 of the
+compressed modules' stored parameters), each method (svd, fwsvd, svdllm, ae, ae-act),
+per layer and grouped (one module type across all layers), it measures:
+
+- score with no fine-tuning (compress the fine-tuned teacher, evaluate on dev);
+- fidelity: mean cosine of the final hidden states to the teacher's, real dev tokens;
+- stored parameters (the whole model, and the compressed modules' ratio achieved), FLOPs
+  per example (dev sentences at batch 1, and at length 128), CPU latency ratio against the
+  teacher at batch 1 and 32 (interleaved in the same run), compression wall time.
+
+``--with-finetune`` adds the paper's protocol: compress the *pre-trained* minilm-l6 (raw-text
+calibration; fwsvd is skipped, it needs a trained head), then fine-tune the compressed form
+on ``--finetune-examples`` training examples. It is expensive.
+
+Teachers are never trained here: a task whose teacher is not finished is skipped (train it
+with benchmarks/teachers.py). Rows go to benchmarks/results/factorize.json (rows of tasks
+not measured in this run are kept), plots to benchmarks/results/factorize_<task>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gearshift.data import get_task
+from gearshift.jobs import (
+    TaskData,
+    dev_texts,
+    evaluate,
+    task_of_folder,
+    teacher_dir,
+    training_finished,
+)
+from gearshift.measure import (
+    OperatingPoint,
+    compare_latency,
+    count_parameters,
+    fixed_threads,
+    flops_at_length,
+    flops_per_example,
+    forward_fn,
+    make_batch,
+    markdown_table,
+    plot_tradeoff,
+    read_results,
+    write_results,
+)
+from gearshift.methods.factorize import (
+    FactorizeConfig,
+    calibration_batches,
+    compress,
+    load_factorized,
+)
+from gearshift.paths import cache_dir
+from gearshift.runtime import load_pretrained, load_tokenizer
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "factorize.json"
+GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
+METHODS = ["svd", "fwsvd", "svdllm", "ae", "ae-act"]
+MODEL = "minilm-l6"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--tasks", nargs="+", default=GLUE5)
+    p.add_argument("--teacher", help="use this fine-tuned model folder as the teacher (one task)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[2.0, 4.0, 10.0])
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument(
+        "--modes", nargs="+", default=["per-layer", "grouped"], choices=["per-layer", "grouped"]
+    )
+    p.add_argument("--calibration", choices=["task", "text"], default="task")
+    p.add_argument("--calibration-examples", type=int, default=256)
+    p.add_argument(
+        "--ae-steps", type=int, default=None, help="autoencoder steps (default: the config's)"
+    )
+    p.add_argument(
+        "--ae-refine-steps",
+        type=int,
+        default=None,
+        help="ae-act: steps optimising the codes directly (default: as many as --ae-steps)",
+    )
+    p.add_argument("--dev-limit", type=int, default=None, help="score on the first N dev examples")
+    p.add_argument(
+        "--measure-texts", type=int, default=256, help="dev texts for FLOPs and fidelity"
+    )
+    p.add_argument("--latency-repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2, help="threads for timing latency")
+    p.add_argument(
+        "--work-threads",
+        type=int,
+        default=1,
+        help="threads for compression, evaluation and FLOP counting (1: on a shared "
+        "2-core machine, BLAS threads fighting over cores made LAPACK many times slower)",
+    )
+    p.add_argument("--with-finetune", action="store_true", help="also run the paper's protocol")
+    p.add_argument(
+        "--finetune-examples", type=int, default=2000, help="training examples per fine-tuning run"
+    )
+    p.add_argument("--finetune-epochs", type=float, default=1.0)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: ratio 2, 32 calibration examples, 40 AE steps, 100 dev examples, "
+        "8 texts for FLOPs and fidelity, 3 latency repeats",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results file (default {RESULTS.relative_to(HERE.parent)}; with --quick "
+        "runs/factorize-quick/factorize.json, so smoke rows never mix with real ones)",
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.ratios = [2.0]
+        args.calibration_examples = min(args.calibration_examples, 32)
+        args.ae_steps = args.ae_steps or 40
+        args.dev_limit = args.dev_limit or 100
+        args.measure_texts = min(args.measure_texts, 8)
+        args.latency_repeats = min(args.latency_repeats, 3)
+        args.finetune_examples = min(args.finetune_examples, 200)
+    if args.out is None:
+        args.out = (
+            HERE.parent / "runs" / "factorize-quick" / "factorize.json" if args.quick else RESULTS
+        )
+    if args.teacher and len(args.tasks) != 1:
+        task = task_of_folder(args.teacher)
+        if task is None:
+            p.error("--teacher needs exactly one task in --tasks (the folder records none)")
+        args.tasks = [task]
+    return args
+
+
+def teacher_folder(task: str, args: argparse.Namespace) -> Path | None:
+    """The finished teacher of ``task`` (or --teacher), or None with a message."""
+    if args.teacher:
+        return Path(args.teacher)
+    root = teacher_dir(task, MODEL)
+    if not training_finished(root) or not (root / "best" / "gearshift.json").is_file():
+        print(
+            f"[factorize] skipping {task}: its teacher at {root} has not finished training "
+            "(run benchmarks/teachers.py first)",
+            flush=True,
+        )
+        return None
+    return root / "best"
+
+
+class Measure:
+    """Everything measured against one teacher, on the same dev data, in the same run."""
+
+    def __init__(self, teacher, tokenizer, task, args: argparse.Namespace) -> None:
+        self.teacher, self.tokenizer, self.task, self.args = teacher, tokenizer, task, args
+        self.dev = TaskData.load(task, tokenizer, "dev", args.dev_limit)
+        texts = dev_texts(task, limit=args.measure_texts)
+        self.singles = [make_batch(tokenizer, [t], 1) for t in texts]
+        self.fidelity_batches = list(
+            TaskData.load(task, tokenizer, "dev", args.measure_texts).loader(32)
+        )
+        self.latency_batches = {size: make_batch(tokenizer, texts, size) for size in (1, 32)}
+        self.reference_hidden = self.hidden(teacher)
+        self.teacher_score = evaluate(teacher, self.dev)[task.main_metric]
+
+    @torch.inference_mode()
+    def hidden(self, model) -> torch.Tensor:
+        out = []
+        for b in self.fidelity_batches:
+            inputs = {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
+            h = model(**inputs).last_hidden_state
+            out.append(h[b["attention_mask"].bool()])
+        return torch.cat(out)
+
+    def fidelity(self, model) -> float:
+        return float(
+            torch.nn.functional.cosine_similarity(
+                self.hidden(model), self.reference_hidden, dim=-1
+            ).mean()
+        )
+
+    def costs(self, model, latency: bool = True) -> dict[str, Any]:
+        ratios = {1: 1.0, 32: 1.0}  # the teacher against itself: 1 by definition
+        for size, batch in self.latency_batches.items() if latency else ():
+            cmp = compare_latency(
+                {"teacher": forward_fn(self.teacher), "candidate": forward_fn(model)},
+                batch,
+                warmup=1 if self.args.quick else 3,
+                repeats=self.args.latency_repeats,
+                threads=self.args.threads,
+            )
+            ratios[size] = cmp.ratios["candidate"]
+        return {
+            "flops_dynamic": flops_per_example(model, self.singles),
+            "flops_128": flops_at_length(model, 128),
+            "params": count_parameters(model),
+            "latency_ratio_b1": ratios[1],
+            "latency_ratio_b32": ratios[32],
+        }
+
+
+def factorize_config(
+    method: str, ratio: float, grouped: bool, args: argparse.Namespace
+) -> FactorizeConfig:
+    """The method's config: the library defaults (the paper's AE for ``ae``); ``ae-act``, our
+    extension, also optimises its codes directly afterwards (``ae_refine_steps``)."""
+    kw: dict[str, Any] = dict(method=method, ratio=ratio, grouped=grouped, progress=False)
+    if args.ae_steps:
+        kw["ae_steps"] = args.ae_steps
+    if method == "ae-act":
+        steps = kw.get("ae_steps", FactorizeConfig.ae_steps)
+        kw["ae_refine_steps"] = steps if args.ae_refine_steps is None else args.ae_refine_steps
+    return FactorizeConfig(**kw)
+
+
+def row_for(
+    task,
+    measure: Measure,
+    method: str,
+    mode: str,
+    setting: str,
+    score: float,
+    costs: dict,
+    report,
+    fidelity: float | None,
+    command: str,
+    extra: dict | None = None,
+) -> dict:
+    units = report.units
+    sizes = sorted({u.get("rank", u.get("code_size")) for u in units})
+    return OperatingPoint(
+        task=task.name,
+        model=MODEL,
+        method=method + ("-grouped" if mode == "grouped" else "") + ("+finetune" if extra else ""),
+        setting=setting,
+        metric=task.main_metric,
+        score=score,
+        reference_score=measure.teacher_score,
+        command=command,
+        **costs,
+        extras={
+            "protocol": "finetune" if extra else "no-finetune",
+            "mode": mode,
+            "factorize_method": method,
+            "target_ratio": report.target_ratio,
+            "stored_ratio": report.achieved_ratio,
+            "compressed_weights": report.original_weights,
+            "stored_weights": report.stored,
+            "params_before": report.params_before,
+            "fidelity_cos": fidelity,
+            "compression_seconds": report.seconds,
+            "calibration_seconds": report.calibration_seconds,
+            "ranks_or_code_sizes": sizes,
+            "notes": report.notes,
+            **(extra or {}),
+        },
+    ).to_dict()
+
+
+def run_task(task_name: str, args: argparse.Namespace, command: str) -> list[dict]:
+    task = get_task(task_name)
+    folder = teacher_folder(task.name, args)
+    if folder is None:
+        return []
+    print(f"[factorize] {task.name}: teacher {folder}", flush=True)
+    teacher = load_pretrained(str(folder)).eval()
+    tokenizer = load_tokenizer(str(folder))
+    measure = Measure(teacher, tokenizer, task, args)
+    teacher_costs = measure.costs(teacher, latency=False)
+    rows = [
+        OperatingPoint(
+            task=task.name,
+            model=MODEL,
+            method="teacher",
+            setting="full",
+            metric=task.main_metric,
+            score=measure.teacher_score,
+            reference_score=measure.teacher_score,
+            command=command,
+            **teacher_costs,
+            extras={"teacher_dir": str(folder), "fidelity_cos": 1.0},
+        ).to_dict()
+    ]
+    print(
+        f"[factorize] {task.name}: teacher dev {task.main_metric} {measure.teacher_score:.2f}",
+        flush=True,
+    )
+    cal = calibration_batches(tokenizer, args.calibration, task, args.calibration_examples)
+    for ratio in args.ratios:
+        for method in args.methods:
+            for mode in args.modes:
+                config = factorize_config(method, ratio, mode == "grouped", args)
+                model = copy.deepcopy(teacher)
+                try:
+                    model, report = compress(model, config, cal)
+                except Exception as exc:  # one failed setting must not lose the others
+                    print(
+                        f"[factorize] {task.name} {method} {mode} ratio {ratio:g}: FAILED: {exc}",
+                        flush=True,
+                    )
+                    continue
+                score = evaluate(model, measure.dev)[task.main_metric]
+                fid = measure.fidelity(model)
+                costs = measure.costs(model)
+                setting = f"ratio {ratio:g}, {mode}, no fine-tuning"
+                rows.append(
+                    row_for(
+                        task, measure, method, mode, setting, score, costs, report, fid, command
+                    )
+                )
+                print(
+                    f"[factorize] {task.name} {method:6s} {mode:9s} ratio {ratio:g}: {task.main_metric} "
+                    f"{score:.2f} (teacher {measure.teacher_score:.2f}), fidelity {fid:.3f}, stored ratio "
+                    f"{report.achieved_ratio:.2f}, params {costs['params'] / 1e6:.2f}M, FLOPs "
+                    f"{costs['flops_dynamic'] / 1e6:.0f}M (teacher {teacher_costs['flops_dynamic'] / 1e6:.0f}M), "
+                    f"latency b1 {costs['latency_ratio_b1']:.2f} b32 {costs['latency_ratio_b32']:.2f}, "
+                    f"{report.seconds:.0f} s",
+                    flush=True,
+                )
+                del model
+    if args.with_finetune:
+        rows += run_finetune(task, measure, args, command)
+    return rows
+
+
+def run_finetune(task, measure: Measure, args: argparse.Namespace, command: str) -> list[dict]:
+    """The paper's protocol: compress pre-trained minilm-l6, then fine-tune the compressed form."""
+    from gearshift.methods.factorize.finetune import finetune_compressed
+    from gearshift.train import TrainConfig
+
+    rows = []
+    tokenizer = load_tokenizer(MODEL)
+    cal = calibration_batches(tokenizer, "text", None, args.calibration_examples)
+    labels = list(task.label_names) if task.label_names else None
+    for ratio in args.ratios:
+        for method in args.methods:
+            if method == "fwsvd":
+                print(
+                    "[factorize] fine-tune protocol: fwsvd skipped (Fisher needs a trained head)",
+                    flush=True,
+                )
+                continue
+            for mode in args.modes:
+                config = factorize_config(method, ratio, mode == "grouped", args)
+                model = load_pretrained(
+                    MODEL, head_kind=task.kind, num_labels=task.num_labels, label_names=labels
+                )
+                model, report = compress(model, config, cal)
+                out = cache_dir() / "factorize-finetune" / task.name / f"{method}-{mode}-{ratio:g}"
+                train_cfg = TrainConfig(
+                    output_dir=str(out),
+                    epochs=args.finetune_epochs,
+                    batch_size=32,
+                    learning_rate=1e-4,
+                    warmup_ratio=0.06,
+                    seed=42,
+                    progress=False,
+                )
+                start = time.perf_counter()
+                res = finetune_compressed(
+                    model,
+                    tokenizer,
+                    task.name,
+                    out,
+                    train_cfg,
+                    train_limit=args.finetune_examples,
+                    dev_limit=args.dev_limit,
+                )
+                tuned = load_factorized(res.model_dir)
+                costs = measure.costs(tuned)
+                setting = (
+                    f"ratio {ratio:g}, {mode}, compress pre-trained then fine-tune "
+                    f"({args.finetune_examples} examples, {args.finetune_epochs:g} epoch)"
+                )
+                rows.append(
+                    row_for(
+                        task,
+                        measure,
+                        method,
+                        mode,
+                        setting,
+                        res.score,
+                        costs,
+                        report,
+                        None,
+                        command,
+                        extra={
+                            "finetune_seconds": time.perf_counter() - start,
+                            "finetune_examples": args.finetune_examples,
+                        },
+                    )
+                )
+                print(
+                    f"[factorize] {task.name} {method} {mode} ratio {ratio:g} + fine-tune: "
+                    f"{task.main_metric} {res.score:.2f}",
+                    flush=True,
+                )
+    return rows
+
+
+def merge(previous: list[dict], new: list[dict]) -> list[dict]:
+    """Rows of this run replace earlier rows of the same (task, method, setting)."""
+    key = lambda r: (r["task"], r["method"], r["setting"])  # noqa: E731
+    fresh = {key(r) for r in new}
+    return [r for r in previous if key(r) not in fresh] + new
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python benchmarks/factorize.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
+    rows: list[dict] = []
+    with fixed_threads(args.work_threads):
+        for task in args.tasks:
+            rows += run_task(task, args, command)
+    if not rows:
+        print("[factorize] nothing measured: no task has a finished teacher (or pass --teacher)")
+        return 1
+    previous = []
+    if args.out.is_file():
+        previous = [
+            r.to_dict()
+            for r in read_results(args.out.parent)
+            if r.extras.get("benchmark") == "factorize"
+        ]
+        for r in previous:
+            r["extras"].pop("benchmark", None)
+    all_rows = merge(previous, rows)
+    write_results(args.out, all_rows, "factorize")
+    for task in sorted({r["task"] for r in rows}):
+        task_rows = [r for r in all_rows if r["task"] == task]
+        plot_tradeoff(
+            task_rows,
+            args.out.parent / f"factorize_{task}.png",
+            x="params",
+            y="score",
+            title=f"{task}: score vs stored parameters (no fine-tuning unless noted)",
+        )
+    columns = [
+        "task",
+        "method",
+        "setting",
+        "score",
+        "reference_score",
+        "extras.fidelity_cos",
+        "params",
+        "extras.stored_ratio",
+        "flops_dynamic",
+        "latency_ratio_b1",
+        "latency_ratio_b32",
+        "extras.compression_seconds",
+    ]
+    print(markdown_table(rows, columns))
+    print(f"[factorize] wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

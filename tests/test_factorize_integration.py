@@ -1,0 +1,133 @@
+"""Offline compression on the real MiniLM-L6 checkpoint and real data (small limits)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from gearshift.methods.factorize import (
+    DecodedLinear,
+    FactorizeConfig,
+    LowRankLinear,
+    calibration_batches,
+    compress,
+    load_factorized,
+    save_factorized,
+)
+from gearshift.runtime import load_pretrained, load_tokenizer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """On a busy 2-core machine, BLAS threads fighting over cores make LAPACK many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_pretrained("minilm-l6", head_kind="classification", num_labels=2).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("minilm-l6")
+
+
+def hidden(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        h = model(
+            **{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        ).last_hidden_state
+    return h[batch["attention_mask"].bool()]
+
+
+def test_whitened_svd_on_minilm_keeps_the_model_close_and_round_trips(minilm, tokenizer, tmp_path):
+    import copy
+
+    cal = calibration_batches(tokenizer, "text", examples=32, max_length=64)
+    probe = calibration_batches(tokenizer, "task", task="sst2", examples=16, seed=1)[0]
+    ref = hidden(minilm, probe)
+    modules = ["attn.q", "attn.k", "attn.v", "attn.o"]
+    cos = {}
+    for method in ("svd", "svdllm"):
+        cfg = FactorizeConfig(method=method, ratio=2.0, modules=modules, progress=False)
+        model, report = compress(copy.deepcopy(minilm), cfg, cal)
+        assert 2.0 <= report.achieved_ratio < 2.05
+        assert (
+            isinstance(model.blocks[3].attn.k, LowRankLinear) and model.blocks[3].attn.k.rank == 96
+        )
+        cos[method] = float(
+            torch.nn.functional.cosine_similarity(hidden(model, probe), ref, dim=-1).mean()
+        )
+    # activation-aware beats plain SVD on real text (measured: 0.84 against 0.80)
+    assert cos["svdllm"] > cos["svd"] + 0.02
+    assert cos["svdllm"] > 0.8
+    folder = save_factorized(model, tmp_path / "m", tokenizer=tokenizer)
+    again = load_factorized(folder)
+    assert torch.equal(hidden(again, probe), hidden(model, probe))
+    assert (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()
+
+
+def test_grouped_autoencoder_on_minilm_saves_storage_not_flops(minilm, tokenizer, tmp_path):
+    import copy
+
+    from gearshift.measure import count_flops, count_parameters
+
+    cfg = FactorizeConfig(
+        method="ae",
+        ratio=4.0,
+        grouped=True,
+        modules=["attn.k", "attn.v"],
+        ae_steps=40,
+        progress=False,
+    )
+    model, report = compress(copy.deepcopy(minilm), cfg)
+    ks = [b.attn.k for b in model.blocks]
+    assert all(isinstance(k, DecodedLinear) for k in ks) and len({id(k.decoder) for k in ks}) == 1
+    assert report.achieved_ratio >= 4.0
+    batch = calibration_batches(tokenizer, "task", task="sst2", examples=4)[0]
+    assert count_flops(model, batch) == count_flops(minilm, batch)
+    assert (
+        count_parameters(minilm) - count_parameters(model)
+        == report.original_weights - report.stored
+    )
+    folder = save_factorized(model, tmp_path / "ae")
+    assert torch.equal(hidden(load_factorized(folder), batch), hidden(model, batch))
+
+
+def test_factorize_command_line(tmp_path, capsys):
+    from gearshift.methods.factorize.cli import add_cli
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli"
+    args = parser.parse_args(
+        [
+            "factorize",
+            "--model",
+            "minilm-l6",
+            "--method",
+            "svd",
+            "--ratio",
+            "4",
+            "--modules",
+            "ffn.inp",
+            "ffn.out",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "achieved 4.0" in printed and "saved to" in printed
+    model = load_factorized(out)
+    assert isinstance(model.blocks[0].ffn.inp, LowRankLinear)
+    assert model.factorize_config.ratio == 4.0
