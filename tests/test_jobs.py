@@ -217,3 +217,23 @@ def test_an_interrupted_teacher_is_not_taken_for_a_finished_one(tmp_path, monkey
     assert calls == [True]  # resumed, not skipped
     state.write_text(json.dumps({"global_step": 390, "total_steps": 390}))
     assert jobs.ensure_teacher("rte") == root / "best" and calls == [True]
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["finetune"],
+        ["evaluate"],
+        ["profile"],
+        ["demo"],
+        ["tasks"],
+        ["plugin", "train"],
+        ["plugin", "eval"],
+        ["factorize"],
+    ],
+)
+def test_every_cli_verb_prints_its_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*verb, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: gearshift" in capsys.readouterr().out

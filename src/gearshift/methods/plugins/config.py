@@ -44,8 +44,8 @@ class PluginConfig:
         default=24,
         metadata={
             "help": "Width of the restorer's adapter (concat[repeated, per-token] -> bottleneck "
-            "-> d). The paper uses 64 on T5-base; 24 keeps a k=4 plugin under 1% of "
-            "MiniLM-L6's parameters (64 costs 2.1%). 0 = no adapter: restore by repeating."
+            "-> d). The paper uses 64 on T5-base; 24 keeps a k=4 plugin under 1 percent of "
+            "MiniLM-L6's parameters (64 costs 2.1 percent). 0 = no adapter: restore by repeating."
         },
     )
     keep_first_token: bool = field(
