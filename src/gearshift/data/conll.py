@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gearshift import paths
 from gearshift.data.example import Example
-from gearshift.data.files import find_file, open_text
+from gearshift.data.files import dataset_folders, find_file, open_text
 from gearshift.data.tasks import TaskSpec
 from gearshift.errors import DataError
 
@@ -76,11 +75,7 @@ def conll_folders(data_dir: Path | None = None) -> list[Path]:
     With ``data_dir``: ``data_dir`` itself, ``data_dir/ner/conll2003`` and
     ``data_dir/conll2003``. Without: ``<data root>/ner/conll2003`` when a data root is found.
     """
-    if data_dir is not None:
-        data_dir = Path(data_dir).expanduser()
-        return [data_dir, data_dir / "ner" / "conll2003", data_dir / "conll2003"]
-    root = paths.data_root()
-    return [root / "ner" / "conll2003"] if root is not None else []
+    return dataset_folders(data_dir, "ner", "conll2003")
 
 
 def load_conll(

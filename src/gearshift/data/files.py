@@ -43,3 +43,19 @@ def open_text(path: Path, encoding: str = "utf-8") -> Iterator[TextIO]:
         ) from exc
     except PermissionError as exc:
         raise DataError(f"cannot read {path}: permission denied") from exc
+
+
+def dataset_folders(data_dir: Path | None, *parts: str) -> list[Path]:
+    """Return the folders searched for one data set, in order.
+
+    With ``data_dir``: ``data_dir`` itself, ``data_dir/<parts...>`` and ``data_dir/<last part>``
+    (so the data set's own folder or the data root may be given). Without:
+    ``<data root>/<parts...>`` when a data root is found.
+    """
+    from gearshift import paths
+
+    if data_dir is not None:
+        data_dir = Path(data_dir).expanduser()
+        return [data_dir, data_dir.joinpath(*parts), data_dir / parts[-1]]
+    root = paths.data_root()
+    return [root.joinpath(*parts)] if root is not None else []

@@ -10,9 +10,8 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from gearshift import paths
 from gearshift.data.example import Example
-from gearshift.data.files import find_file, open_text
+from gearshift.data.files import dataset_folders, find_file, open_text
 from gearshift.data.tasks import TaskSpec
 from gearshift.errors import DataError
 
@@ -56,11 +55,7 @@ def text_folders(data_dir: Path | None = None) -> list[Path]:
     With ``data_dir``: ``data_dir``, ``data_dir/text/wikitext-2`` and ``data_dir/wikitext-2``.
     Without: ``<data root>/text/wikitext-2`` when a data root is found.
     """
-    if data_dir is not None:
-        data_dir = Path(data_dir).expanduser()
-        return [data_dir, data_dir / "text" / "wikitext-2", data_dir / "wikitext-2"]
-    root = paths.data_root()
-    return [root / "text" / "wikitext-2"] if root is not None else []
+    return dataset_folders(data_dir, "text", "wikitext-2")
 
 
 def load_wikitext(
