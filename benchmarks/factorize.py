@@ -112,6 +112,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--with-finetune", action="store_true", help="also run the paper's protocol")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip settings already recorded in the results file (rows are written one by one)",
+    )
+    p.add_argument(
         "--finetune-examples", type=int, default=2000, help="training examples per fine-tuning run"
     )
     p.add_argument("--finetune-epochs", type=float, default=1.0)
@@ -147,6 +152,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error("--teacher needs exactly one task in --tasks (the folder records none)")
         args.tasks = [task]
     return args
+
+
+class Sink:
+    """The results file, rewritten atomically after every row, so a killed run loses at most
+    the setting it was measuring; with ``--resume`` settings already recorded are skipped."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path, self.resume = path, resume
+        self.rows: list[dict] = []
+        if path.is_file():
+            for r in read_results(path.parent):
+                if r.extras.get("benchmark") == "factorize":
+                    d = r.to_dict()
+                    d["extras"].pop("benchmark", None)
+                    self.rows.append(d)
+        self.new: list[dict] = []
+
+    @staticmethod
+    def key(row: dict) -> tuple:
+        return (row["task"], row["method"], row["setting"])
+
+    def done(self, task: str, method: str, setting: str) -> bool:
+        return self.resume and any(self.key(r) == (task, method, setting) for r in self.rows)
+
+    def add(self, row: dict) -> None:
+        self.rows = [r for r in self.rows if self.key(r) != self.key(row)] + [row]
+        self.new.append(row)
+        write_results(self.path, self.rows, "factorize")
+
+
+def row_method(method: str, mode: str, finetune: bool = False) -> str:
+    return method + ("-grouped" if mode == "grouped" else "") + ("+finetune" if finetune else "")
 
 
 def teacher_folder(task: str, args: argparse.Namespace) -> Path | None:
@@ -247,7 +284,7 @@ def row_for(
     return OperatingPoint(
         task=task.name,
         model=MODEL,
-        method=method + ("-grouped" if mode == "grouped" else "") + ("+finetune" if extra else ""),
+        method=row_method(method, mode, bool(extra)),
         setting=setting,
         metric=task.main_metric,
         score=score,
@@ -273,7 +310,7 @@ def row_for(
     ).to_dict()
 
 
-def run_task(task_name: str, args: argparse.Namespace, command: str) -> list[dict]:
+def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink) -> None:
     task = get_task(task_name)
     folder = teacher_folder(task.name, args)
     if folder is None:
@@ -283,7 +320,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str) -> list[dic
     tokenizer = load_tokenizer(str(folder))
     measure = Measure(teacher, tokenizer, task, args)
     teacher_costs = measure.costs(teacher, latency=False)
-    rows = [
+    sink.add(
         OperatingPoint(
             task=task.name,
             model=MODEL,
@@ -296,7 +333,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str) -> list[dic
             **teacher_costs,
             extras={"teacher_dir": str(folder), "fidelity_cos": 1.0},
         ).to_dict()
-    ]
+    )
     print(
         f"[factorize] {task.name}: teacher dev {task.main_metric} {measure.teacher_score:.2f}",
         flush=True,
@@ -305,6 +342,9 @@ def run_task(task_name: str, args: argparse.Namespace, command: str) -> list[dic
     for ratio in args.ratios:
         for method in args.methods:
             for mode in args.modes:
+                setting = f"ratio {ratio:g}, {mode}, no fine-tuning"
+                if sink.done(task.name, row_method(method, mode), setting):
+                    continue
                 config = factorize_config(method, ratio, mode == "grouped", args)
                 model = copy.deepcopy(teacher)
                 try:
@@ -318,8 +358,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str) -> list[dic
                 score = evaluate(model, measure.dev)[task.main_metric]
                 fid = measure.fidelity(model)
                 costs = measure.costs(model)
-                setting = f"ratio {ratio:g}, {mode}, no fine-tuning"
-                rows.append(
+                sink.add(
                     row_for(
                         task, measure, method, mode, setting, score, costs, report, fid, command
                     )
@@ -335,16 +374,16 @@ def run_task(task_name: str, args: argparse.Namespace, command: str) -> list[dic
                 )
                 del model
     if args.with_finetune:
-        rows += run_finetune(task, measure, args, command)
-    return rows
+        run_finetune(task, measure, args, command, sink)
 
 
-def run_finetune(task, measure: Measure, args: argparse.Namespace, command: str) -> list[dict]:
+def run_finetune(
+    task, measure: Measure, args: argparse.Namespace, command: str, sink: Sink
+) -> None:
     """The paper's protocol: compress pre-trained minilm-l6, then fine-tune the compressed form."""
     from gearshift.methods.factorize.finetune import finetune_compressed
     from gearshift.train import TrainConfig
 
-    rows = []
     tokenizer = load_tokenizer(MODEL)
     cal = calibration_batches(tokenizer, "text", None, args.calibration_examples)
     labels = list(task.label_names) if task.label_names else None
@@ -357,6 +396,12 @@ def run_finetune(task, measure: Measure, args: argparse.Namespace, command: str)
                 )
                 continue
             for mode in args.modes:
+                setting = (
+                    f"ratio {ratio:g}, {mode}, compress pre-trained then fine-tune "
+                    f"({args.finetune_examples} examples, {args.finetune_epochs:g} epoch)"
+                )
+                if sink.done(task.name, row_method(method, mode, True), setting):
+                    continue
                 config = factorize_config(method, ratio, mode == "grouped", args)
                 model = load_pretrained(
                     MODEL, head_kind=task.kind, num_labels=task.num_labels, label_names=labels
@@ -384,11 +429,7 @@ def run_finetune(task, measure: Measure, args: argparse.Namespace, command: str)
                 )
                 tuned = load_factorized(res.model_dir)
                 costs = measure.costs(tuned)
-                setting = (
-                    f"ratio {ratio:g}, {mode}, compress pre-trained then fine-tune "
-                    f"({args.finetune_examples} examples, {args.finetune_epochs:g} epoch)"
-                )
-                rows.append(
+                sink.add(
                     row_for(
                         task,
                         measure,
@@ -411,14 +452,6 @@ def run_finetune(task, measure: Measure, args: argparse.Namespace, command: str)
                     f"{task.main_metric} {res.score:.2f}",
                     flush=True,
                 )
-    return rows
-
-
-def merge(previous: list[dict], new: list[dict]) -> list[dict]:
-    """Rows of this run replace earlier rows of the same (task, method, setting)."""
-    key = lambda r: (r["task"], r["method"], r["setting"])  # noqa: E731
-    fresh = {key(r) for r in new}
-    return [r for r in previous if key(r) not in fresh] + new
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,26 +459,19 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/factorize.py " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
-    rows: list[dict] = []
+    sink = Sink(args.out, args.resume)
     with fixed_threads(args.work_threads):
         for task in args.tasks:
-            rows += run_task(task, args, command)
+            run_task(task, args, command, sink)
+    rows = sink.new
     if not rows:
-        print("[factorize] nothing measured: no task has a finished teacher (or pass --teacher)")
+        print(
+            "[factorize] nothing measured: no task has a finished teacher (or pass --teacher), "
+            "or --resume found every setting recorded"
+        )
         return 1
-    previous = []
-    if args.out.is_file():
-        previous = [
-            r.to_dict()
-            for r in read_results(args.out.parent)
-            if r.extras.get("benchmark") == "factorize"
-        ]
-        for r in previous:
-            r["extras"].pop("benchmark", None)
-    all_rows = merge(previous, rows)
-    write_results(args.out, all_rows, "factorize")
     for task in sorted({r["task"] for r in rows}):
-        task_rows = [r for r in all_rows if r["task"] == task]
+        task_rows = [r for r in sink.rows if r["task"] == task]
         plot_tradeoff(
             task_rows,
             args.out.parent / f"factorize_{task}.png",

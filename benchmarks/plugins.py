@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gearshift.data import get_task
+from gearshift.data.raw import raw_texts, text_features
 from gearshift.jobs import (
     TaskData,
     dev_texts,
@@ -53,7 +54,7 @@ from gearshift.methods.plugins import (
     truncation_plan,
 )
 from gearshift.methods.plugins.operating_points import Candidate, measure_candidates
-from gearshift.methods.plugins.train import stage_a_texts, text_features, train_plugin
+from gearshift.methods.plugins.train import train_plugin
 from gearshift.runtime import load_pretrained, load_tokenizer
 from gearshift.train import TrainConfig
 
@@ -124,7 +125,7 @@ def stage_a_plugin(spec: Spec, args: argparse.Namespace) -> Path | None:
     out = Path(args.runs) / "stage-a" / spec.config.name
     base, tok = load_pretrained("minilm-l6"), load_tokenizer("minilm-l6")
     feats, collate = text_features(
-        tok, stage_a_texts("wikitext2", limit=args.stage_a_steps * args.batch_size)
+        tok, raw_texts("wikitext2", limit=args.stage_a_steps * args.batch_size)
     )
     cfg = TrainConfig(
         output_dir=str(out),

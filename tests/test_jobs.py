@@ -230,6 +230,10 @@ def test_an_interrupted_teacher_is_not_taken_for_a_finished_one(tmp_path, monkey
         ["plugin", "train"],
         ["plugin", "eval"],
         ["factorize"],
+        ["share"],
+        ["steps", "eval"],
+        ["steps", "finetune"],
+        ["steps", "decoder"],
     ],
 )
 def test_every_cli_verb_prints_its_help(verb, capsys):

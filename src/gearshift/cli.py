@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gearshift.methods.factorize.cli import add_cli as add_factorize_cli
 
     add_factorize_cli(sub)
+    from gearshift.methods.steps.cli import add_cli as add_steps_cli
+
+    add_steps_cli(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -166,7 +167,7 @@ class FinetuneResult:
 
 
 def finetune(
-    model_name: str,
+    model: str | os.PathLike | torch.nn.Module,
     task_name: str,
     output_dir: str | Path,
     train_config: TrainConfig | None = None,
@@ -175,11 +176,35 @@ def finetune(
     max_length: int = 128,
     data_dir: str | None = None,
     resume: bool = False,
+    *,
+    tokenizer: Any = None,
+    loss_fn: Callable | None = None,
+    save_fn: Callable[[torch.nn.Module, Path, Any, dict], Any] | None = None,
+    load_fn: Callable[[Path], torch.nn.Module] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune ``model_name`` on ``task_name``; the best dev checkpoint is saved as a
-    gearshift folder at ``<output_dir>/best`` (with tokenizer and task info)."""
+    """Fine-tune ``model`` on ``task_name``; the best dev checkpoint is saved as a gearshift
+    folder at ``<output_dir>/best`` (with tokenizer and task info).
+
+    ``model``: a model name or folder (loaded with the task's head), or a model object (its
+    head is replaced when it does not fit the task; pass ``tokenizer`` then). Methods hook in
+    with ``loss_fn`` (the Trainer's ``loss_fn(model, batch)``; default: the model's own task
+    loss), ``save_fn(model, folder, tokenizer, meta)`` and ``load_fn(folder)`` for folders
+    of their own kind, and ``extra`` (added to the saved gearshift.json).
+    """
     task = get_task(task_name)
-    model, tokenizer = model_for_task(model_name, task)
+    if isinstance(model, (str, os.PathLike)):
+        model_name = str(model)
+        model, own_tokenizer = model_for_task(model_name, task)
+        tokenizer = tokenizer or own_tokenizer
+    else:
+        model_name = None
+        if tokenizer is None:
+            raise ConfigError("finetune() on a model object needs its tokenizer: pass tokenizer=")
+        head = model.config.head
+        if head.kind != task.kind or head.num_labels != task.num_labels:
+            labels = list(task.label_names) if task.label_names else None
+            model.set_head(task.kind, task.num_labels, labels)
     train = TaskData.load(task, tokenizer, "train", train_limit, max_length, data_dir)
     dev = TaskData.load(task, tokenizer, "dev", dev_limit, max_length, data_dir)
     output_dir = Path(output_dir)
@@ -190,15 +215,20 @@ def finetune(
     task_info = {"name": task.name, "kind": task.kind, "label_names": list(task.label_names or [])}
     if task.custom is not None:  # so `gearshift evaluate --model DIR` finds the user's files again
         task_info["custom"] = task.custom.to_dict()
-    extra = {"task": task_info, "base_model": model_name, "train_config": config.to_dict()}
+    meta = {"task": task_info, "base_model": model_name, "train_config": config.to_dict()}
+    meta.update(extra or {})
 
     def save(m: torch.nn.Module, path: str | Path) -> None:
-        save_model(m, path, tokenizer=tokenizer, extra=extra)
+        if save_fn is not None:
+            save_fn(m, Path(path), tokenizer, meta)
+        else:
+            save_model(m, path, tokenizer=tokenizer, extra=meta)
 
     trainer = Trainer(
         model,
         train.features,
         config,
+        loss_fn=loss_fn,
         collate_fn=train.collator,
         eval_fn=lambda m: evaluate(m, dev),
         save_model_fn=save,
@@ -209,7 +239,7 @@ def finetune(
     best_dir = output_dir / "best"
     if not (best_dir / "gearshift.json").is_file():  # no eval ran: keep the final model
         save(trainer.model, best_dir)
-    best = load_pretrained(str(best_dir))
+    best = (load_fn or (lambda d: load_pretrained(str(d))))(best_dir)
     metrics = evaluate(best, dev)
     return FinetuneResult(
         best_dir,

@@ -141,12 +141,13 @@ def _task(name: str | None, model: str):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from gearshift.data.raw import raw_texts, text_features
     from gearshift.jobs import TaskData, evaluate, model_for_task, task_of_folder
     from gearshift.runtime import load_pretrained, load_tokenizer
     from gearshift.train import TrainConfig
 
     from .model import Plugin, load_plugin
-    from .train import stage_a_texts, text_features, train_plugin
+    from .train import train_plugin
 
     task = None
     if args.stage == "C":
@@ -164,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.kl:
             raise ConfigError("--kl needs a teacher's logits: use it with --stage C")
         base, tok = load_pretrained(args.model), load_tokenizer(args.model)
-        texts = stage_a_texts(args.text or "wikitext2", args.task, args.train_limit, args.data_dir)
+        texts = raw_texts(args.text or "wikitext2", args.task, args.train_limit, args.data_dir)
         features, collate = text_features(tok, texts, args.max_length)
 
     if args.init:

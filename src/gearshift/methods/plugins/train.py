@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gearshift.data import Example, encode_examples, iter_texts, load_examples, make_collator
-from gearshift.errors import ConfigError, DataError
+from gearshift.errors import ConfigError
 from gearshift.measure.flops import model_inputs
 from gearshift.runtime.model import Transformer
 from gearshift.train import TrainConfig, Trainer, hidden_mse, kd_kl, regression_mse
@@ -160,46 +159,6 @@ def train_plugin(
         final_loss=losses[-1] if losses else None,
         history=result.history,
     )
-
-
-# ---------------------------------------------------------------------- stage A data
-def stage_a_texts(
-    text: str | None = "wikitext2",
-    task: str | None = None,
-    limit: int | None = None,
-    data_dir: str | None = None,
-) -> list[str]:
-    """Raw texts for stage A: WikiText-2 paragraphs ("wikitext2"), or the lines of a text
-    file, plus the training sentences of ``task`` (its labels are not used). ``limit`` caps
-    each source."""
-    texts: list[str] = []
-    if text == "wikitext2":
-        texts += list(iter_texts(load_examples("wikitext2", "dev", data_dir=data_dir, limit=limit)))
-    elif text:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise DataError(
-                f"text file {path} does not exist; pass 'wikitext2' or a .txt file with one passage per line"
-            )
-        lines = [
-            line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
-        texts += lines[:limit] if limit else lines
-    if task:
-        texts += list(iter_texts(load_examples(task, "train", data_dir=data_dir, limit=limit)))
-    if not texts:
-        raise DataError("stage A has no text: give --text wikitext2 (or a file) and/or --task")
-    return texts
-
-
-def text_features(
-    tokenizer: Any, texts: Sequence[str], max_length: int = 128
-) -> tuple[list[dict], Callable]:
-    """Tokenize raw ``texts`` (truncated to ``max_length``); returns (features, collator)."""
-    features = encode_examples(
-        [Example(t) for t in texts], tokenizer, "wikitext2", max_length=max_length
-    )
-    return features, make_collator(tokenizer, "wikitext2")
 
 
 # ---------------------------------------------------------------------- the demo stage

@@ -1,0 +1,61 @@
+"""Step-size acceleration of parameter-shared models (the ODE view), encoders and decoders.
+
+- :mod:`.solver`: steps and solvers (Euler, Heun) as a ForwardPlan; :class:`StepModel`
+  switches the number of steps at run time.
+- :mod:`.share`: unshared -> fully or partially shared models, and their (step-aware)
+  distillation from the unshared model.
+- :mod:`.decoder`: a small GPT-2-style decoder trained here; perplexity and generation at
+  any number of steps; the step-aware training loss.
+"""
+
+from .decoder import (
+    collate_blocks,
+    decoder_config,
+    generate,
+    lm_blocks,
+    perplexity,
+    step_aware_loss,
+)
+from .share import (
+    INITS,
+    ShareDistillation,
+    distil_shared,
+    group_layers,
+    make_shared,
+    steps_for_size,
+)
+from .solver import (
+    SOLVERS,
+    StepModel,
+    heun_update,
+    layer_evaluations,
+    make_steps,
+    shared_groups,
+    step_plan,
+    step_sizes,
+    steps_from_sizes,
+)
+
+__all__ = [
+    "INITS",
+    "SOLVERS",
+    "ShareDistillation",
+    "StepModel",
+    "collate_blocks",
+    "decoder_config",
+    "distil_shared",
+    "generate",
+    "group_layers",
+    "heun_update",
+    "layer_evaluations",
+    "lm_blocks",
+    "make_shared",
+    "make_steps",
+    "perplexity",
+    "shared_groups",
+    "step_aware_loss",
+    "step_plan",
+    "step_sizes",
+    "steps_for_size",
+    "steps_from_sizes",
+]

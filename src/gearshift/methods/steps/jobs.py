@@ -1,0 +1,211 @@
+"""End-to-end jobs for the CLI and the benchmark: make a shared model and distil it, fine-tune
+with step-aware batches, pre-train a small decoder, and score a model at several step counts.
+Every job that trains resumes from its output folder (``resume=True``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gearshift.data import get_task
+from gearshift.data.raw import raw_texts, text_features
+from gearshift.errors import ConfigError
+from gearshift.measure import flops_at_length
+from gearshift.runtime import Transformer, load_pretrained, load_tokenizer
+from gearshift.runtime.io import save_model
+from gearshift.train import TrainConfig, Trainer
+
+from .decoder import collate_blocks, decoder_config, lm_blocks, perplexity, step_aware_loss
+from .share import distil_shared, make_shared
+from .solver import layer_evaluations, step_plan
+
+
+def share_model(
+    model_name: str,
+    output_dir: str | Path,
+    groups: int = 1,
+    init: str = "mean",
+    step_sizes: Sequence[float] = (1.0,),
+    layerwise: bool = False,
+    text: str | None = "wikitext2",
+    task: str | None = None,
+    train_limit: int | None = None,
+    max_length: int = 128,
+    train_config: TrainConfig | None = None,
+    resume: bool = False,
+    data_dir: str | None = None,
+) -> Path:
+    """Make a shared copy of ``model_name`` and distil it on raw text; returns the folder of
+    the result (``<output_dir>/model``). Without ``train_config`` the shared model is saved
+    as initialised, with no distillation."""
+    teacher = load_pretrained(model_name, head_kind=None).eval()
+    tokenizer = load_tokenizer(model_name)
+    student = make_shared(teacher, groups=groups, init=init)
+    output_dir = Path(output_dir)
+    extra = {"from": model_name, "groups": groups, "init": init}
+    if train_config is None:
+        return save_model(student, output_dir / "model", tokenizer, {"shared": extra})
+    config = train_config
+    config.output_dir = str(output_dir)
+    texts = raw_texts(text, task, train_limit, data_dir)
+    features, collate = text_features(tokenizer, texts, max_length)
+    res = distil_shared(
+        student,
+        teacher,
+        features,
+        collate,
+        config,
+        step_sizes=step_sizes,
+        layerwise=layerwise,
+        tokenizer=tokenizer,
+        extra=extra,
+        resume=resume,
+    )
+    return res.model_dir
+
+
+def finetune_steps(
+    model_name: str,
+    task_name: str,
+    output_dir: str | Path,
+    step_sizes: Sequence[float] = (1.0,),
+    train_config: TrainConfig | None = None,
+    train_limit: int | None = None,
+    dev_limit: int | None = None,
+    resume: bool = False,
+):
+    """Fine-tune (the shared) ``model_name`` on a task; with ``step_sizes`` each batch runs
+    at a step size drawn from the set. Model selection scores dev at step 1."""
+    from gearshift.jobs import finetune
+
+    return finetune(
+        model_name,
+        task_name,
+        output_dir,
+        train_config,
+        train_limit,
+        dev_limit,
+        resume=resume,
+        loss_fn=step_aware_loss(step_sizes) if tuple(step_sizes) != (1.0,) else None,
+        extra={"step_aware": {"step_sizes": [float(a) for a in step_sizes]}},
+    )
+
+
+def pretrain_decoder(
+    output_dir: str | Path,
+    tokenizer_name: str = "minilm-l6",
+    groups: int | None = None,
+    step_sizes: Sequence[float] = (1.0,),
+    block_size: int = 128,
+    train_limit: int | None = None,
+    train_config: TrainConfig | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    resume: bool = False,
+    data_dir: str | None = None,
+) -> Path:
+    """Pre-train a small GPT-2-style decoder from scratch on WikiText-2's validation text
+    (the data folder has no train split; perplexity is measured on its test split), unshared
+    or with ``groups`` shared groups, naive (``step_sizes=(1,)``) or step-aware. Returns the
+    model folder ``<output_dir>/model``."""
+    tokenizer = load_tokenizer(tokenizer_name)
+    cfg = decoder_config(
+        tokenizer.vocab_size,
+        groups=groups,
+        max_positions=max(block_size, 256),
+        pad_token_id=tokenizer.pad_token_id,
+        **(model_kwargs or {}),
+    )
+    torch.manual_seed(train_config.seed if train_config else 42)
+    model = Transformer(cfg)
+    blocks = lm_blocks(tokenizer, raw_texts("wikitext2", None, None, data_dir), block_size)
+    if train_limit:
+        blocks = blocks[:train_limit]
+    output_dir = Path(output_dir)
+    config = train_config or TrainConfig(output_dir=str(output_dir))
+    config.output_dir = str(output_dir)
+    meta = {
+        "decoder": {
+            "groups": groups,
+            "step_sizes": [float(a) for a in step_sizes],
+            "text": "wikitext2 valid",
+            "block_size": block_size,
+            "tokenizer": tokenizer_name,
+        }
+    }
+    trainer = Trainer(
+        model,
+        blocks,
+        config,
+        loss_fn=step_aware_loss(step_sizes),
+        collate_fn=collate_blocks,
+        save_model_fn=lambda m, path: save_model(m, path, tokenizer, meta),
+    )
+    trainer.fit(resume=resume)
+    return save_model(model.eval(), output_dir / "model", tokenizer, meta)
+
+
+def score_at_steps(
+    model: Transformer,
+    data: Any,
+    n_steps: int | None,
+    solver: str = "euler",
+) -> tuple[float, str]:
+    """(score, metric) of ``model`` at ``n_steps`` (None: its own layers): the task's main
+    metric for task data (:class:`gearshift.jobs.TaskData`), perplexity for LM blocks."""
+    from gearshift.jobs import TaskData, evaluate
+
+    plan = None if n_steps is None else step_plan(model.config, n_steps, solver=solver)
+    if isinstance(data, TaskData):
+        metric = data.task.main_metric
+        return evaluate(model, data, plan=plan)[metric], metric
+    return perplexity(model, data, plan=plan), "perplexity"
+
+
+def evaluate_steps(
+    model_dir: str,
+    steps: Sequence[int],
+    solvers: Sequence[str] = ("euler",),
+    task_name: str | None = None,
+    limit: int | None = None,
+    data_dir: str | None = None,
+) -> list[dict[str, Any]]:
+    """Score ``model_dir`` at each number of steps and solver: one dict per setting with the
+    score, block evaluations and FLOPs per example at length 128."""
+    from gearshift.jobs import TaskData, task_of_folder
+
+    model = load_pretrained(model_dir).eval()
+    tokenizer = load_tokenizer(model_dir)
+    if model.config.head.kind == "lm":
+        data = lm_blocks(tokenizer, _test_text(data_dir), 128)
+        data = data[:limit] if limit else data
+    else:
+        name = task_name or task_of_folder(model_dir)
+        if name is None:
+            raise ConfigError(f"{model_dir} records no task: pass --task NAME")
+        data = TaskData.load(get_task(name), tokenizer, "dev", limit, data_dir=data_dir)
+    rows = []
+    for solver in solvers:
+        for n in steps:
+            plan = step_plan(model.config, n, solver=solver)
+            score, metric = score_at_steps(model, data, n, solver)
+            rows.append(
+                {
+                    "steps": n,
+                    "solver": solver,
+                    "step_sizes": [s.step_size for s in plan.steps],
+                    "metric": metric,
+                    "score": score,
+                    "block_evaluations": layer_evaluations(plan.steps, solver),
+                    "flops_128": flops_at_length(model, 128, plan=plan),
+                }
+            )
+    return rows
+
+
+def _test_text(data_dir: str | None) -> list[str]:
+    from gearshift.data import iter_texts, load_examples
+
+    return list(iter_texts(load_examples("wikitext2", "test", data_dir=data_dir)))

@@ -1,0 +1,238 @@
+"""Making parameter-shared models from unshared ones, and training them to tolerate steps.
+
+- :func:`make_shared`: one block for every G consecutive layers (G groups), each shared
+  block initialised from its layers: their element-wise ``mean``, or one chosen layer
+  (``first``, ``middle``, ``last``). Embeddings, final norm and head are copied.
+- :class:`ShareDistillation`: the student (shared) learns the teacher's (unshared) hidden
+  states on raw text: MSE of the final states, optionally also at every integer time a
+  student step lands on (``layerwise``). With ``step_sizes`` (step-aware training) each
+  batch draws one step size a from the set and the student runs ``round(L_g / a)`` steps
+  per group; with ``(1,)`` it is the naive reading (train at a = 1 only).
+- :func:`distil_shared`: the above on the project's Trainer (resume, progress, atomic
+  checkpoints); the result is an ordinary gearshift model folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gearshift.errors import ConfigError
+from gearshift.measure.flops import model_inputs
+from gearshift.runtime.config import ModelConfig
+from gearshift.runtime.io import save_model
+from gearshift.runtime.model import Transformer
+from gearshift.train import TrainConfig, Trainer, hidden_mse
+
+from .solver import make_steps, shared_groups
+
+INITS = ("mean", "first", "middle", "last")
+
+
+def group_layers(num_layers: int, groups: int) -> list[int]:
+    """``layer_to_block`` for ``groups`` groups of consecutive layers (sizes differ by <= 1)."""
+    if not isinstance(groups, int) or not 1 <= groups <= num_layers:
+        raise ConfigError(
+            f"groups={groups!r}: a {num_layers}-layer model can share in 1 to {num_layers} groups"
+        )
+    return [layer * groups // num_layers for layer in range(num_layers)]
+
+
+def make_shared(
+    model: Transformer, groups: int = 1, init: str = "mean", layer_to_block: list[int] | None = None
+) -> Transformer:
+    """A copy of ``model`` whose layers share ``groups`` blocks of consecutive layers.
+
+    ``init``: ``mean`` (element-wise mean of the group's layers' parameters) or ``first`` /
+    ``middle`` / ``last`` (that layer of the group). ``layer_to_block`` (optional) gives the
+    grouping explicitly; it must name consecutive runs. The source must be unshared, with
+    equal block widths inside each group.
+    """
+    cfg = model.config
+    if init not in INITS:
+        raise ConfigError(f"init {init!r} is unknown: use one of {', '.join(INITS)}")
+    if cfg.is_shared:
+        raise ConfigError(
+            "the model already shares layers (layer_to_block "
+            f"{cfg.layer_to_block}): make_shared starts from an unshared model"
+        )
+    mapping = (
+        list(layer_to_block) if layer_to_block is not None else group_layers(cfg.num_layers, groups)
+    )
+    if len(mapping) != cfg.num_layers:
+        raise ConfigError(f"layer_to_block has {len(mapping)} entries for {cfg.num_layers} layers")
+    runs = shared_groups(mapping)
+    if sorted(b for b, _, _ in runs) != list(range(len(runs))):
+        raise ConfigError(
+            f"layer_to_block {mapping} must number its groups 0, 1, ... in order, each a run of "
+            "consecutive layers"
+        )
+    new_cfg = ModelConfig.from_dict(copy.deepcopy(cfg.to_dict()))
+    blocks = []
+    for _, first, n in runs:
+        shapes = {astuple(cfg.layer_shape(i)) for i in range(first, first + n)}
+        if len(shapes) != 1:
+            raise ConfigError(
+                f"layers {first}..{first + n - 1} have different widths (heads, FFN) "
+                f"{sorted(shapes)}: they cannot share one block; group equal-width layers"
+            )
+        blocks.append(copy.deepcopy(cfg.layer_shape(first)))
+    new_cfg.blocks = blocks
+    new_cfg.layer_to_block = mapping
+    new_cfg.validate()
+    shared = Transformer(new_cfg)
+    own = model.state_dict()
+    state = {k: v for k, v in own.items() if not k.startswith("blocks.")}
+    for b, first, n in runs:
+        layers = list(range(first, first + n))
+        pick = {
+            "first": [layers[0]],
+            "middle": [layers[(n - 1) // 2]],
+            "last": [layers[-1]],
+            "mean": layers,
+        }[init]
+        src_blocks = [cfg.layer_to_block[i] for i in pick]
+        for name in shared.blocks[b].state_dict():
+            tensors = [own[f"blocks.{s}.{name}"].float() for s in src_blocks]
+            state[f"blocks.{b}.{name}"] = (sum(tensors) / len(tensors)).to(
+                own[f"blocks.{src_blocks[0]}.{name}"].dtype
+            )
+    shared.load_state_dict(state)
+    return shared.train(model.training)
+
+
+def steps_for_size(config: ModelConfig, a: float) -> list:
+    """The student's steps at (about) step size ``a``: ``max(1, round(L_g / a))`` per group."""
+    n = sum(max(1, round(length / a)) for _, _, length in shared_groups(config.layer_to_block))
+    return make_steps(config, n_steps=n)
+
+
+class ShareDistillation(nn.Module):
+    """The module the Trainer trains: the shared student and its loss against the teacher.
+
+    ``forward(batch)`` draws a step size (step-aware) and returns ``(loss, {"mse", "a"})``.
+    """
+
+    def __init__(
+        self,
+        student: Transformer,
+        teacher: Transformer,
+        step_sizes: Sequence[float] = (1.0,),
+        layerwise: bool = False,
+    ) -> None:
+        super().__init__()
+        if student.config.num_layers != teacher.config.num_layers:
+            raise ConfigError(
+                f"student has {student.config.num_layers} layers, teacher "
+                f"{teacher.config.num_layers}: the shared model must cover the teacher's depth"
+            )
+        if not step_sizes or any(not float(a) > 0 for a in step_sizes):
+            raise ConfigError(f"step sizes {list(step_sizes)} must be positive numbers")
+        self.student = student
+        self._teacher = (teacher.eval().requires_grad_(False),)  # not a submodule: not trained
+        self.step_sizes = [float(a) for a in step_sizes]
+        self.layerwise = layerwise
+        self._plans = {a: steps_for_size(student.config, a) for a in self.step_sizes}
+
+    @property
+    def teacher(self) -> Transformer:
+        return self._teacher[0]
+
+    def train(self, mode: bool = True) -> ShareDistillation:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        from gearshift.runtime.plan import ForwardPlan
+
+        device = next(self.student.parameters()).device
+        inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+        mask = inputs.get("attention_mask")
+        # one draw per batch from torch's RNG, so the Trainer's RNG checkpoint replays it
+        a = self.step_sizes[int(torch.randint(len(self.step_sizes), ()).item())]
+        steps = self._plans[a]
+        with torch.no_grad():
+            ref = self.teacher(**inputs, output_hidden_states=self.layerwise)
+        out = self.student(
+            **inputs, plan=ForwardPlan(steps=steps), output_hidden_states=self.layerwise
+        )
+        loss = hidden_mse(out.last_hidden_state, ref.last_hidden_state, mask)
+        if self.layerwise:  # every integer time a step lands on (the last one is counted above)
+            t, terms = 0.0, []
+            for i, step in enumerate(steps[:-1]):
+                t += step.step_size
+                if abs(t - round(t)) < 1e-6:
+                    terms.append(
+                        hidden_mse(out.hidden_states[i + 1], ref.hidden_states[round(t)], mask)
+                    )
+            if terms:
+                loss = (loss + sum(terms)) / (1 + len(terms))
+        return loss, {"mse": loss.detach(), "a": a}
+
+
+@dataclass
+class ShareResult:
+    model_dir: Path
+    steps: int
+    seconds: float
+    final_loss: float | None
+    history: list[dict[str, Any]]
+
+
+def distil_shared(
+    student: Transformer,
+    teacher: Transformer,
+    features: Sequence[Mapping[str, Any]],
+    collate_fn: Callable | None,
+    config: TrainConfig,
+    *,
+    step_sizes: Sequence[float] = (1.0,),
+    layerwise: bool = False,
+    tokenizer: Any = None,
+    extra: dict[str, Any] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> ShareResult:
+    """Distil ``teacher`` into the shared ``student`` on ``features`` (raw text); the final
+    student is saved as a gearshift model folder at ``<output_dir>/model``."""
+    module = ShareDistillation(student, teacher, step_sizes, layerwise)
+    meta = {
+        "shared": {
+            "step_sizes": list(module.step_sizes),
+            "layerwise": layerwise,
+            **(extra or {}),
+        }
+    }
+
+    def save(m: nn.Module, folder: Path) -> None:
+        save_model(m.student, folder, tokenizer=tokenizer, extra=meta)
+
+    trainer = Trainer(
+        module,
+        list(features),
+        config,
+        loss_fn=lambda m, batch: m(batch),
+        save_model_fn=save,
+        collate_fn=collate_fn,
+        callbacks=callbacks,
+    )
+    teacher.to(trainer.accelerator.device)
+    start = time.perf_counter()
+    result = trainer.fit(resume=resume)
+    seconds = time.perf_counter() - start
+    meta["shared"]["train_steps"] = result.global_step
+    out = save_model(
+        student.eval(), Path(config.output_dir) / "model", tokenizer=tokenizer, extra=meta
+    )
+    losses = [r["loss"] for r in result.history if r.get("kind") == "train"]
+    return ShareResult(
+        out, result.global_step, seconds, losses[-1] if losses else None, result.history
+    )

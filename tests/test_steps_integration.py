@@ -1,0 +1,178 @@
+"""Step-size acceleration on the real MiniLM-L6 checkpoint and real data, through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gearshift.cli import main
+from gearshift.methods.steps import step_plan
+from gearshift.runtime import load_pretrained
+
+pytestmark = pytest.mark.integration
+
+
+def test_share_finetune_and_eval_through_the_cli(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"sentence number {i} about shared layers." for i in range(40)))
+    shared = tmp_path / "shared"
+    args = [
+        "share",
+        "--model",
+        "minilm-l6",
+        "--output",
+        str(shared),
+        "--groups",
+        "2",
+        "--text",
+        str(text),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "16",
+        "--step-sizes",
+        "1",
+        "2",
+        "3",
+        "--layerwise",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    folder = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"]
+    model = load_pretrained(folder)
+    assert model.config.layer_to_block == [0, 0, 0, 1, 1, 1] and len(model.blocks) == 2
+    teacher = load_pretrained("minilm-l6")
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    # distilled for 3 steps from the mean: close to the teacher, not equal to it
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(
+            model(ids).last_hidden_state, teacher(ids).last_hidden_state, dim=-1
+        )
+    assert 0.3 < float(cos.mean()) < 0.9999
+
+    tuned = tmp_path / "tuned"
+    assert (
+        main(
+            [
+                "steps",
+                "finetune",
+                "--model",
+                folder,
+                "--task",
+                "rte",
+                "--output",
+                str(tuned),
+                "--train-limit",
+                "16",
+                "--dev-limit",
+                "16",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--step-sizes",
+                "1",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out) == {"model", "accuracy"}
+
+    rows_file = tmp_path / "rows.json"
+    assert (
+        main(
+            [
+                "steps",
+                "eval",
+                "--model",
+                out["model"],
+                "--steps",
+                "6",
+                "3",
+                "2",
+                "--solver",
+                "euler",
+                "heun",
+                "--limit",
+                "16",
+                "--json",
+                str(rows_file),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(rows_file.read_text())
+    assert [(r["steps"], r["solver"]) for r in rows] == [
+        (6, "euler"),
+        (3, "euler"),
+        (2, "euler"),
+        (6, "heun"),
+        (3, "heun"),
+        (2, "heun"),
+    ]
+    flops = {(r["steps"], r["solver"]): r["flops_128"] for r in rows}
+    assert flops[(3, "euler")] < flops[(6, "euler")] and flops[(2, "heun")] > flops[(2, "euler")]
+    assert all(r["metric"] == "accuracy" and 0 <= r["score"] <= 100 for r in rows)
+    assert rows[1]["step_sizes"] == [1.5, 1.5, 3.0]  # 2 groups of 3 layers in 3 steps
+
+
+def test_decoder_pretrains_and_scores_perplexity(tmp_path, capsys):
+    out = tmp_path / "dec"
+    assert (
+        main(
+            [
+                "steps",
+                "decoder",
+                "--output",
+                str(out),
+                "--groups",
+                "1",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--block-size",
+                "32",
+                "--train-limit",
+                "8",
+                "--step-sizes",
+                "1",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    folder = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"]
+    model = load_pretrained(folder)
+    assert model.config.layer_to_block == [0] * 6 and model.config.causal
+    rows_file = tmp_path / "ppl.json"
+    assert (
+        main(
+            [
+                "steps",
+                "eval",
+                "--model",
+                folder,
+                "--steps",
+                "6",
+                "2",
+                "--limit",
+                "4",
+                "--json",
+                str(rows_file),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(rows_file.read_text())
+    assert all(r["metric"] == "perplexity" and r["score"] > 1 for r in rows)
+    plan = step_plan(model.config, 2)
+    assert [s.step_size for s in plan.steps] == [3.0, 3.0]
