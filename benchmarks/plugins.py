@@ -6,7 +6,8 @@
                                                           # no teacher yet: untrained head (smoke only)
 
 Per task: the teacher; plugins at k = 2, 4, 8 for placements "ffn" and "layer" (stage C:
-hidden-state MSE to the frozen teacher, ``--steps`` optimizer steps each); at k=4 the
+hidden-state MSE to the frozen teacher, ``--steps`` optimizer steps each, at most
+``--max-epochs`` passes over the training set); at k=4 the
 variants first-token-kept ("-cls"), + KL to the teacher's logits ("+kl") and the paper's
 64-wide restorer ("-r64"); and at the same k the training-free baselines: mean merging
 (both placements) and truncation to ceil(n/k) tokens. Each row: dev score, FLOPs per
@@ -23,6 +24,7 @@ skipped: this script never starts teacher training (``benchmarks/teachers.py`` d
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -154,6 +156,9 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
     base.eval()
     steps, batch = args.steps, args.batch_size
     train = TaskData.load(task, tok, "train", limit=args.train_limit or steps * batch)
+    if args.max_epochs:  # small training sets (RTE, MRPC): no more than max_epochs passes
+        steps = min(steps, max(1, math.ceil(args.max_epochs * len(train.features) / batch)))
+    print(f"[plugins] {task.name}: {steps} stage-C steps of {batch} per plugin", flush=True)
     dev = TaskData.load(task, tok, "dev", limit=args.dev_limit)
     texts = dev_texts(task, args.profile_limit)
     candidates = [Candidate("full", "teacher", None, extras={"teacher": teacher})]
@@ -237,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         "--placements", nargs="+", default=["ffn", "layer"], choices=["ffn", "layer"]
     )
     parser.add_argument("--steps", type=int, default=500, help="stage-C optimizer steps per plugin")
+    parser.add_argument(
+        "--max-epochs",
+        type=float,
+        default=3.0,
+        help="cap --steps at this many passes over the task's training set (0: no cap)",
+    )
     parser.add_argument(
         "--stage-a-steps",
         type=int,
