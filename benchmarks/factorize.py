@@ -215,6 +215,9 @@ class Measure:
         self.latency_batches = {size: make_batch(tokenizer, texts, size) for size in (1, 32)}
         self.reference_hidden = self.hidden(teacher)
         self.teacher_score = evaluate(teacher, self.dev)[task.main_metric]
+        self.cost_cache: dict[tuple, dict[str, Any]] = {}
+        self.cost_labels: dict[tuple, str] = {}
+        self.cost_source = ""
 
     @torch.inference_mode()
     def hidden(self, model) -> torch.Tensor:
@@ -232,7 +235,16 @@ class Measure:
             ).mean()
         )
 
-    def costs(self, model, latency: bool = True) -> dict[str, Any]:
+    def costs(self, model, latency: bool = True, label: str = "") -> dict[str, Any]:
+        """FLOPs, parameters and latency ratios of ``model``. Models with the same modules and
+        parameter shapes do the same arithmetic on the same inputs (every SVD-family method at
+        one ratio and mode gives the same ranks), so their FLOPs and latency are measured
+        once per task and reused; ``measured_with`` names the row they were measured on."""
+        key = signature(model)
+        if key in self.cost_cache:
+            self.cost_source = self.cost_labels[key]
+            return dict(self.cost_cache[key])
+        self.cost_source = label
         ratios = {1: 1.0, 32: 1.0}  # the teacher against itself: 1 by definition
         for size, batch in self.latency_batches.items() if latency else ():
             cmp = compare_latency(
@@ -243,13 +255,29 @@ class Measure:
                 threads=self.args.threads,
             )
             ratios[size] = cmp.ratios["candidate"]
-        return {
+        costs = {
             "flops_dynamic": flops_per_example(model, self.singles),
             "flops_128": flops_at_length(model, 128),
             "params": count_parameters(model),
             "latency_ratio_b1": ratios[1],
             "latency_ratio_b32": ratios[32],
         }
+        if latency:
+            self.cost_cache[key], self.cost_labels[key] = costs, label
+        return dict(costs)
+
+
+def signature(model: torch.nn.Module) -> tuple:
+    """The model's arithmetic: every module's type and every parameter's and buffer's shape."""
+    return tuple(
+        (
+            name,
+            type(m).__name__,
+            tuple((n, tuple(t.shape)) for n, t in m.named_parameters(recurse=False)),
+            tuple((n, tuple(t.shape)) for n, t in m.named_buffers(recurse=False)),
+        )
+        for name, m in model.named_modules()
+    )
 
 
 def factorize_config(
@@ -278,6 +306,7 @@ def row_for(
     fidelity: float | None,
     command: str,
     extra: dict | None = None,
+    costs_from: str = "",
 ) -> dict:
     units = report.units
     sizes = sorted({u.get("rank", u.get("code_size")) for u in units})
@@ -305,6 +334,7 @@ def row_for(
             "calibration_seconds": report.calibration_seconds,
             "ranks_or_code_sizes": sizes,
             "notes": report.notes,
+            "costs_measured_on": costs_from,  # FLOPs/latency of an identically shaped model
             **(extra or {}),
         },
     ).to_dict()
@@ -357,10 +387,20 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink)
                     continue
                 score = evaluate(model, measure.dev)[task.main_metric]
                 fid = measure.fidelity(model)
-                costs = measure.costs(model)
+                costs = measure.costs(model, label=f"{row_method(method, mode)}, {setting}")
                 sink.add(
                     row_for(
-                        task, measure, method, mode, setting, score, costs, report, fid, command
+                        task,
+                        measure,
+                        method,
+                        mode,
+                        setting,
+                        score,
+                        costs,
+                        report,
+                        fid,
+                        command,
+                        costs_from=measure.cost_source,
                     )
                 )
                 print(
@@ -428,7 +468,7 @@ def run_finetune(
                     dev_limit=args.dev_limit,
                 )
                 tuned = load_factorized(res.model_dir)
-                costs = measure.costs(tuned)
+                costs = measure.costs(tuned, label=f"{row_method(method, mode, True)}, {setting}")
                 sink.add(
                     row_for(
                         task,
@@ -441,6 +481,7 @@ def run_finetune(
                         report,
                         None,
                         command,
+                        costs_from=measure.cost_source,
                         extra={
                             "finetune_seconds": time.perf_counter() - start,
                             "finetune_examples": args.finetune_examples,
