@@ -249,7 +249,7 @@ class CharTokenizer:
     sep_token_id = 1
     eos_token_id = None
 
-    def __call__(self, text, add_special_tokens=False):
+    def __call__(self, text, add_special_tokens=False, verbose=True):
         return {"input_ids": [2 + (ord(c) % 50) for c in text]}
 
 
@@ -430,3 +430,26 @@ def test_step_aware_distillation_resumes_exactly(tmp_path):
     resumed, _ = distil(tmp_path, "b", resume=True)
     for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(v, w, atol=1e-6), k
+
+
+def test_tokenizer_and_init_for_training_from_scratch():
+    from gearshift.methods.steps import init_weights, train_tokenizer
+
+    texts = ["the shared block runs in steps", "fewer larger steps cost less"] * 20
+    tok = train_tokenizer(texts, vocab_size=300)
+    ids = tok("the shared steps", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == "the shared steps"
+    assert tok.pad_token == tok.eos_token == "<|endoftext|>"
+    assert 256 < tok.vocab_size <= 300
+    torch.manual_seed(0)
+    model = init_weights(
+        Transformer(
+            decoder_config(
+                tok.vocab_size, hidden_size=32, num_heads=4, intermediate_size=64, groups=1
+            )
+        )
+    )
+    b = collate_blocks(lm_blocks(tok, texts, block_size=8)[:4])
+    loss = float(model(b["input_ids"], b["attention_mask"], labels=b["labels"]).loss)
+    assert abs(loss - math.log(tok.vocab_size)) < 0.5  # a uniform guess at the start
+    assert float(model.blocks[0].attn.o.weight.std()) < 0.02 / math.sqrt(12) * 1.2

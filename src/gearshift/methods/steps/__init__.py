@@ -12,9 +12,11 @@ from .decoder import (
     collate_blocks,
     decoder_config,
     generate,
+    init_weights,
     lm_blocks,
     perplexity,
     step_aware_loss,
+    train_tokenizer,
 )
 from .share import (
     INITS,
@@ -47,6 +49,7 @@ __all__ = [
     "generate",
     "group_layers",
     "heun_update",
+    "init_weights",
     "layer_evaluations",
     "lm_blocks",
     "make_shared",
@@ -58,4 +61,5 @@ __all__ = [
     "step_sizes",
     "steps_for_size",
     "steps_from_sizes",
+    "train_tokenizer",
 ]

@@ -110,7 +110,10 @@ def add_cli(subparsers: Any) -> None:
     )
     d.add_argument("--output", required=True, type=Path)
     d.add_argument("--groups", type=int, help="shared groups (default: unshared)")
-    d.add_argument("--tokenizer", default="minilm-l6")
+    d.add_argument(
+        "--tokenizer",
+        help="a model whose tokenizer to use (default: train an 8k byte-level BPE on the text)",
+    )
     d.add_argument("--block-size", type=int, default=128)
     _sizes(d, "pre-training")
     _train_args(d, lr=1e-3, steps=2000, batch=16)

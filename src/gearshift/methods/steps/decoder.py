@@ -72,6 +72,51 @@ def decoder_config(
     )
 
 
+def init_weights(model: Transformer, std: float = 0.02) -> Transformer:
+    """GPT-2's initialisation for training from scratch: normal(0, std) weights and
+    embeddings, zero biases, unit LayerNorms, and the residual output projections (attention
+    out, FFN out) scaled by 1/sqrt(2 * layers). (PyTorch's defaults draw embeddings from
+    N(0, 1), which with a tied LM head gives absurd first losses.)"""
+    layers = model.config.num_layers
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                scale = std / math.sqrt(2 * layers) if name.endswith((".o", ".out")) else std
+                module.weight.normal_(0.0, scale)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, torch.nn.Embedding):
+                module.weight.normal_(0.0, std)
+            elif isinstance(module, torch.nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+    return model
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192) -> Any:
+    """A byte-level BPE tokenizer (GPT-2's kind) trained on ``texts`` with the ``tokenizers``
+    library, as a transformers fast tokenizer (``<|endoftext|>`` is EOS and padding).
+    Small decoders trained here use it: with MiniLM's 30k WordPiece vocabulary the LM head
+    alone would cost more than the six layers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    eos = "<|endoftext|>"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[eos],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator((t for t in texts if t.strip()), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, pad_token=eos, model_max_length=1_000_000
+    )
+
+
 def lm_blocks(
     tokenizer: Any, texts: Iterable[str], block_size: int = 128, limit: int | None = None
 ) -> list[dict[str, list[int]]]:
@@ -85,7 +130,7 @@ def lm_blocks(
         text = text.strip()
         if not text:
             continue
-        stream += tokenizer(text, add_special_tokens=False)["input_ids"]
+        stream += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if sep is not None:
             stream.append(sep)
         if want is not None and len(stream) >= want:

@@ -18,7 +18,15 @@ from gearshift.runtime import Transformer, load_pretrained, load_tokenizer
 from gearshift.runtime.io import save_model
 from gearshift.train import TrainConfig, Trainer
 
-from .decoder import collate_blocks, decoder_config, lm_blocks, perplexity, step_aware_loss
+from .decoder import (
+    collate_blocks,
+    decoder_config,
+    init_weights,
+    lm_blocks,
+    perplexity,
+    step_aware_loss,
+    train_tokenizer,
+)
 from .share import distil_shared, make_shared
 from .solver import layer_evaluations, step_plan
 
@@ -96,7 +104,7 @@ def finetune_steps(
 
 def pretrain_decoder(
     output_dir: str | Path,
-    tokenizer_name: str = "minilm-l6",
+    tokenizer_name: str | None = None,
     groups: int | None = None,
     step_sizes: Sequence[float] = (1.0,),
     block_size: int = 128,
@@ -108,9 +116,11 @@ def pretrain_decoder(
 ) -> Path:
     """Pre-train a small GPT-2-style decoder from scratch on WikiText-2's validation text
     (the data folder has no train split; perplexity is measured on its test split), unshared
-    or with ``groups`` shared groups, naive (``step_sizes=(1,)``) or step-aware. Returns the
-    model folder ``<output_dir>/model``."""
-    tokenizer = load_tokenizer(tokenizer_name)
+    or with ``groups`` shared groups, naive (``step_sizes=(1,)``) or step-aware. The
+    tokenizer is ``tokenizer_name``'s, or (None) an 8k byte-level BPE trained on the same
+    text and saved with the model. Returns the model folder ``<output_dir>/model``."""
+    texts = raw_texts("wikitext2", None, None, data_dir)
+    tokenizer = load_tokenizer(tokenizer_name) if tokenizer_name else train_tokenizer(texts, 8192)
     cfg = decoder_config(
         tokenizer.vocab_size,
         groups=groups,
@@ -119,8 +129,8 @@ def pretrain_decoder(
         **(model_kwargs or {}),
     )
     torch.manual_seed(train_config.seed if train_config else 42)
-    model = Transformer(cfg)
-    blocks = lm_blocks(tokenizer, raw_texts("wikitext2", None, None, data_dir), block_size)
+    model = init_weights(Transformer(cfg))
+    blocks = lm_blocks(tokenizer, texts, block_size)
     if train_limit:
         blocks = blocks[:train_limit]
     output_dir = Path(output_dir)
@@ -132,7 +142,7 @@ def pretrain_decoder(
             "step_sizes": [float(a) for a in step_sizes],
             "text": "wikitext2 valid",
             "block_size": block_size,
-            "tokenizer": tokenizer_name,
+            "tokenizer": tokenizer_name or "byte-level BPE 8192, trained on the same text",
         }
     }
     trainer = Trainer(

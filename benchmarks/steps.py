@@ -1,0 +1,510 @@
+"""Step-size acceleration of parameter-shared models: encoders (MiniLM-L6) and decoders.
+
+    python benchmarks/steps.py encoders                  # shared MiniLM variants on 5 GLUE tasks
+    python benchmarks/steps.py decoders                  # small GPT-2-style models, WikiText-2
+    python benchmarks/steps.py encoders --quick --tasks rte   # smoke run (minutes)
+
+Encoders. From pre-trained MiniLM-L6 (unshared), for each sharing (``--groups``: 1 = fully
+shared, 2 = two groups of three layers) and each training mode (``naive``: distil and
+fine-tune at step 1 only; ``step-aware``: every batch at a step size drawn from
+``--step-sizes``), make the shared model (mean init), distil it on raw text (WikiText-2 +
+the tasks' sentences, hidden-state MSE at every layer a step lands on,
+``--distil-steps`` steps) and fine-tune it on each task (the same mode). Each fine-tuned
+model is scored at N = 6, 4, 3, 2 Euler steps (and Heun at N = 3, 2), against the unshared
+teacher (benchmarks/teachers.py) and the teacher with layers dropped to the same depth (its
+first N layers; and Euler through every (6/N)-th layer). Per row: dev score, FLOPs per
+example (dev inputs; and at length 128), block evaluations, CPU latency ratio to the same
+model at N = 6 and to the teacher, batch 1 and 32, measured interleaved in one run.
+
+Decoders. A small GPT-2-style model (pre-LN, 6 x 256, MiniLM's WordPiece vocabulary)
+trained from scratch on WikiText-2 valid (the data folder has no train split): unshared,
+fully shared and two groups, naive and step-aware; WikiText-2 test perplexity at N = 6, 4,
+3, 2 (Euler; Heun at 3, 2), the unshared model with layers dropped, and greedy generation
+tokens/s with the key/value cache at each N.
+
+Every stage trains into ``runs/steps/`` and resumes there; rows go to
+``benchmarks/results/steps.json`` (written after every model, rows of settings not run
+this time are kept), plots to ``benchmarks/results/steps_<task>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gearshift.data import get_task
+from gearshift.jobs import TEACHER_RECIPES, TaskData, dev_texts, teacher_dir, training_finished
+from gearshift.measure import (
+    OperatingPoint,
+    compare_latency,
+    count_parameters,
+    fixed_threads,
+    flops_at_length,
+    flops_per_example,
+    forward_fn,
+    make_batch,
+    markdown_table,
+    plot_tradeoff,
+    read_results,
+    write_results,
+)
+from gearshift.methods.steps import (
+    generate,
+    layer_evaluations,
+    lm_blocks,
+    perplexity,
+    step_plan,
+    steps_from_sizes,
+)
+from gearshift.methods.steps.jobs import _test_text, finetune_steps, pretrain_decoder, share_model
+from gearshift.runtime import load_pretrained, load_tokenizer
+from gearshift.runtime.plan import ForwardPlan, Step
+from gearshift.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "steps.json"
+GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
+MODEL = "minilm-l6"
+COLUMNS = [
+    "task",
+    "method",
+    "setting",
+    "score",
+    "reference_score",
+    "flops_128",
+    "extras.block_evaluations",
+    "latency_ratio_b1",
+    "latency_ratio_b32",
+    "extras.latency_ratio_b32_vs_n6",
+]
+
+
+class Sink:
+    """Rows of this benchmark, rewritten atomically after every model (resumable runs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict] = []
+        if path.is_file():
+            for r in read_results(path.parent):
+                if r.extras.get("benchmark") == "steps":
+                    d = r.to_dict()
+                    d["extras"].pop("benchmark", None)
+                    self.rows.append(d)
+        self.new: list[dict] = []
+
+    def add(self, rows: list[dict]) -> None:
+        key = lambda r: (r["task"], r["method"], r["setting"])  # noqa: E731
+        fresh = {key(r) for r in rows}
+        self.rows = [r for r in self.rows if key(r) not in fresh] + rows
+        self.new += rows
+        write_results(self.path, self.rows, "steps")
+
+
+# ---------------------------------------------------------------------- plans
+def drop_plan(num_layers: int, n: int, how: str) -> ForwardPlan:
+    """The unshared model cut to ``n`` layer passes: its first n layers (``first``), or Euler
+    steps of size L/n through every (L/n)-th layer (``euler``)."""
+    if how == "first":
+        return ForwardPlan(steps=[Step(block=i, layer=i) for i in range(n)])
+    return ForwardPlan(steps=steps_from_sizes(list(range(num_layers)), [num_layers / n] * n))
+
+
+def settings(args: argparse.Namespace) -> list[tuple[int, str]]:
+    out = [(n, "euler") for n in args.n_steps]
+    out += [(n, "heun") for n in args.heun_steps]
+    return out
+
+
+# ---------------------------------------------------------------------- encoders
+class Timer:
+    """Latency ratios of several plans of one or two models, interleaved in one run."""
+
+    def __init__(self, tokenizer: Any, texts: list, args: argparse.Namespace) -> None:
+        self.batches = {size: make_batch(tokenizer, texts, size) for size in (1, 32)}
+        self.args = args
+
+    def ratios(self, fns: dict[str, Any], reference: str) -> dict[int, dict[str, float]]:
+        out = {}
+        for size, batch in self.batches.items():
+            cmp = compare_latency(
+                fns,
+                batch,
+                warmup=1 if self.args.quick else 3,
+                repeats=self.args.latency_repeats,
+                threads=self.args.threads,
+                reference=reference,
+            )
+            out[size] = cmp.ratios
+        return out
+
+
+def variant_name(groups: int, mode: str) -> str:
+    return f"shared-g{groups}-{mode}"
+
+
+def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
+    sizes = args.step_sizes if mode == "step-aware" else [1.0]
+    out = Path(args.runs) / variant_name(groups, mode)
+    cfg = TrainConfig(
+        output_dir=str(out),
+        max_steps=args.distil_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.distil_lr,
+        warmup_ratio=0.06,
+        save_every=100,
+        seed=42,
+        progress=not args.quick,
+    )
+    start = time.perf_counter()
+    folder = share_model(
+        MODEL,
+        out,
+        groups=groups,
+        init="mean",
+        step_sizes=sizes,
+        layerwise=True,
+        text="wikitext2",
+        task=None,
+        train_limit=args.distil_steps * args.batch_size,
+        max_length=args.max_length,
+        train_config=cfg,
+        resume=True,
+    )
+    print(
+        f"[steps] {variant_name(groups, mode)}: distilled ({args.distil_steps} steps) "
+        f"in {time.perf_counter() - start:.0f} s -> {folder}",
+        flush=True,
+    )
+    return folder
+
+
+def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
+    sizes = args.step_sizes if mode == "step-aware" else [1.0]
+    recipe = TEACHER_RECIPES.get(task.name, {})
+    out = Path(args.runs) / variant_name(groups, mode) / task.name
+    cfg = TrainConfig(
+        output_dir=str(out),
+        epochs=args.epochs or recipe.get("epochs", 3.0),
+        batch_size=32,
+        learning_rate=recipe.get("learning_rate", 1e-4),
+        warmup_ratio=0.06,
+        save_every=200,
+        seed=42,
+        progress=not args.quick,
+    )
+    res = finetune_steps(
+        str(folder),
+        task.name,
+        out,
+        sizes,
+        cfg,
+        train_limit=args.train_limit,
+        dev_limit=args.dev_limit,
+        resume=True,
+    )
+    print(
+        f"[steps] {variant_name(groups, mode)} {task.name}: fine-tuned, dev {res.metric} "
+        f"{res.score:.2f} ({res.train_seconds:.0f} s)",
+        flush=True,
+    )
+    return res.model_dir
+
+
+def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list[dict]:
+    task = get_task(task_name)
+    root = teacher_dir(task.name, MODEL)
+    if not training_finished(root):
+        print(f"[steps] skipping {task.name}: no finished teacher in {root}", flush=True)
+        return []
+    teacher = load_pretrained(str(root / "best")).eval()
+    tok = load_tokenizer(str(root / "best"))
+    dev = TaskData.load(task, tok, "dev", args.dev_limit)
+    texts = dev_texts(task, args.profile_limit)
+    singles = [make_batch(tok, [t], 1) for t in texts]
+    timer = Timer(tok, texts, args)
+    L = teacher.config.num_layers
+    rows = []
+
+    def row(method, setting, model, plan, score, ref, extras) -> dict:
+        latency = {k: extras.pop(k) for k in ("latency_ratio_b1", "latency_ratio_b32")}
+        return OperatingPoint(
+            task=task.name,
+            model=MODEL,
+            method=method,
+            setting=setting,
+            metric=task.main_metric,
+            score=score,
+            reference_score=ref,
+            flops_dynamic=flops_per_example(model, singles, plan=plan),
+            flops_128=flops_at_length(model, 128, plan=plan),
+            params=count_parameters(model),
+            command=command,
+            **latency,
+            extras=extras,
+        ).to_dict()
+
+    from gearshift.jobs import evaluate
+
+    teacher_score = evaluate(teacher, dev)[task.main_metric]
+    fns = {"teacher": forward_fn(teacher)}
+    for how in ("first", "euler"):
+        for n in args.n_steps:
+            if n < L:
+                fns[f"drop-{how}-{n}"] = forward_fn(teacher, drop_plan(L, n, how))
+    lat = timer.ratios(fns, "teacher")
+    rows.append(
+        row(
+            "teacher",
+            "unshared, 6 layers",
+            teacher,
+            None,
+            teacher_score,
+            teacher_score,
+            {"block_evaluations": L, **_lat(lat, "teacher")},
+        )
+    )
+    for how in ("first", "euler"):
+        for n in args.n_steps:
+            if n >= L:
+                continue
+            plan = drop_plan(L, n, how)
+            score = evaluate(teacher, dev, plan=plan)[task.main_metric]
+            what = (
+                f"first {n} layers"
+                if how == "first"
+                else f"Euler a={L / n:g} through every {L / n:g}-th layer"
+            )
+            rows.append(
+                row(
+                    f"teacher-drop-{how}",
+                    f"N={n}: {what}, no re-training",
+                    teacher,
+                    plan,
+                    score,
+                    teacher_score,
+                    {"block_evaluations": n, **_lat(lat, f"drop-{how}-{n}")},
+                )
+            )
+    for groups in args.groups:
+        for mode in args.modes:
+            folder = make_variant(groups, mode, args)
+            best = finetune_variant(folder, groups, mode, task, args)
+            model = load_pretrained(str(best)).eval()
+            plans = {(n, s): step_plan(model.config, n, solver=s) for n, s in settings(args)}
+            fns = {"teacher": forward_fn(teacher)}
+            fns |= {f"{n}-{s}": forward_fn(model, p) for (n, s), p in plans.items()}
+            lat = timer.ratios(fns, "teacher")
+            full = plans.get((L, "euler"))
+            ref_score = evaluate(model, dev, plan=full)[task.main_metric]
+            for (n, s), plan in plans.items():
+                score = (
+                    ref_score
+                    if (n, s) == (L, "euler")
+                    else evaluate(model, dev, plan=plan)[task.main_metric]
+                )
+                extras = {
+                    "groups": groups,
+                    "training": mode,
+                    "solver": s,
+                    "n_steps": n,
+                    "step_sizes": [st.step_size for st in plan.steps],
+                    "block_evaluations": layer_evaluations(plan.steps, s),
+                    "score_at_n6": ref_score,
+                    "teacher_score": teacher_score,
+                    "distil_steps": args.distil_steps,
+                    "model_dir": str(best),
+                    **_lat(lat, f"{n}-{s}"),
+                }
+                if (L, "euler") in plans:
+                    extras["latency_ratio_b1_vs_n6"] = lat[1][f"{n}-{s}"] / lat[1][f"{L}-euler"]
+                    extras["latency_ratio_b32_vs_n6"] = lat[32][f"{n}-{s}"] / lat[32][f"{L}-euler"]
+                rows.append(
+                    row(
+                        f"{variant_name(groups, mode)}",
+                        f"N={n} {s}",
+                        model,
+                        plan,
+                        score,
+                        teacher_score,
+                        extras,
+                    )
+                )
+            print(markdown_table(rows[-len(plans) :], COLUMNS), flush=True)
+    return rows
+
+
+def _lat(lat: dict, name: str) -> dict[str, float]:
+    """The latency ratios of candidate ``name`` (to the teacher) at batch 1 and 32."""
+    return {"latency_ratio_b1": lat[1][name], "latency_ratio_b32": lat[32][name]}
+
+
+# ---------------------------------------------------------------------- decoders
+def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
+    test_text = _test_text(None)
+    variants = [(None, "naive")] + [(g, m) for g in args.groups for m in args.modes]
+    rows: list[dict] = []
+    for groups, mode in variants:
+        name = "unshared" if groups is None else variant_name(groups, mode)
+        out = Path(args.runs) / "decoder" / name
+        cfg = TrainConfig(
+            output_dir=str(out),
+            max_steps=args.lm_steps,
+            batch_size=16,
+            learning_rate=1e-3,
+            warmup_ratio=0.05,
+            save_every=200,
+            seed=42,
+            progress=not args.quick,
+        )
+        start = time.perf_counter()
+        folder = pretrain_decoder(
+            out,
+            None,  # an 8k byte-level BPE trained on the text (the same for every variant)
+            groups,
+            args.step_sizes if mode == "step-aware" else [1.0],
+            args.block_size,
+            train_config=cfg,
+            resume=True,
+        )
+        print(f"[steps] decoder {name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+        model = load_pretrained(str(folder)).eval()
+        tok = load_tokenizer(str(folder))
+        test = lm_blocks(tok, test_text, args.block_size, limit=args.eval_blocks)
+        prompt = torch.tensor([b["input_ids"][:16] for b in test[:4]])
+        L = model.config.num_layers
+        if groups is None:
+            plans = {(L, "euler"): None}
+            plans |= {(n, "first"): drop_plan(L, n, "first") for n in args.n_steps if n < L}
+            plans |= {(n, "drop-euler"): drop_plan(L, n, "euler") for n in args.n_steps if n < L}
+        else:
+            plans = {(n, s): step_plan(model.config, n, solver=s) for n, s in settings(args)}
+        ref_ppl = None
+        for (n, s), plan in plans.items():
+            ppl = perplexity(model, test, plan=plan)
+            ref_ppl = ppl if (n == L and s == "euler") else ref_ppl
+            gen = None
+            if s != "heun":
+                generate(model, prompt[:1], 4, plan=plan)  # warm-up
+                gen = generate(model, prompt, args.gen_tokens, plan=plan)
+            steps = plan.steps if plan is not None else model.steps
+            rows.append(
+                OperatingPoint(
+                    task="wikitext2",
+                    model="decoder-6x256-bpe8k",
+                    method=f"decoder-{name}",
+                    setting=f"N={n} {s}",
+                    metric="perplexity",
+                    score=ppl,
+                    reference_score=ref_ppl,
+                    flops_128=flops_at_length(model, 128, plan=plan),
+                    params=count_parameters(model),
+                    command=command,
+                    extras={
+                        "groups": groups,
+                        "training": mode,
+                        "n_steps": n,
+                        "solver": s,
+                        "block_evaluations": layer_evaluations(
+                            steps, "heun" if s == "heun" else "euler"
+                        ),
+                        "train_steps": args.lm_steps,
+                        "tokens_per_second": gen.tokens_per_second if gen else None,
+                        "model_dir": str(folder),
+                    },
+                ).to_dict()
+            )
+        print(
+            markdown_table(rows[-len(plans) :], COLUMNS + ["extras.tokens_per_second"]), flush=True
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("part", choices=["encoders", "decoders"])
+    p.add_argument("--tasks", nargs="+", default=GLUE5)
+    p.add_argument("--groups", type=int, nargs="+", default=[1, 2])
+    p.add_argument(
+        "--modes", nargs="+", default=["naive", "step-aware"], choices=["naive", "step-aware"]
+    )
+    p.add_argument("--step-sizes", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    p.add_argument("--n-steps", type=int, nargs="+", default=[6, 4, 3, 2])
+    p.add_argument("--heun-steps", type=int, nargs="+", default=[3, 2])
+    p.add_argument(
+        "--distil-steps", type=int, default=600, help="distillation steps per shared model"
+    )
+    p.add_argument("--distil-lr", type=float, default=2e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument(
+        "--epochs", type=float, help="fine-tuning epochs (default: the teacher's recipe)"
+    )
+    p.add_argument("--train-limit", type=int, help="fine-tune on the first N training examples")
+    p.add_argument("--dev-limit", type=int)
+    p.add_argument("--profile-limit", type=int, default=128, help="dev texts for FLOPs and latency")
+    p.add_argument("--latency-repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lm-steps", type=int, default=1500, help="decoder pre-training steps")
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--eval-blocks", type=int, default=400, help="WikiText-2 test blocks scored")
+    p.add_argument("--gen-tokens", type=int, default=32)
+    p.add_argument("--runs", default="runs/steps")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny budgets everywhere")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.distil_steps = min(args.distil_steps, 4)
+        args.train_limit = args.train_limit or 64
+        args.dev_limit = args.dev_limit or 32
+        args.epochs = args.epochs or 1.0
+        args.profile_limit = min(args.profile_limit, 8)
+        args.latency_repeats = min(args.latency_repeats, 2)
+        args.lm_steps = min(args.lm_steps, 4)
+        args.eval_blocks = min(args.eval_blocks, 8)
+        args.gen_tokens = min(args.gen_tokens, 4)
+        if args.runs == "runs/steps":
+            args.runs = "runs/steps-quick"
+        if args.out == RESULTS:
+            args.out = Path("runs/steps-quick/steps.json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python benchmarks/steps.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    sink = Sink(args.out)
+    with fixed_threads(args.threads):
+        if args.part == "decoders":
+            sink.add(decoder_rows(args, command))
+        else:
+            for task in args.tasks:
+                rows = encoder_rows(task, args, command)
+                if rows:
+                    sink.add(rows)
+                    plot_tradeoff(
+                        rows,
+                        args.out.parent / f"steps_{get_task(task).name}.png",
+                        x="flops_128",
+                        title=f"{get_task(task).name}: shared MiniLM-L6 in N steps vs the teacher",
+                    )
+    if not sink.new:
+        print("[steps] nothing measured", flush=True)
+        return 1
+    print(f"[steps] {len(sink.new)} rows written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
