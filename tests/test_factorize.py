@@ -34,7 +34,8 @@ from gearshift.methods.factorize.autoencoder import (
     train_row_autoencoder,
 )
 from gearshift.methods.factorize.svd import row_weights_from_importance
-from gearshift.runtime import BlockShape, ModelConfig, Transformer, save_model
+from gearshift.runtime import BlockShape, ModelConfig, Transformer, load_pretrained, save_model
+from gearshift.runtime.io import load_model
 
 LINEARS = ["attn.q", "attn.k", "attn.v", "attn.o", "ffn.inp", "ffn.out"]
 
@@ -411,6 +412,23 @@ def test_save_and_reload_give_identical_outputs(method, grouped, tmp_path):
     assert again.factorize_config.method == method
     assert torch.equal(logits(again, batch), out)
     assert count_parameters(again) == count_parameters(model)
+    generic = load_pretrained(str(folder))  # the generic loader dispatches on the folder kind
+    assert torch.equal(logits(generic, batch), out)
+    assert count_parameters(generic) == count_parameters(model)
+
+
+def test_generic_loader_names_folders_it_cannot_load(tmp_path):
+    model, _ = compress(small_model(), fast("svd", modules=["attn.q"]))
+    folder = save_factorized(model, tmp_path / "f")
+    meta = json.loads((folder / "gearshift.json").read_text())
+    meta["kind"] = "pruned-model-v9"
+    (folder / "gearshift.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="'pruned-model-v9' folder.*upgrade gearshift"):
+        load_pretrained(str(folder))
+    meta["kind"] = "plugin"
+    (folder / "gearshift.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="compression plugin, not a model.*load_plugin"):
+        load_model(folder)
 
 
 def test_loading_wrong_or_damaged_folders_raises_clear_errors(tmp_path):

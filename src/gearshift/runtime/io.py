@@ -276,10 +276,47 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+# Folder kinds other than "model": the function that loads each (imported on first use, so
+# the runtime does not import the methods), or the reason it is not a model on its own.
+FOLDER_KINDS: dict[str, str] = {
+    "factorized-model": "gearshift.methods.factorize.model:load_factorized",
+}
+NOT_A_MODEL: dict[str, str] = {
+    "plugin": (
+        "it is a compression plugin, not a model: load its base model, then attach it with "
+        "gearshift.methods.plugins.load_plugin(folder, base) (or `gearshift plugin eval "
+        "--model BASE --plugin FOLDER`)"
+    ),
+}
+
+
+def register_folder_kind(kind: str, loader: str) -> None:
+    """Make :func:`load_model` load folders whose gearshift.json says ``kind`` with
+    ``loader`` ("package.module:function", imported when such a folder is loaded)."""
+    if ":" not in loader:
+        raise ValueError(f"loader {loader!r} must look like 'package.module:function'")
+    FOLDER_KINDS[kind] = loader
+
+
 def load_model(folder: str | os.PathLike) -> Transformer:
-    """Load a model saved by :func:`save_model`; outputs are identical to the saved model's."""
+    """Load a model saved by :func:`save_model` (or by a method, whose folder ``kind`` is in
+    :data:`FOLDER_KINDS`); outputs are identical to the saved model's."""
     folder = Path(folder)
     meta = read_meta(folder)
+    kind = meta.get("kind", "model")
+    if kind in NOT_A_MODEL:
+        raise ArtifactError(f"{folder} cannot be loaded as a model: {NOT_A_MODEL[kind]}")
+    if kind != "model":
+        if kind not in FOLDER_KINDS:
+            raise ArtifactError(
+                f"{folder} holds a {kind!r} folder, which this gearshift cannot load (known: "
+                f"model, {', '.join(FOLDER_KINDS)}); upgrade gearshift or load it with the "
+                "method that wrote it"
+            )
+        import importlib
+
+        module, _, name = FOLDER_KINDS[kind].partition(":")
+        return getattr(importlib.import_module(module), name)(folder)
     config = ModelConfig.from_dict(meta["config"])
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
