@@ -119,11 +119,22 @@ def padded_batch(config: ModelConfig, batch: int = 3, length: int = 12) -> dict:
     return out
 
 
+def with_word_rank(make, rank: int = 5):
+    def config() -> ModelConfig:
+        c = make()
+        c.word_rank = rank
+        return c
+
+    return config
+
+
 CONFIGS = {
     "bert": bert_like,
     "heterogeneous": heterogeneous,
     "albert": albert_like,
     "gpt2-lm": gpt2_like,
+    "bert-word-rank": with_word_rank(bert_like),
+    "gpt2-lm-word-rank": with_word_rank(gpt2_like),
 }
 
 

@@ -111,6 +111,24 @@ def test_heterogeneous_widths_run_and_round_trip(tmp_path):
         assert torch.equal(again(ids).logits, before)
 
 
+def test_low_rank_word_embedding_runs_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(word_rank=3, head={"kind": "classification", "num_labels": 2}))
+    model.eval()
+    assert model.embeddings.word.weight.shape == (50, 3)
+    assert model.embeddings.word_project.weight.shape == (16, 3)
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        before = model(ids).logits
+    save_model(model, tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert again.config.word_rank == 3
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, before)
+    with pytest.raises(ConfigError, match="word_rank"):
+        tiny_config(word_rank=0)
+
+
 def test_euler_step_one_is_exactly_the_model(hf_tiny_dir):
     model = load_hf(str(hf_tiny_dir("albert")))
     batch = random_batch("albert")

@@ -120,12 +120,16 @@ def analytic_flops(config: ModelConfig, seq_len: int, batch: int = 1) -> int:
 
     Counts, per layer (each layer with its own block's width; a shared block counts once per
     layer that runs it): the Q, K, V, O projections, attention scores and weighted values,
-    and the two FFN matmuls; plus ALBERT's E -> d embedding projection, and the head
+    and the two FFN matmuls; plus ALBERT's E -> d embedding projection, a factorized word
+    embedding's r -> E projection, and the head
     (pooler-like dense + output for sequence heads, output per token for token heads, the
     vocabulary projection for ``lm``). A block with 0 heads or 0 FFN neurons runs no matmul.
     """
     n, d, dh = seq_len, config.hidden_size, config.head_dim
     per_example = 0
+    e = config.embedding_size or d
+    if config.word_rank:
+        per_example += 2 * n * config.word_rank * e  # the factorized word embedding's r -> E
     if config.embedding_size:
         per_example += 2 * n * config.embedding_size * d
     for layer in range(config.num_layers):
@@ -150,6 +154,10 @@ def _head_flops(config: ModelConfig, seq_len: int) -> int:
     if head.kind == "token_classification":
         return 2 * seq_len * d * head.num_labels
     if head.kind == "lm":
+        if config.word_rank and not config.tie_word_embeddings:
+            return 2 * seq_len * d * config.vocab_size
+        if config.word_rank:  # tied and factorized: h P, then the (V x r) codes
+            return 2 * seq_len * (d * config.word_rank + config.word_rank * config.vocab_size)
         return 2 * seq_len * d * config.vocab_size
     return 0
 

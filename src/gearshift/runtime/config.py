@@ -60,6 +60,7 @@ class ModelConfig:
     max_positions: int = 512
     type_vocab_size: int = 0  # 0: the family has no token type embeddings
     embedding_size: int | None = None  # ALBERT: factorized embeddings (E < hidden)
+    word_rank: int | None = None  # word embedding as (V x r) @ (r x E): slenderized models
     norm_position: str = "post"  # "post" (BERT) | "pre" (GPT-2)
     embedding_norm: bool = True  # LayerNorm after embeddings (BERT) or not (GPT-2)
     final_norm: bool = False  # LayerNorm after the last layer (GPT-2 ln_f)
@@ -93,6 +94,10 @@ class ModelConfig:
         if bad:
             raise ConfigError(
                 f"layer_to_block refers to block(s) {bad} but only {len(self.blocks)} blocks exist"
+            )
+        if self.word_rank is not None and self.word_rank < 1:
+            raise ConfigError(
+                f"word_rank={self.word_rank} must be >= 1 (or None: no factorization)"
             )
         for i, b in enumerate(self.blocks):
             if b.num_heads < 0 or b.intermediate_size < 0:

@@ -82,6 +82,8 @@ class Transformer(nn.Module):
         """Next-token logits from hidden states (tied to the word embedding unless untied)."""
         if self.lm_head is not None:
             return self.lm_head(h)
+        if self.embeddings.word_project is not None:  # factorized: W = A P^T
+            h = h @ self.embeddings.word_project.weight
         return F.linear(h, self.embeddings.word.weight)
 
     # ------------------------------------------------------------------ forward

@@ -83,12 +83,18 @@ class AttentionMask:
 
 
 class Embeddings(nn.Module):
-    """Token + position (+ token type) embeddings, optional LayerNorm, optional E -> d projection."""
+    """Token + position (+ token type) embeddings, optional LayerNorm, optional E -> d projection.
+
+    With ``config.word_rank`` the word embedding is factorized: ``word`` (V x r) then
+    ``word_project`` (r -> E, no bias)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         e = config.embedding_size or config.hidden_size
-        self.word = nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
+        # A slenderized model's word embedding is low rank: (V x r) codes, then r -> E.
+        r = config.word_rank
+        self.word = nn.Embedding(config.vocab_size, r or e, padding_idx=config.pad_token_id)
+        self.word_project = nn.Linear(r, e, bias=False) if r else None
         self.position = nn.Embedding(config.max_positions, e)
         self.token_type = (
             nn.Embedding(config.type_vocab_size, e) if config.type_vocab_size else None
@@ -117,7 +123,10 @@ class Embeddings(nn.Module):
     ) -> torch.Tensor:
         if position_ids is None:
             position_ids = self.position_ids(input_ids, past)
-        x = self.word(input_ids) + self.position(position_ids)
+        x = self.word(input_ids)
+        if self.word_project is not None:
+            x = self.word_project(x)
+        x = x + self.position(position_ids)
         if self.token_type is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
