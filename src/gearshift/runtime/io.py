@@ -280,6 +280,7 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
 # the runtime does not import the methods), or the reason it is not a model on its own.
 FOLDER_KINDS: dict[str, str] = {
     "factorized-model": "gearshift.methods.factorize.model:load_factorized",
+    "multi-exit-model": "gearshift.methods.slim.exits:load_multi_exit",
 }
 NOT_A_MODEL: dict[str, str] = {
     "plugin": (

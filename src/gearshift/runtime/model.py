@@ -164,7 +164,9 @@ class Transformer(nn.Module):
 
         keep = attention_mask.bool() if attention_mask is not None else None
         logits = loss = None
-        if self.head is not None:
+        if not plan.run_head:
+            pass
+        elif self.head is not None:
             logits = self.head(h, keep)
             if labels is not None:
                 loss = self.task_loss(logits, labels)

@@ -12,6 +12,8 @@ model at once) and says:
 - ``block_wrap[layer]``: wraps a whole layer (token compression around attention + FFN).
 - ``exit``: called after every step; it may return a bool mask of rows that leave the batch
   now (early exit). The loop then continues on the remaining rows only.
+- ``run_head``: False skips the task/LM head (a multi-exit model applies its own heads to
+  the rows that need them).
 
 Linear layers and the word embedding are ordinary submodules: a method replaces them in
 place (low-rank, decoded weights); per-layer widths live in the model config.
@@ -62,6 +64,7 @@ class ForwardPlan:
     ffn_wrap: dict[int, FFNWrap] = field(default_factory=dict)
     block_wrap: dict[int, BlockWrap] = field(default_factory=dict)
     exit: ExitFn | None = None
+    run_head: bool = True  # False: return hidden states only (a method applies its own heads)
 
 
 def default_steps(layer_to_block: list[int]) -> list[Step]:

@@ -244,7 +244,9 @@ class Trainer:
         callbacks: :class:`Callback` objects.
         trainable_params: the parameters to optimize (an iterable, or a callable
             ``model -> iterable``); default: the model's parameters with requires_grad.
-            Parameters outside the model are allowed and are checkpointed too.
+            Parameters outside the model are allowed and are checkpointed too. An item
+            may also be a group ``{"params": [...], "lr": x}``: those parameters use the
+            learning rate x (the schedule scales every group alike).
         save_model_fn: ``save_model_fn(model, folder)`` writes the best model; default:
             ``model.save_pretrained(folder)`` or ``folder/model.safetensors``.
         collate_fn: batches dataset items (default: torch's ``default_collate``).
@@ -421,6 +423,19 @@ class Trainer:
             params = list(spec(self.model))
         else:
             params = list(spec)
+        self._param_lr: dict[int, float] = {}
+        flat = []
+        for item in params:
+            if isinstance(item, Mapping):
+                if "params" not in item:
+                    raise ConfigError("a parameter group needs a 'params' list (and may set 'lr')")
+                group = list(item["params"])
+                if "lr" in item:
+                    self._param_lr.update({id(p): float(item["lr"]) for p in group})
+                flat += group
+            else:
+                flat.append(item)
+        params = flat
         seen: set[int] = set()
         out = []
         for i, p in enumerate(params):
@@ -446,10 +461,19 @@ class Trainer:
         self._extra_params = [p for p in params if id(p) not in in_model]
         # Biases and norm weights (ndim < 2) get no weight decay. Both groups always exist
         # (possibly empty) so optimizer and scheduler states keep their layout.
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
+        lr_of = getattr(self, "_param_lr", {})
+        rates = sorted({lr_of.get(id(p), cfg.learning_rate) for p in params})
+        groups = []
+        for lr in rates:  # one pair of groups per learning rate, in a fixed order
+            mine = [p for p in params if lr_of.get(id(p), cfg.learning_rate) == lr]
+            groups += [
+                {
+                    "params": [p for p in mine if p.ndim >= 2],
+                    "weight_decay": cfg.weight_decay,
+                    "lr": lr,
+                },
+                {"params": [p for p in mine if p.ndim < 2], "weight_decay": 0.0, "lr": lr},
+            ]
         raw = torch.optim.AdamW(groups, lr=cfg.learning_rate)
         name = {"constant": "constant_with_warmup"}.get(cfg.lr_schedule, cfg.lr_schedule)
         scheduler = get_scheduler(
