@@ -313,6 +313,38 @@ def test_trainable_params_leave_others_bit_identical(tmp_path):
     assert not torch.allclose(before["head.bias"], after["head.bias"])
 
 
+def test_parameter_groups_keep_their_learning_rates_through_the_schedule(tmp_path):
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    cfg = TrainConfig(
+        output_dir=str(tmp_path),
+        **{**BASE, "max_steps": 4, "warmup_ratio": 0.0, "metric_for_best": None},
+    )
+    seen = []
+
+    class Rates(Callback):
+        def on_step_end(self, trainer, step):
+            lr = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+            seen.append((lr[id(model.head.weight)], lr[id(model.emb.weight)]))
+
+    Trainer(
+        model,
+        make_data(),
+        cfg,
+        eval_fn=None,
+        callbacks=[Rates()],
+        trainable_params=[
+            {"params": list(model.head.parameters()), "lr": 1e-2},
+            *[p for n, p in model.named_parameters() if not n.startswith("head.")],
+        ],
+    ).fit()
+    assert seen[0][0] < 1e-2 and seen[1][0] < seen[0][0]  # the schedule decays both groups
+    for head_lr, other_lr in seen[:-1]:
+        assert head_lr / other_lr == pytest.approx(1e-2 / cfg.learning_rate)
+    with pytest.raises(ConfigError, match="params"):
+        Trainer(model, make_data(), cfg, trainable_params=[{"lr": 1.0}])
+
+
 def test_grad_accumulation_matches_large_batch(tmp_path):
     runs = []
     for bs, accum in [(8, 1), (4, 2)]:

@@ -19,6 +19,7 @@ exits' config) + ``model.safetensors`` (the model's tensors and ``exits.<l>.*``)
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -110,6 +111,16 @@ class MultiExitModel(nn.Module):
         self.exits = nn.ModuleList(ExitHead(d, outputs, self.exit_config) for _ in range(L - 1))
         self._criterion: ContextVar[Any] = ContextVar(f"gearshift_exit_{id(self)}", default=_UNSET)
         self.default_criterion: Criterion | None = None
+
+    def __deepcopy__(self, memo: dict) -> MultiExitModel:
+        """A deep copy with its own (unset) per-thread criterion: ContextVars do not copy."""
+        new = MultiExitModel.__new__(MultiExitModel)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key != "_criterion":
+                new.__dict__[key] = copy.deepcopy(value, memo)
+        new._criterion = ContextVar(f"gearshift_exit_{id(new)}", default=_UNSET)
+        return new
 
     @property
     def config(self) -> ModelConfig:

@@ -331,12 +331,12 @@ def run_slim(
     if config.exits:
         ta = run("ta", ta, teacher, config.ta_steps, current_widths(teacher.config))
     # (static pruning, exits=False: the teacher itself is the target; its exits stay unused)
-    # 2. iterative joint pruning with the assistant as teacher
+    # 2. iterative joint pruning with the assistant as teacher (a frozen copy of it)
+    student, ta = ta, copy.deepcopy(ta).eval().requires_grad_(False)
     target_widths = config.target(teacher.config)
     plan = schedule(
         current_widths(teacher.config), target_widths, teacher.config.num_layers, config.iterations
     )
-    student = ta
     calib = [
         collate(list(features[i : i + config.batch_size]))
         for i in range(
