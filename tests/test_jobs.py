@@ -234,6 +234,7 @@ def test_an_interrupted_teacher_is_not_taken_for_a_finished_one(tmp_path, monkey
         ["steps", "eval"],
         ["steps", "finetune"],
         ["steps", "decoder"],
+        ["slim"],
     ],
 )
 def test_every_cli_verb_prints_its_help(verb, capsys):

@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gearshift.methods.steps.cli import add_cli as add_steps_cli
 
     add_steps_cli(sub)
+    from gearshift.methods.slim.cli import add_cli as add_slim_cli
+
+    add_slim_cli(sub)
     return parser
 
 

@@ -1,0 +1,130 @@
+"""End-to-end jobs: the COST-EFF pipeline on a task, exits on a frozen backbone (DeeBERT),
+and the dev-set sweep of a multi-exit model. Used by ``gearshift slim`` and the benchmark."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gearshift.data import get_task
+from gearshift.errors import ConfigError
+
+from .criteria import Criterion, Entropy, Patience
+from .exits import ExitConfig, MultiExitModel, load_multi_exit
+from .measure import record_exits, sweep
+from .train import SlimConfig, distil_stage, run_slim, stage_done
+
+
+def task_and_teacher(model_dir: str, task_name: str | None):
+    from gearshift.jobs import model_for_task, task_of_folder
+
+    name = task_name or task_of_folder(model_dir)
+    if name is None:
+        raise ConfigError(f"{model_dir} records no task: pass --task NAME")
+    task = get_task(name)
+    if task.kind not in ("classification", "regression"):
+        raise ConfigError(
+            f"task {task.name} is {task.kind}: multi-exit models need sequence classification "
+            "or regression"
+        )
+    teacher, tokenizer = model_for_task(model_dir, task)
+    return task, teacher.eval(), tokenizer
+
+
+def criteria_for(task: Any, thresholds: Sequence[float], num_layers: int) -> list[Criterion]:
+    """Entropy thresholds (classification); patience 1..L-1 (regression, and classification
+    too, as the PABEE comparison)."""
+    patience = [Patience(t) for t in range(1, num_layers)]
+    if task.kind == "regression":
+        return [Patience(t, tolerance=0.1) for t in range(1, num_layers)]
+    return [Entropy(t) for t in thresholds] + patience
+
+
+def evaluate_exits(
+    model: MultiExitModel, task: Any, tokenizer: Any, thresholds, dev_limit=None, data_dir=None
+) -> list[dict]:
+    from gearshift.jobs import TaskData
+
+    dev = TaskData.load(task, tokenizer, "dev", dev_limit, data_dir=data_dir)
+    recorded = record_exits(model, dev)
+    rows = sweep(model, recorded, task, criteria_for(task, thresholds, model.num_exits))
+    full = sweep(model, recorded, task, [Criterion()])[0]
+    full["criterion"] = "no early exit"
+    return [full] + rows
+
+
+def slim_job(
+    model_dir: str,
+    task_name: str | None,
+    output_dir: str | Path,
+    config: SlimConfig,
+    train_limit: int | None = None,
+    dev_limit: int | None = None,
+    thresholds: Sequence[float] = (0.1,),
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the pipeline on the teacher in ``model_dir`` and sweep the final model's exits."""
+    from gearshift.jobs import TaskData
+
+    task, teacher, tokenizer = task_and_teacher(model_dir, task_name)
+    train = TaskData.load(task, tokenizer, "train", train_limit, data_dir=data_dir)
+    meta = {
+        "task": {"name": task.name, "kind": task.kind, "label_names": list(task.label_names or [])},
+        "teacher": str(model_dir),
+    }
+    stages = run_slim(
+        teacher, train.features, train.collator, config, output_dir, tokenizer, meta, progress
+    )
+    final = load_multi_exit(stages[-1].model_dir)
+    return {
+        "stages": [{"name": s.name, "model": str(s.model_dir), "widths": s.widths} for s in stages],
+        "sweep": evaluate_exits(final, task, tokenizer, thresholds, dev_limit, data_dir),
+    }
+
+
+def deebert_job(
+    model_dir: str,
+    task_name: str | None,
+    output_dir: str | Path,
+    config: SlimConfig,
+    train_limit: int | None = None,
+    progress: bool = True,
+    data_dir: str | None = None,
+) -> Path:
+    """The DeeBERT baseline: exits trained on the frozen teacher (KD from its final logits);
+    the backbone and the final head stay the teacher's."""
+    from gearshift.jobs import TaskData
+
+    task, teacher, tokenizer = task_and_teacher(model_dir, task_name)
+    train = TaskData.load(task, tokenizer, "train", train_limit, data_dir=data_dir)
+    out = Path(output_dir)
+    if not stage_done(out):
+        import copy
+
+        student = MultiExitModel(
+            copy.deepcopy(teacher), ExitConfig(config.exit_pooler, config.exit_dropout)
+        )
+        meta = {
+            "task": {
+                "name": task.name,
+                "kind": task.kind,
+                "label_names": list(task.label_names or []),
+            },
+            "stage": "deebert",
+        }
+        distil_stage(
+            student,
+            teacher,
+            train.features,
+            train.collator,
+            config,
+            out,
+            config.ta_steps,
+            tokenizer=tokenizer,
+            meta=meta,
+            train_backbone=False,
+            progress=progress,
+        )
+    return out / "model"
