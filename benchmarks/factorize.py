@@ -162,7 +162,7 @@ class Sink:
         self.path, self.resume = path, resume
         self.rows: list[dict] = []
         if path.is_file():
-            for r in read_results(path.parent):
+            for r in read_results(path):
                 if r.extras.get("benchmark") == "factorize":
                     d = r.to_dict()
                     d["extras"].pop("benchmark", None)

@@ -227,6 +227,16 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
     )
 
 
+def earlier_rows(output: Path) -> list[dict]:
+    """The rows already in the results file (none if it does not exist)."""
+    if not output.is_file():
+        return []
+    rows = [r.to_dict() for r in read_results(output) if r.extras.get("benchmark") == "plugins"]
+    for r in rows:
+        r["extras"].pop("benchmark", None)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -297,18 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     output = Path(args.output)
-    names = {get_task(t).name for t in args.tasks}
-    rows = (
-        [
-            r.to_dict()
-            for r in read_results(output.parent)
-            if r.extras.get("benchmark") == "plugins" and r.task not in names
-        ]
-        if output.is_file()
-        else []
-    )
-    for r in rows:
-        r["extras"].pop("benchmark", None)
     done = []
     for name in args.tasks:
         teacher = find_teacher(get_task(name).name, args.teacher)
@@ -321,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                 r["extras"]["note"] = (
                     "smoke run: teacher = pre-trained MiniLM-L6 with an untrained head"
                 )
-        rows += task_rows
         done.append(name)
+        # re-read just before writing: another run (other tasks) may have written meanwhile
+        task_name = get_task(name).name
+        rows = [r for r in earlier_rows(output) if r["task"] != task_name] + task_rows
         write_results(output, rows, "plugins")
         plot_tradeoff(
             task_rows,

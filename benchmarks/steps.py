@@ -92,7 +92,7 @@ class Sink:
         self.path = path
         self.rows: list[dict] = []
         if path.is_file():
-            for r in read_results(path.parent):
+            for r in read_results(path):
                 if r.extras.get("benchmark") == "steps":
                     d = r.to_dict()
                     d["extras"].pop("benchmark", None)

@@ -397,3 +397,17 @@ def test_deep_copies_keep_their_own_criterion():
     assert twin.active_criterion is None and model.active_criterion is not None
     ids, mask = batch()
     assert torch.equal(twin(ids, mask).logits, model.base(ids, mask).logits)
+
+
+def test_truncated_teacher_is_its_first_layers():
+    from gearshift.methods.slim.jobs import truncate_layers
+    from gearshift.runtime.plan import ForwardPlan, Step
+
+    model = tiny()
+    cut = truncate_layers(model, 2)
+    assert cut.config.num_layers == 2 and len(cut.blocks) == 2
+    ids, mask = batch()
+    plan = ForwardPlan(steps=[Step(0, 0), Step(1, 1)])
+    assert torch.allclose(cut(ids, mask).logits, model(ids, mask, plan=plan).logits, atol=TOL)
+    with pytest.raises(ConfigError, match="cannot keep"):
+        truncate_layers(model, 5)

@@ -137,14 +137,16 @@ def write_results(
 
 
 def read_results(directory: str | os.PathLike = RESULTS_DIR) -> list[OperatingPoint]:
-    """Return the rows of every results JSON file under ``directory`` (recursively).
+    """Return the rows of every results JSON file under ``directory`` (recursively), or of
+    the one results file ``directory`` names.
 
     Each row's ``extras["benchmark"]`` names the benchmark it came from. Files that are not
     results files (no ``rows`` list) are skipped with a warning; invalid JSON raises
     ValueError naming the file.
     """
     rows: list[OperatingPoint] = []
-    for path in sorted(Path(directory).rglob("*.json")):
+    where = Path(directory)
+    for path in [where] if where.is_file() else sorted(where.rglob("*.json")):
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

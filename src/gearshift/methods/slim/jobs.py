@@ -128,3 +128,32 @@ def deebert_job(
             progress=progress,
         )
     return out / "model"
+
+
+def truncate_layers(model: Any, num_layers: int) -> Any:
+    """A copy of ``model`` with only its first ``num_layers`` layers (embeddings and head
+    kept): the baseline a user might try instead of early exit."""
+    import copy
+
+    from gearshift.runtime.config import ModelConfig
+    from gearshift.runtime.model import Transformer
+
+    cfg = model.config
+    if not 1 <= num_layers <= cfg.num_layers:
+        raise ConfigError(f"cannot keep {num_layers} of {cfg.num_layers} layers")
+    used = sorted(set(cfg.layer_to_block[:num_layers]))
+    new_cfg = ModelConfig.from_dict(copy.deepcopy(cfg.to_dict()))
+    new_cfg.num_layers = num_layers
+    new_cfg.blocks = [cfg.blocks[b] for b in used]
+    new_cfg.layer_to_block = [used.index(b) for b in cfg.layer_to_block[:num_layers]]
+    new = Transformer(new_cfg)
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("blocks."):
+            b = int(k.split(".")[1])
+            if b not in used:
+                continue
+            k = f"blocks.{used.index(b)}." + k.split(".", 2)[2]
+        state[k] = v
+    new.load_state_dict(state)
+    return new.train(model.training)

@@ -288,8 +288,11 @@ def run_slim(
     tokenizer: Any = None,
     meta: dict | None = None,
     progress: bool = True,
+    assistant_dir: str | Path | None = None,
 ) -> list[StageResult]:
-    """The whole pipeline; finished stages are loaded, not redone (resume by re-running)."""
+    """The whole pipeline; finished stages are loaded, not redone (resume by re-running).
+    ``assistant_dir``: a finished assistant (another run's ``ta/model``) to start from, so
+    several target widths share one assistant."""
     config.validate()
     out = Path(output_dir)
     meta = dict(meta or {})
@@ -328,7 +331,10 @@ def run_slim(
     # 1. the teaching assistant: full size, an exit after every layer, from the teacher
     torch.manual_seed(config.seed)
     ta = MultiExitModel(copy.deepcopy(teacher), exit_cfg)
-    if config.exits:
+    if config.exits and assistant_dir is not None:
+        ta = load_multi_exit(assistant_dir)
+        results.append(StageResult("ta", Path(assistant_dir), 0, 0.0, "shared assistant"))
+    elif config.exits:
         ta = run("ta", ta, teacher, config.ta_steps, current_widths(teacher.config))
     # (static pruning, exits=False: the teacher itself is the target; its exits stay unused)
     # 2. iterative joint pruning with the assistant as teacher (a frozen copy of it)

@@ -1,0 +1,404 @@
+"""COST-EFF (slenderized multi-exit models) against the simpler alternatives.
+
+    python benchmarks/slim.py                       # every task with a finished teacher
+    python benchmarks/slim.py --tasks rte --quick   # smoke run (minutes)
+
+Per task, from its MiniLM-L6 teacher (benchmarks/teachers.py):
+- ``teacher``: the full model;
+- ``multi-exit``: the full-size multi-exit assistant (no pruning), thresholds swept;
+- ``cost-eff-A`` / ``cost-eff-B``: the pipeline (assistant -> iterative joint pruning ->
+  recovery) at two target widths: A = the paper's shape scaled to MiniLM (2 heads, FFN 128,
+  embedding rank 64), B = 6 heads, FFN 512, rank 128; thresholds swept (entropy and
+  patience). With ``--ablation``, A again with importance from the last exit only;
+- ``deebert``: exits trained on the frozen teacher, thresholds swept;
+- ``static-A``: pruning to width A with the last exit only (no early exit);
+- ``truncated-L``: the teacher cut to its first L layers and fine-tuned (L = 1, 2, 3).
+Each curve point: dev score, mean FLOPs per example (each example charged for the layers
+and exits it ran, at its own length), parameters. For one operating point per model (the
+threshold ``--latency-threshold``), CPU latency ratio to the teacher at batch 1 and 32, with
+batched early exit, in one interleaved run. Rows go to benchmarks/results/slim.json after
+every model; runs (resumable) to runs/slim/<task>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gearshift.data import get_task
+from gearshift.jobs import (
+    TEACHER_RECIPES,
+    TaskData,
+    dev_texts,
+    evaluate,
+    finetune,
+    teacher_dir,
+    training_finished,
+)
+from gearshift.measure import (
+    OperatingPoint,
+    compare_latency,
+    count_parameters,
+    fixed_threads,
+    flops_per_example,
+    forward_fn,
+    make_batch,
+    markdown_table,
+    plot_tradeoff,
+    read_results,
+    write_results,
+)
+from gearshift.methods.slim import Entropy, MultiExitModel, Patience, SlimConfig, load_multi_exit
+from gearshift.methods.slim.jobs import deebert_job, evaluate_exits, truncate_layers
+from gearshift.methods.slim.train import run_slim
+from gearshift.runtime import load_pretrained, load_tokenizer, save_model
+from gearshift.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "slim.json"
+GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
+MODEL = "minilm-l6"
+WIDTHS = {"A": dict(heads=2, ffn=128, word_rank=64), "B": dict(heads=6, ffn=512, word_rank=128)}
+THRESHOLDS = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+COLUMNS = [
+    "task",
+    "method",
+    "setting",
+    "score",
+    "reference_score",
+    "flops_dynamic",
+    "params",
+    "latency_ratio_b1",
+    "latency_ratio_b32",
+    "extras.mean_exit_layer",
+]
+
+
+class Sink:
+    def __init__(self, path: Path) -> None:
+        self.path, self.rows, self.new = path, [], []
+        if path.is_file():
+            for r in read_results(path):
+                if r.extras.get("benchmark") == "slim":
+                    d = r.to_dict()
+                    d["extras"].pop("benchmark", None)
+                    self.rows.append(d)
+
+    def add(self, rows: list[dict]) -> None:
+        key = lambda r: (r["task"], r["method"], r["setting"])  # noqa: E731
+        fresh = {key(r) for r in rows}
+        self.rows = [r for r in self.rows if key(r) not in fresh] + rows
+        self.new += rows
+        write_results(self.path, self.rows, "slim")
+
+
+def slim_config(args: argparse.Namespace, **kw: Any) -> SlimConfig:
+    base = dict(
+        iterations=args.iterations,
+        ta_steps=args.ta_steps,
+        steps_per_iteration=args.steps_per_iteration,
+        recovery_steps=args.recovery_steps,
+        batch_size=32,
+        calibration_batches=args.calibration_batches,
+    )
+    base.update(kw)
+    return SlimConfig(**base)
+
+
+def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink) -> None:
+    task = get_task(task_name)
+    root = teacher_dir(task.name, MODEL)
+    if not training_finished(root):
+        print(f"[slim] skipping {task.name}: no finished teacher in {root}", flush=True)
+        return
+    folder = str(root / "best")
+    teacher = load_pretrained(folder).eval()
+    tok = load_tokenizer(folder)
+    train = TaskData.load(task, tok, "train", args.train_limit)
+    dev = TaskData.load(task, tok, "dev", args.dev_limit)
+    texts = dev_texts(task, args.profile_limit)
+    batches = {size: make_batch(tok, texts, size) for size in (1, 32)}
+    singles = [make_batch(tok, [t], 1) for t in texts]
+    teacher_score = evaluate(teacher, dev)[task.main_metric]
+    teacher_flops = flops_per_example(teacher, [b for b in dev.loader(1)][: args.profile_limit])
+    out = Path(args.runs) / task.name
+    meta = {
+        "task": {"name": task.name, "kind": task.kind, "label_names": list(task.label_names or [])},
+        "teacher": folder,
+    }
+
+    def point(method, setting, score, flops, params, extras, latency=(None, None)) -> dict:
+        return OperatingPoint(
+            task=task.name,
+            model=MODEL,
+            method=method,
+            setting=setting,
+            metric=task.main_metric,
+            score=score,
+            reference_score=teacher_score,
+            flops_dynamic=flops,
+            params=params,
+            latency_ratio_b1=latency[0],
+            latency_ratio_b32=latency[1],
+            command=command,
+            extras=extras,
+        ).to_dict()
+
+    def latency(model, criterion=None) -> tuple[float, float]:
+        ratios = []
+        for size in (1, 32):
+
+            def run_model(batch, m=model, c=criterion):
+                if isinstance(m, MultiExitModel):
+                    with m.criterion(c):
+                        return m(**batch)
+                return m(**batch)
+
+            cmp = compare_latency(
+                {"teacher": forward_fn(teacher), "candidate": run_model},
+                batches[size],
+                warmup=1 if args.quick else 3,
+                repeats=args.latency_repeats,
+                threads=args.threads,
+            )
+            ratios.append(cmp.ratios["candidate"])
+        return ratios[0], ratios[1]
+
+    sink.add(
+        [
+            point(
+                "teacher",
+                "full",
+                teacher_score,
+                teacher_flops,
+                count_parameters(teacher),
+                {"teacher_dir": folder},
+                (1.0, 1.0),
+            )
+        ]
+    )
+
+    def curve(name: str, model: MultiExitModel, extras: dict) -> None:
+        start = time.perf_counter()
+        rows = evaluate_exits(model, task, tok, THRESHOLDS, args.dev_limit)
+        crit = Entropy(args.latency_threshold) if task.kind == "classification" else Patience(2)
+        lat = latency(model, crit)
+        counted = flops_per_example_exit(model, singles, crit)
+        points = []
+        for r in rows:
+            is_lat = r["criterion"] == crit.describe()
+            points.append(
+                point(
+                    name,
+                    r["criterion"],
+                    r["score"],
+                    r["flops"],
+                    count_parameters(model.base),
+                    extras
+                    | {
+                        "mean_exit_layer": r["mean_exit_layer"],
+                        "exit_share": r["exit_share"],
+                        **({"flops_counted_on_profile_texts": counted} if is_lat else {}),
+                    },
+                    lat if is_lat else (None, None),
+                )
+            )
+        sink.add(points)
+        print(
+            f"[slim] {task.name} {name}: {len(points)} points ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+        print(markdown_table(points, COLUMNS), flush=True)
+
+    # the assistant (full size, exits) and COST-EFF at two widths
+    assistant_done = False
+    for label, widths in WIDTHS.items():
+        if label not in args.widths:
+            continue
+        variants = [("cost-eff", "all-exits")] + (
+            [("cost-eff-last-exit", "last-exit")] if args.ablation and label == "A" else []
+        )
+        for name, importance in variants:
+            cfg = slim_config(args, importance=importance, **widths)
+            ta_dir = out / "cost-eff-A" / "ta" / "model"
+            stages = run_slim(
+                teacher,
+                train.features,
+                train.collator,
+                cfg,
+                out / f"{name}-{label}",
+                tok,
+                meta,
+                progress=not args.quick,
+                assistant_dir=ta_dir if (ta_dir / "gearshift.json").is_file() else None,
+            )
+            if not assistant_done:
+                curve("multi-exit", load_multi_exit(stages[0].model_dir), {"widths": "full"})
+                assistant_done = True
+            curve(
+                f"{name}-{label}",
+                load_multi_exit(stages[-1].model_dir),
+                {"widths": stages[-1].widths, "importance": importance},
+            )
+    # DeeBERT: exits on the frozen teacher
+    if "deebert" in args.baselines:
+        d = deebert_job(
+            folder,
+            task.name,
+            out / "deebert",
+            slim_config(args, heads=12, ffn=1536),
+            args.train_limit,
+            progress=not args.quick,
+        )
+        curve("deebert", load_multi_exit(d), {"widths": "full, backbone frozen"})
+    # static pruning to width A, no exits
+    if "static" in args.baselines:
+        cfg = slim_config(args, exits=False, **WIDTHS["A"])
+        stages = run_slim(
+            teacher,
+            train.features,
+            train.collator,
+            cfg,
+            out / "static-A",
+            tok,
+            meta,
+            progress=not args.quick,
+        )
+        model = load_multi_exit(stages[-1].model_dir)
+        score = evaluate(model.base, dev)[task.main_metric]
+        sink.add(
+            [
+                point(
+                    "static-A",
+                    "no exits",
+                    score,
+                    flops_per_example(model.base, singles),
+                    count_parameters(model.base),
+                    {"widths": stages[-1].widths},
+                    latency(model.base),
+                )
+            ]
+        )
+    # the teacher cut to its first L layers, fine-tuned
+    if "truncated" in args.baselines:
+        for L in args.truncate:
+            cut = truncate_layers(teacher, L)
+            cut_dir = out / f"truncated-{L}"
+            save_model(cut, cut_dir / "init", tok, {"task": meta["task"]})
+            recipe = TEACHER_RECIPES.get(task.name, {})
+            res = finetune(
+                str(cut_dir / "init"),
+                task.name,
+                cut_dir,
+                TrainConfig(
+                    output_dir=str(cut_dir),
+                    epochs=args.truncated_epochs or recipe.get("epochs", 3.0),
+                    batch_size=32,
+                    learning_rate=recipe.get("learning_rate", 1e-4),
+                    warmup_ratio=0.06,
+                    save_every=200,
+                    seed=42,
+                    progress=not args.quick,
+                ),
+                train_limit=args.train_limit,
+                dev_limit=args.dev_limit,
+                resume=True,
+            )
+            model = load_pretrained(str(res.model_dir)).eval()
+            sink.add(
+                [
+                    point(
+                        f"truncated-{L}",
+                        f"first {L} layers, fine-tuned",
+                        res.score,
+                        flops_per_example(model, singles),
+                        count_parameters(model),
+                        {"train_seconds": res.train_seconds},
+                        latency(model),
+                    )
+                ]
+            )
+
+
+def flops_per_example_exit(model: MultiExitModel, singles: list, criterion) -> float:
+    """FLOPs counted on the real early-exit run (batch 1, the profile texts)."""
+    with model.criterion(criterion):
+        return flops_per_example(model, singles)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--tasks", nargs="+", default=GLUE5)
+    p.add_argument("--widths", nargs="+", default=["A", "B"], choices=list(WIDTHS))
+    p.add_argument(
+        "--baselines",
+        nargs="+",
+        default=["deebert", "static", "truncated"],
+        choices=["deebert", "static", "truncated"],
+    )
+    p.add_argument("--ablation", action="store_true", help="also width A with last-exit importance")
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--ta-steps", type=int, default=300)
+    p.add_argument("--steps-per-iteration", type=int, default=150)
+    p.add_argument("--recovery-steps", type=int, default=300)
+    p.add_argument("--calibration-batches", type=int, default=8)
+    p.add_argument("--truncate", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--truncated-epochs", type=float)
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--dev-limit", type=int)
+    p.add_argument("--profile-limit", type=int, default=128)
+    p.add_argument("--latency-threshold", type=float, default=0.3)
+    p.add_argument("--latency-repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", default="runs/slim")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.iterations, args.ta_steps, args.steps_per_iteration, args.recovery_steps = 1, 2, 1, 1
+        args.calibration_batches = 1
+        args.train_limit = args.train_limit or 64
+        args.dev_limit = args.dev_limit or 32
+        args.profile_limit = min(args.profile_limit, 8)
+        args.latency_repeats = 2
+        args.truncate = args.truncate[:1]
+        args.truncated_epochs = 1.0
+        if args.runs == "runs/slim":
+            args.runs = "runs/slim-quick"
+        if args.out == RESULTS:
+            args.out = Path("runs/slim-quick/slim.json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python benchmarks/slim.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    sink = Sink(args.out)
+    with fixed_threads(args.threads):
+        for task in args.tasks:
+            run_task(task, args, command, sink)
+            rows = [r for r in sink.rows if r["task"] == get_task(task).name]
+            if rows:
+                plot_tradeoff(
+                    rows,
+                    args.out.parent / f"slim_{get_task(task).name}.png",
+                    x="flops_dynamic",
+                    title=f"{task}: COST-EFF vs baselines (MiniLM-L6)",
+                )
+    if not sink.new:
+        print("[slim] nothing measured (no finished teacher?)")
+        return 1
+    print(f"[slim] {len(sink.new)} rows written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
