@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
 
 from gearshift.data import get_task
 from gearshift.jobs import (
@@ -520,21 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             y="score",
             title=f"{task}: score vs stored parameters (no fine-tuning unless noted)",
         )
-    columns = [
-        "task",
-        "method",
-        "setting",
-        "score",
-        "reference_score",
-        "extras.fidelity_cos",
-        "params",
-        "extras.stored_ratio",
-        "flops_dynamic",
-        "latency_ratio_b1",
-        "latency_ratio_b32",
-        "extras.compression_seconds",
-    ]
-    print(markdown_table(rows, columns))
+    print(markdown_table(rows, REPORT_COLUMNS["factorize"]))
     print(f"[factorize] wrote {args.out}")
     return 0
 

@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
+
 from gearshift.data import get_task
 from gearshift.data.raw import raw_texts, text_features
 from gearshift.jobs import (
@@ -63,19 +65,7 @@ from gearshift.train import TrainConfig
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "plugins.json"
 TASKS = ["sst2", "mrpc", "rte", "stsb", "cola", "conll2003"]
-COLUMNS = [
-    "task",
-    "method",
-    "setting",
-    "score",
-    "reference_score",
-    "flops_dynamic",
-    "flops_128",
-    "extras.saved_flops_128",
-    "extras.added_params",
-    "latency_ratio_b1",
-    "latency_ratio_b32",
-]
+COLUMNS = REPORT_COLUMNS["plugins"]
 
 
 @dataclass
@@ -286,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the k=4 variants (-cls, +kl, -r64); default: on, off with --quick",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets everywhere")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip tasks whose plugins are all in the results file (training always resumes)",
+    )
     parser.add_argument("--runs", default="runs/plugins", help="where trained plugins go")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -309,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     done = []
     for name in args.tasks:
+        if args.resume:
+            want = {spec.name for spec in plugin_specs(args.ks, args.placements, args.variants)}
+            have = {r["setting"] for r in earlier_rows(output) if r["task"] == get_task(name).name}
+            if want <= have:
+                print(f"[plugins] {name}: every plugin already measured (--resume)", flush=True)
+                continue
         teacher = find_teacher(get_task(name).name, args.teacher)
         if teacher is None:
             continue

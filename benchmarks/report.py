@@ -42,6 +42,98 @@ NOTES = {
 }
 
 
+NOTES["plugins"] = (
+    "Compression plugins (Variator) on the MiniLM-L6 teachers: stage C only (hidden-state MSE "
+    "to the frozen teacher, 500 steps of 32, at most 3 epochs; no stage-A pre-training), "
+    "bottleneck 24 (the 1% parameter limit; see docs/plugins.md). `saved_flops_128` is the "
+    "share of the teacher's FLOPs at length 128 saved, plugin cost included. Baselines: mean "
+    "merging (no learned plugin) and truncation to ceil(n/k) tokens. Latency ratios were "
+    "timed with 1 thread while a second benchmark ran on the other core."
+)
+NOTES["factorize"] = (
+    "Offline compression of the MiniLM-L6 teachers, no fine-tuning, at stored-parameter "
+    "ratios 2, 4, 10 of the compressed modules (every Linear of every layer and the word "
+    "embedding). Autoencoders trained 300 steps per matrix or group (`--ae-steps 300`, to "
+    "fit 2 cores). FLOPs and latency are measured once per model shape and task and reused "
+    "for identically shaped models (`extras.costs_measured_on`); latency with 1 thread while "
+    "a second benchmark ran on the other core."
+)
+COLUMNS = {  # the table of each benchmark, here and in the scripts' own printouts
+    "plugins": [
+        "task",
+        "method",
+        "setting",
+        "score",
+        "reference_score",
+        "flops_dynamic",
+        "flops_128",
+        "extras.saved_flops_128",
+        "extras.added_params",
+        "latency_ratio_b1",
+        "latency_ratio_b32",
+    ],
+    "factorize": [
+        "task",
+        "method",
+        "setting",
+        "score",
+        "reference_score",
+        "extras.fidelity_cos",
+        "params",
+        "extras.stored_ratio",
+        "flops_dynamic",
+        "latency_ratio_b1",
+        "latency_ratio_b32",
+        "extras.compression_seconds",
+    ],
+    "slim": [
+        "task",
+        "method",
+        "setting",
+        "score",
+        "reference_score",
+        "flops_dynamic",
+        "params",
+        "latency_ratio_b1",
+        "latency_ratio_b32",
+        "extras.mean_exit_layer",
+    ],
+    "steps": [
+        "task",
+        "method",
+        "setting",
+        "score",
+        "reference_score",
+        "flops_128",
+        "extras.block_evaluations",
+        "latency_ratio_b1",
+        "latency_ratio_b32",
+        "extras.latency_ratio_b32_vs_n6",
+        "extras.tokens_per_second",
+    ],
+}
+EXPECTED_TASKS = {
+    "plugins": ["sst2", "mrpc", "rte", "stsb", "cola", "conll2003"],
+    "factorize": ["sst2", "mrpc", "rte", "stsb", "cola"],
+    "slim": ["sst2", "mrpc", "rte", "stsb", "cola"],
+    "steps": ["sst2", "mrpc", "rte", "stsb", "cola", "wikitext2"],
+}
+
+
+def coverage(name: str, rows: list[dict]) -> str:
+    """Which of the benchmark's tasks have rows yet (computed from the rows)."""
+    if name not in EXPECTED_TASKS:
+        return ""
+    have = sorted({r["task"] for r in rows})
+    missing = [t for t in EXPECTED_TASKS[name] if t not in have]
+    if not missing:
+        return f"Tasks measured: {', '.join(have)} (all).\n"
+    return (
+        f"**Incomplete**: tasks measured so far: {', '.join(have) or 'none'}; still to run: "
+        f"{', '.join(missing)} (`bash benchmarks/run_all.sh {name}` continues).\n"
+    )
+
+
 def main() -> int:
     parts = [INTRO]
     for path in sorted(RESULTS.glob("*.json")):
@@ -53,7 +145,10 @@ def main() -> int:
         parts.append(f"## {name}\n")
         if name in NOTES:
             parts.append(NOTES[name] + "\n")
-        parts.append(markdown_table(rows) + "\n")
+        cover = coverage(name, rows)
+        if cover:
+            parts.append(cover)
+        parts.append(markdown_table(rows, COLUMNS.get(name)) + "\n")
         seen = []
         for r in rows:
             key = (r.get("command"), r.get("date"), r.get("machine"))

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
+
 from gearshift.data import get_task
 from gearshift.jobs import (
     TEACHER_RECIPES,
@@ -64,18 +66,7 @@ GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
 MODEL = "minilm-l6"
 WIDTHS = {"A": dict(heads=2, ffn=128, word_rank=64), "B": dict(heads=6, ffn=512, word_rank=128)}
 THRESHOLDS = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-COLUMNS = [
-    "task",
-    "method",
-    "setting",
-    "score",
-    "reference_score",
-    "flops_dynamic",
-    "params",
-    "latency_ratio_b1",
-    "latency_ratio_b32",
-    "extras.mean_exit_layer",
-]
+COLUMNS = REPORT_COLUMNS["slim"]
 
 
 class Sink:

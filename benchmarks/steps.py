@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
 
 from gearshift.data import get_task
 from gearshift.jobs import TEACHER_RECIPES, TaskData, dev_texts, teacher_dir, training_finished
@@ -71,18 +72,7 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "steps.json"
 GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
 MODEL = "minilm-l6"
-COLUMNS = [
-    "task",
-    "method",
-    "setting",
-    "score",
-    "reference_score",
-    "flops_128",
-    "extras.block_evaluations",
-    "latency_ratio_b1",
-    "latency_ratio_b32",
-    "extras.latency_ratio_b32_vs_n6",
-]
+COLUMNS = REPORT_COLUMNS["steps"]
 
 
 class Sink:
@@ -420,9 +410,7 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
                     },
                 ).to_dict()
             )
-        print(
-            markdown_table(rows[-len(plans) :], COLUMNS + ["extras.tokens_per_second"]), flush=True
-        )
+        print(markdown_table(rows[-len(plans) :], COLUMNS), flush=True)
     return rows
 
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every benchmark, in order, each resuming where the last run stopped: trained models resume
+# from their checkpoints and settings already recorded are skipped. Safe to interrupt and
+# re-run; a 2-core machine needs several hours per part (see BENCHMARKS.md for what exists).
+#
+#   bash benchmarks/run_all.sh            # everything
+#   bash benchmarks/run_all.sh plugins    # one part: teachers plugins factorize slim steps
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_WAIT_POLICY=PASSIVE  # idle BLAS threads must not spin against a second job
+py=.venv/bin/python
+parts=("${@:-teachers plugins factorize slim steps}")
+for part in ${parts[@]}; do
+  case "$part" in
+    teachers)  "$py" benchmarks/teachers.py --tasks sst2 mrpc rte stsb cola conll2003 --train-only ;;
+    plugins)   "$py" benchmarks/plugins.py --resume --threads 1 --no-variants \
+                 --tasks cola sst2 mrpc stsb rte conll2003
+               "$py" benchmarks/plugins.py --resume --threads 1 --variants --tasks sst2 ;;
+    factorize) "$py" benchmarks/factorize.py --resume --threads 1 --work-threads 1 \
+                 --latency-repeats 10 --measure-texts 128 --ae-steps 300 \
+                 --tasks rte mrpc stsb cola sst2 ;;
+    slim)      "$py" benchmarks/slim.py --tasks sst2 mrpc rte stsb cola ;;
+    steps)     "$py" benchmarks/steps.py encoders --tasks sst2 mrpc rte stsb cola
+               "$py" benchmarks/steps.py decoders ;;
+    *) echo "unknown part $part (teachers plugins factorize slim steps)" >&2; exit 2 ;;
+  esac
+done
+"$py" benchmarks/report.py
