@@ -453,3 +453,12 @@ def test_tokenizer_and_init_for_training_from_scratch():
     loss = float(model(b["input_ids"], b["attention_mask"], labels=b["labels"]).loss.detach())
     assert abs(loss - math.log(tok.vocab_size)) < 0.5  # a uniform guess at the start
     assert float(model.blocks[0].attn.o.weight.std()) < 0.02 / math.sqrt(12) * 1.2
+
+
+def test_step_model_deep_copies_keep_their_own_setting():
+    import copy
+
+    sm = StepModel(tiny(groups=1), n_steps=3)
+    sm.use_steps(2)
+    twin = copy.deepcopy(sm)
+    assert twin.setting == (3, "euler") and sm.setting == (2, "euler")

@@ -26,7 +26,6 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from gearshift.runtime.io import write_folder_atomically
 from gearshift.runtime.model import Transformer, TransformerOutput
 from gearshift.runtime.modules import AttentionMask
 from gearshift.runtime.plan import ForwardPlan
+from gearshift.runtime.setting import ThreadSetting
 
 from .config import PluginConfig
 from .modules import TokenMerger, TokenRestorer
@@ -324,8 +324,7 @@ class PluginModel(nn.Module):
         self.base = base.eval()
         self.base.requires_grad_(False)
         self.plugins = nn.ModuleDict()
-        self.default_plugin = default_plugin
-        self._active: ContextVar[Any] = ContextVar(f"gearshift_plugin_{id(self)}", default=_UNSET)
+        self._active = ThreadSetting("plugin", default_plugin)
 
     @property
     def config(self) -> ModelConfig:
@@ -375,8 +374,16 @@ class PluginModel(nn.Module):
     @property
     def active_plugin(self) -> str | None:
         """The plugin the calling thread/context uses now (None = the base model alone)."""
-        name = self._active.get()
-        return self.default_plugin if name is _UNSET else name
+        return self._active.get()
+
+    @property
+    def default_plugin(self) -> str | None:
+        """The plugin of threads that never chose one (None: the base model alone)."""
+        return self._active.default
+
+    @default_plugin.setter
+    def default_plugin(self, name: str | None) -> None:
+        self._active.default = name
 
     def use_plugin(self, name: str | None) -> None:
         """Use plugin ``name`` (None: no plugin) for the following calls in this thread/context."""
@@ -387,11 +394,8 @@ class PluginModel(nn.Module):
     def plugin(self, name: str | None) -> Iterator[PluginModel]:
         """``with model.plugin("k4"): ...``: use ``name`` inside the block, then switch back."""
         self._check_name(name)
-        token = self._active.set(name)
-        try:
+        with self._active.using(name):
             yield self
-        finally:
-            self._active.reset(token)
 
     def plan(self, name: Any = _UNSET) -> ForwardPlan | None:
         """The ForwardPlan of plugin ``name`` (default: the active one); None without plugin."""

@@ -19,12 +19,10 @@ exits' config) + ``model.safetensors`` (the model's tensors and ``exits.<l>.*``)
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from gearshift.runtime.io import read_meta, write_folder_atomically
 from gearshift.runtime.model import Transformer, TransformerOutput
 from gearshift.runtime.modules import AttentionMask
 from gearshift.runtime.plan import ForwardPlan
+from gearshift.runtime.setting import ThreadSetting
 
 from .criteria import Criterion
 
@@ -109,18 +108,7 @@ class MultiExitModel(nn.Module):
         outputs = 1 if kind == "regression" else base.config.head.num_labels
         d, L = base.config.hidden_size, base.config.num_layers
         self.exits = nn.ModuleList(ExitHead(d, outputs, self.exit_config) for _ in range(L - 1))
-        self._criterion: ContextVar[Any] = ContextVar(f"gearshift_exit_{id(self)}", default=_UNSET)
-        self.default_criterion: Criterion | None = None
-
-    def __deepcopy__(self, memo: dict) -> MultiExitModel:
-        """A deep copy with its own (unset) per-thread criterion: ContextVars do not copy."""
-        new = MultiExitModel.__new__(MultiExitModel)
-        memo[id(self)] = new
-        for key, value in self.__dict__.items():
-            if key != "_criterion":
-                new.__dict__[key] = copy.deepcopy(value, memo)
-        new._criterion = ContextVar(f"gearshift_exit_{id(new)}", default=_UNSET)
-        return new
+        self._criterion = ThreadSetting("exit_criterion", None)
 
     @property
     def config(self) -> ModelConfig:
@@ -173,8 +161,7 @@ class MultiExitModel(nn.Module):
     # ------------------------------------------------------------------ inference view
     @property
     def active_criterion(self) -> Criterion | None:
-        value = self._criterion.get()
-        return self.default_criterion if value is _UNSET else value
+        return self._criterion.get()
 
     def use_criterion(self, criterion: Criterion | None) -> None:
         """Exit early by ``criterion`` (None: always run every layer) in this thread/context."""
@@ -182,11 +169,8 @@ class MultiExitModel(nn.Module):
 
     @contextmanager
     def criterion(self, criterion: Criterion | None) -> Iterator[MultiExitModel]:
-        token = self._criterion.set(criterion)
-        try:
+        with self._criterion.using(criterion):
             yield self
-        finally:
-            self._criterion.reset(token)
 
     def forward(
         self,

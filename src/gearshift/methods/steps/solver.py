@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ from gearshift.errors import ConfigError
 from gearshift.runtime.config import ModelConfig
 from gearshift.runtime.model import Transformer, TransformerOutput
 from gearshift.runtime.plan import ForwardPlan, Step, euler_update
+from gearshift.runtime.setting import ThreadSetting
 
 SOLVERS = ("euler", "heun")
 _EPS = 1e-9
@@ -165,9 +165,6 @@ def layer_evaluations(plan_steps: Sequence[Step], solver: str = "euler") -> int:
 
 
 # ---------------------------------------------------------------------- run-time switch
-_UNSET = object()
-
-
 class StepModel(nn.Module):
     """A model whose number of steps (and solver) is a run-time setting.
 
@@ -180,8 +177,7 @@ class StepModel(nn.Module):
     def __init__(self, model: Transformer, n_steps: int | None = None, solver: str = "euler"):
         super().__init__()
         self.model = model
-        self.default = self._check(n_steps, solver)
-        self._active: ContextVar[Any] = ContextVar(f"gearshift_steps_{id(self)}", default=_UNSET)
+        self._active = ThreadSetting("steps", self._check(n_steps, solver))
 
     @property
     def config(self) -> ModelConfig:
@@ -195,8 +191,7 @@ class StepModel(nn.Module):
     @property
     def setting(self) -> tuple[int | None, str]:
         """(n_steps, solver) in use for the calling thread/context."""
-        value = self._active.get()
-        return self.default if value is _UNSET else value
+        return self._active.get()
 
     def use_steps(self, n_steps: int | None, solver: str = "euler") -> None:
         """Run the following calls of this thread/context in ``n_steps`` steps."""
@@ -205,11 +200,8 @@ class StepModel(nn.Module):
     @contextmanager
     def steps(self, n_steps: int | None, solver: str = "euler") -> Iterator[StepModel]:
         """``with model.steps(3): ...``: three steps inside the block, then back."""
-        token = self._active.set(self._check(n_steps, solver))
-        try:
+        with self._active.using(self._check(n_steps, solver)):
             yield self
-        finally:
-            self._active.reset(token)
 
     def plan(self) -> ForwardPlan | None:
         n_steps, solver = self.setting
