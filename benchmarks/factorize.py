@@ -68,6 +68,7 @@ from gearshift.methods.factorize import (
 )
 from gearshift.paths import cache_dir
 from gearshift.runtime import load_pretrained, load_tokenizer
+from gearshift.runtime.io import _init_head
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "factorize.json"
@@ -418,6 +419,28 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink)
         run_finetune(task, measure, args, command, sink)
 
 
+def compressed_pretrained(config: FactorizeConfig, cal, args: argparse.Namespace):
+    """The pre-trained MiniLM-L6 compressed by ``config`` (raw-text calibration): the same
+    for every task, so it is compressed once and cached (with its report) in the cache dir."""
+    from gearshift.methods.factorize.compress import CompressionReport
+    from gearshift.methods.factorize.model import save_factorized
+
+    key = (
+        f"{config.method}-{'grouped' if config.grouped else 'per-layer'}-{config.ratio:g}"
+        f"-cal{args.calibration_examples}-ae{config.ae_steps}-{config.ae_refine_steps}"
+    )
+    folder = cache_dir() / "factorize-pretrained" / key
+    if (folder / "gearshift.json").is_file():
+        import json
+
+        meta = json.loads((folder / "gearshift.json").read_text())
+        return load_factorized(folder).train(), CompressionReport(**meta["report"])
+    model = load_pretrained(MODEL, head_kind=None)
+    model, report = compress(model, config, cal)
+    save_factorized(model, folder, extra={"report": report.to_dict()})
+    return model, report
+
+
 def run_finetune(
     task, measure: Measure, args: argparse.Namespace, command: str, sink: Sink
 ) -> None:
@@ -444,10 +467,10 @@ def run_finetune(
                 if sink.done(task.name, row_method(method, mode, True), setting):
                     continue
                 config = factorize_config(method, ratio, mode == "grouped", args)
-                model = load_pretrained(
-                    MODEL, head_kind=task.kind, num_labels=task.num_labels, label_names=labels
-                )
-                model, report = compress(model, config, cal)
+                model, report = compressed_pretrained(config, cal, args)
+                torch.manual_seed(42)  # the fresh head's draw, the same for every method
+                model.set_head(task.kind, task.num_labels, labels)
+                _init_head(model)
                 out = cache_dir() / "factorize-finetune" / task.name / f"{method}-{mode}-{ratio:g}"
                 train_cfg = TrainConfig(
                     output_dir=str(out),
