@@ -17,7 +17,7 @@ for part in ${parts[@]}; do
                  --tasks cola sst2 mrpc stsb rte conll2003
                "$py" benchmarks/plugins.py --resume --threads 1 --variants --tasks sst2 ;;
     factorize) "$py" benchmarks/factorize.py --resume --threads 1 --work-threads 1 \
-                 --latency-repeats 10 --measure-texts 128 --ae-steps 300 \
+                 --latency-repeats 10 --measure-texts 128 --ae-steps 300 --with-finetune \
                  --tasks rte mrpc stsb cola sst2 ;;
     slim)      "$py" benchmarks/slim.py --tasks sst2 mrpc rte stsb cola ;;
     steps)     "$py" benchmarks/steps.py encoders --tasks sst2 mrpc rte stsb cola
