@@ -14,9 +14,10 @@ Per task, from its MiniLM-L6 teacher (benchmarks/teachers.py):
 - ``static-A``: pruning to width A with the last exit only (no early exit);
 - ``truncated-L``: the teacher cut to its first L layers and fine-tuned (L = 1, 2, 3).
 Each curve point: dev score, mean FLOPs per example (each example charged for the layers
-and exits it ran, at its own length), parameters. For one operating point per model (the
-threshold ``--latency-threshold``), CPU latency ratio to the teacher at batch 1 and 32, with
-batched early exit, in one interleaved run. Rows go to benchmarks/results/slim.json after
+and exits it ran, at its own length), parameters. For the operating points at
+``--latency-thresholds``, CPU latency ratio to the teacher at batch 1 and 32, with
+batched early exit, in one interleaved run, at three thresholds (how the batch-32 latency
+follows the share of rows that leave early). Rows go to benchmarks/results/slim.json after
 every model; runs (resumable) to runs/slim/<task>/.
 """
 
@@ -174,14 +175,23 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink)
     )
 
     def curve(name: str, model: MultiExitModel, extras: dict) -> None:
+        """The sweep on dev; latency (batched exit) and counted FLOPs at --latency-thresholds
+        (classification) or patience 1, 2 (regression): how latency follows the exit share."""
         start = time.perf_counter()
         rows = evaluate_exits(model, task, tok, THRESHOLDS, args.dev_limit)
-        crit = Entropy(args.latency_threshold) if task.kind == "classification" else Patience(2)
-        lat = latency(model, crit)
-        counted = flops_per_example_exit(model, singles, crit)
+        if task.kind == "classification":
+            timed = [Entropy(t) for t in args.latency_thresholds]
+        else:
+            timed = [Patience(1, tolerance=0.1), Patience(2, tolerance=0.1)]
+        measured = {}
+        for crit in timed:
+            measured[crit.describe()] = (
+                latency(model, crit),
+                flops_per_example_exit(model, singles, crit),
+            )
         points = []
         for r in rows:
-            is_lat = r["criterion"] == crit.describe()
+            lat, counted = measured.get(r["criterion"], ((None, None), None))
             points.append(
                 point(
                     name,
@@ -193,9 +203,14 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink)
                     | {
                         "mean_exit_layer": r["mean_exit_layer"],
                         "exit_share": r["exit_share"],
-                        **({"flops_counted_on_profile_texts": counted} if is_lat else {}),
+                        "flops_ratio_to_teacher": r["flops"] / teacher_flops,
+                        **(
+                            {"flops_counted_on_profile_texts": counted}
+                            if counted is not None
+                            else {}
+                        ),
                     },
-                    lat if is_lat else (None, None),
+                    lat,
                 )
             )
         sink.add(points)
@@ -344,7 +359,13 @@ def parse_args(argv):
     p.add_argument("--train-limit", type=int)
     p.add_argument("--dev-limit", type=int)
     p.add_argument("--profile-limit", type=int, default=128)
-    p.add_argument("--latency-threshold", type=float, default=0.3)
+    p.add_argument(
+        "--latency-thresholds",
+        type=float,
+        nargs="+",
+        default=[0.05, 0.3, 0.6],
+        help="entropy thresholds timed at batch 1 and 32 (batched exit), FLOPs counted",
+    )
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default="runs/slim")
