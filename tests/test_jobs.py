@@ -183,6 +183,7 @@ def test_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys, monkeypatch):
         "machine",
     ):
         assert rows[0][key] is not None
+    assert {r["method"] for r in rows} == {"teacher", "plugin", "factorize"}  # every stage ran
     assert (tmp_path / "operating_points.md").read_text().count("teacher") == 1
     assert "Operating points" in capsys.readouterr().out
 

@@ -329,9 +329,10 @@ DEMO_STAGES: list[tuple[str, Callable[[DemoContext], list[dict]]]] = []
 
 def method_demo_stages() -> list[tuple[str, Callable[[DemoContext], list[dict]]]]:
     """The built-in methods' demo stages, in the order the demo runs them."""
+    from gearshift.methods.factorize.demo import demo_stage as factorize_stage
     from gearshift.methods.plugins.train import demo_stage as plugins_stage
 
-    return [("plugins", plugins_stage)]
+    return [("plugins", plugins_stage), ("factorize", factorize_stage)]
 
 
 def demo(
