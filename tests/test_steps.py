@@ -452,7 +452,7 @@ def test_tokenizer_and_init_for_training_from_scratch():
     b = collate_blocks(lm_blocks(tok, texts, block_size=8)[:4])
     loss = float(model(b["input_ids"], b["attention_mask"], labels=b["labels"]).loss.detach())
     assert abs(loss - math.log(tok.vocab_size)) < 0.5  # a uniform guess at the start
-    assert float(model.blocks[0].attn.o.weight.std()) < 0.02 / math.sqrt(12) * 1.2
+    assert float(model.blocks[0].attn.o.weight.detach().std()) < 0.02 / math.sqrt(12) * 1.2
 
 
 def test_step_model_deep_copies_keep_their_own_setting():
