@@ -20,7 +20,8 @@ for part in ${parts[@]}; do
                  --latency-repeats 10 --measure-texts 128 --ae-steps 300 --with-finetune \
                  --tasks rte mrpc stsb cola sst2 ;;
     slim)      "$py" benchmarks/slim.py --tasks sst2 mrpc rte stsb cola ;;
-    steps)     "$py" benchmarks/steps.py encoders --tasks sst2 mrpc rte stsb cola
+    steps)     "$py" benchmarks/steps.py init
+               "$py" benchmarks/steps.py encoders --tasks sst2 mrpc rte stsb cola
                "$py" benchmarks/steps.py decoders ;;
     *) echo "unknown part $part (teachers plugins factorize slim steps)" >&2; exit 2 ;;
   esac

@@ -22,6 +22,10 @@ fully shared and two groups, naive and step-aware; WikiText-2 test perplexity at
 3, 2 (Euler; Heun at 3, 2), the unshared model with layers dropped, and greedy generation
 tokens/s with the key/value cache at each N.
 
+Initialisation (``init``). The shared block from its layers' mean or from one of them
+(first, middle, last): cosine of the final hidden states to the unshared model's on
+WikiText-2 test text at N = 6 and 3, right after sharing and after a short distillation.
+
 Every stage trains into ``runs/steps/`` and resumes there; rows go to
 ``benchmarks/results/steps.json`` (written after every model, rows of settings not run
 this time are kept), plots to ``benchmarks/results/steps_<task>.png``.
@@ -40,6 +44,7 @@ import torch
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
 
 from gearshift.data import get_task
+from gearshift.data.raw import raw_texts
 from gearshift.jobs import TEACHER_RECIPES, TaskData, dev_texts, teacher_dir, training_finished
 from gearshift.measure import (
     OperatingPoint,
@@ -414,12 +419,93 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------- initialisation
+def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
+    """Mean against one chosen layer as the shared block's start: the cosine of the shared
+    model's final hidden states to the unshared MiniLM-L6's on WikiText-2 test text, at N =
+    6 and 3 steps, right after sharing and after ``--init-steps`` of naive distillation."""
+    from gearshift.data.raw import text_features
+    from gearshift.methods.steps import INITS, make_shared
+
+    teacher = load_pretrained(MODEL, head_kind=None).eval()
+    tok = load_tokenizer(MODEL)
+    feats, collate = text_features(tok, _test_text(None)[: args.init_texts], args.max_length)
+    batches = [collate(feats[i : i + 32]) for i in range(0, len(feats), 32)]
+
+    @torch.inference_mode()
+    def cosine(model, n: int) -> float:
+        plan = step_plan(model.config, n)
+        sims = []
+        for b in batches:
+            inputs = {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
+            keep = b["attention_mask"].bool()
+            h = model(**inputs, plan=plan).last_hidden_state[keep]
+            t = teacher(**inputs).last_hidden_state[keep]
+            sims.append(torch.nn.functional.cosine_similarity(h, t, dim=-1))
+        return float(torch.cat(sims).mean())
+
+    rows = []
+    for groups in args.groups:
+        for init in INITS:
+            out = Path(args.runs) / "init" / f"g{groups}-{init}"
+            shared = make_shared(teacher, groups=groups, init=init).eval()
+            before = {n: cosine(shared, n) for n in (6, 3)}
+            cfg = TrainConfig(
+                output_dir=str(out),
+                max_steps=args.init_steps,
+                batch_size=args.batch_size,
+                learning_rate=args.distil_lr,
+                warmup_ratio=0.06,
+                save_every=100,
+                seed=42,
+                progress=not args.quick,
+            )
+            from gearshift.methods.steps.share import distil_shared
+
+            texts_feats, texts_collate = text_features(
+                tok,
+                raw_texts("wikitext2", limit=args.init_steps * args.batch_size),
+                args.max_length,
+            )
+            res = distil_shared(
+                shared, teacher, texts_feats, texts_collate, cfg, layerwise=True, resume=True
+            )
+            tuned = load_pretrained(str(res.model_dir)).eval()
+            for n in (6, 3):
+                after = cosine(tuned, n)
+                rows.append(
+                    OperatingPoint(
+                        task="wikitext2",
+                        model=MODEL,
+                        method=f"shared-g{groups}-init-{init}",
+                        setting=f"N={n}",
+                        metric="cosine",
+                        score=after * 100,
+                        reference_score=100.0,
+                        command=command,
+                        extras={
+                            "cosine_at_init": before[n],
+                            "cosine_after_distillation": after,
+                            "distil_steps": args.init_steps,
+                            "groups": groups,
+                            "init": init,
+                        },
+                    ).to_dict()
+                )
+            print(
+                f"[steps] init g{groups} {init}: cosine to the teacher at N=6 "
+                f"{before[6]:.3f} -> {rows[-2]['score'] / 100:.3f} after {args.init_steps} steps",
+                flush=True,
+            )
+    return rows
+
+
 # ---------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("part", choices=["encoders", "decoders"])
+    p.add_argument("part", choices=["encoders", "decoders", "init"])
     p.add_argument("--tasks", nargs="+", default=GLUE5)
     p.add_argument("--groups", type=int, nargs="+", default=[1, 2])
     p.add_argument(
@@ -446,6 +532,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=400, help="WikiText-2 test blocks scored")
     p.add_argument("--gen-tokens", type=int, default=32)
+    p.add_argument("--init-steps", type=int, default=150, help="part init: distillation steps")
+    p.add_argument("--init-texts", type=int, default=256, help="part init: test paragraphs")
     p.add_argument("--runs", default="runs/steps")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny budgets everywhere")
@@ -460,6 +548,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.lm_steps = min(args.lm_steps, 4)
         args.eval_blocks = min(args.eval_blocks, 8)
         args.gen_tokens = min(args.gen_tokens, 4)
+        args.init_steps = min(args.init_steps, 2)
+        args.init_texts = min(args.init_texts, 16)
         if args.runs == "runs/steps":
             args.runs = "runs/steps-quick"
         if args.out == RESULTS:
@@ -476,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     with fixed_threads(args.threads):
         if args.part == "decoders":
             sink.add(decoder_rows(args, command))
+        elif args.part == "init":
+            sink.add(init_rows(args, command))
         else:
             for task in args.tasks:
                 rows = encoder_rows(task, args, command)
