@@ -828,3 +828,15 @@ def test_token_classification_metrics_use_seqeval_entities():
 def test_text_task_has_no_metrics():
     with pytest.raises(DataError, match="no metrics"):
         compute_metrics("wikitext2", [1.0], [1.0])
+
+
+def test_pack_sentences_uses_long_paragraphs_in_full():
+    from gearshift.data.raw import pack_sentences
+
+    para = " ".join(f"Sentence number {i} has five words." for i in range(10))
+    packed = pack_sentences([para, "Short one."], max_words=12)
+    assert " ".join(packed) == para + " Short one."
+    assert all(len(p.split()) <= 12 for p in packed)
+    assert len(packed) == 6  # 2 sentences (10 words) per passage, then the short text
+    with pytest.raises(DataError):
+        pack_sentences([para], max_words=0)

@@ -42,6 +42,30 @@ def raw_texts(
     return texts
 
 
+def pack_sentences(texts: Sequence[str], max_words: int = 80) -> list[str]:
+    """Cut each text into sentences and pack consecutive ones into passages of at most
+    ``max_words`` words (a longer sentence stays whole), so long paragraphs are used in full
+    instead of being truncated at the model's length."""
+    from gearshift.data.text import split_sentences
+
+    if max_words < 1:
+        raise DataError(f"max_words={max_words} must be >= 1")
+    out: list[str] = []
+    for text in texts:
+        current: list[str] = []
+        words = 0
+        for sentence in split_sentences(text):
+            n = len(sentence.split())
+            if current and words + n > max_words:
+                out.append(" ".join(current))
+                current, words = [], 0
+            current.append(sentence)
+            words += n
+        if current:
+            out.append(" ".join(current))
+    return out
+
+
 def text_features(
     tokenizer: Any, texts: Sequence[str], max_length: int = 128
 ) -> tuple[list[dict], Callable]:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from gearshift.data import get_task
-from gearshift.data.raw import raw_texts, text_features
+from gearshift.data.raw import pack_sentences, raw_texts, text_features
 from gearshift.errors import ConfigError
 from gearshift.measure import flops_at_length
 from gearshift.runtime import Transformer, load_pretrained, load_tokenizer
@@ -58,7 +58,10 @@ def share_model(
         return save_model(student, output_dir / "model", tokenizer, {"shared": extra})
     config = train_config
     config.output_dir = str(output_dir)
-    texts = raw_texts(text, task, train_limit, data_dir)
+    # paragraphs packed into passages of at most ~80 words: WikiText's long paragraphs are
+    # used in full instead of being cut at max_length
+    texts = pack_sentences(raw_texts(text, task, None, data_dir))
+    texts = texts[:train_limit] if train_limit else texts
     features, collate = text_features(tokenizer, texts, max_length)
     res = distil_shared(
         student,
