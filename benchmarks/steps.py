@@ -44,7 +44,7 @@ import torch
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
 
 from gearshift.data import get_task
-from gearshift.data.raw import raw_texts
+from gearshift.data.raw import pack_sentences, raw_texts
 from gearshift.jobs import TEACHER_RECIPES, TaskData, dev_texts, teacher_dir, training_finished
 from gearshift.measure import (
     OperatingPoint,
@@ -464,7 +464,7 @@ def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
 
             texts_feats, texts_collate = text_features(
                 tok,
-                raw_texts("wikitext2", limit=args.init_steps * args.batch_size),
+                pack_sentences(raw_texts("wikitext2")),
                 args.max_length,
             )
             res = distil_shared(
