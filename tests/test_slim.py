@@ -411,3 +411,33 @@ def test_truncated_teacher_is_its_first_layers():
     assert torch.allclose(cut(ids, mask).logits, model(ids, mask, plan=plan).logits, atol=TOL)
     with pytest.raises(ConfigError, match="cannot keep"):
         truncate_layers(model, 5)
+
+
+def test_pipeline_on_a_regression_task(tmp_path):
+    teacher = tiny(kind="regression", seed=2)
+    feats = [dict(f, labels=float(f["labels"])) for f in features(32)]
+
+    def collate_reg(items):
+        out = collate(items)
+        out["labels"] = out["labels"].float()
+        return out
+
+    cfg = slim_config(heads=2, ffn=16, word_rank=None, iterations=1, gradient_equilibrium=True)
+    results = run_slim(teacher, feats, collate_reg, cfg, tmp_path / "reg", progress=False)
+    final = load_multi_exit(results[-1].model_dir)
+    ids, mask = batch()
+    out = final(ids, mask, criterion=Patience(1, tolerance=10.0))
+    assert out.logits.shape == (len(ids),) and out.exit_step.tolist() == [1] * len(ids)
+
+
+def test_regression_exits_replay_and_sweep_like_the_head():
+    model = multi(kind="regression")
+    ids, mask = batch(n=10, seed=4)
+    out = model.forward_all(ids, mask)
+    assert all(lg.shape == (10,) for lg in out.exit_logits)  # exits shaped like the head
+    recorded = torch.stack(out.exit_logits, dim=1)  # (N, L)
+    for crit in (Patience(1, tolerance=0.5), Patience(2, tolerance=0.5)):
+        sim = simulate(crit, recorded)
+        online = model(ids, mask, criterion=crit)
+        assert torch.equal(sim.exit_layer, online.exit_step)
+        assert torch.allclose(sim.logits, online.logits, atol=TOL)

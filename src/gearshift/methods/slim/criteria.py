@@ -66,7 +66,7 @@ class Entropy(Criterion):
         return float(self.thresholds[layer])
 
     def decide(self, layer, logits, rows, state):
-        if logits.shape[-1] == 1:
+        if logits.dim() == 1:
             raise ConfigError(
                 "entropy is undefined for a regression exit: use Patience (tolerance) instead"
             )
@@ -98,14 +98,12 @@ class Patience(Criterion):
         }
 
     def decide(self, layer, logits, rows, state):
-        if logits.shape[-1] == 1:
-            pred = logits[:, 0].float()
-        else:
-            pred = logits.argmax(-1).float()
+        regression = logits.dim() == 1  # (rows,) predictions; else (rows, classes)
+        pred = logits.float() if regression else logits.argmax(-1).float()
         if state["last"] is None:
             state["last"] = torch.full((state["count"].shape[0],), math.nan, device=logits.device)
         prev = state["last"][rows]
-        if logits.shape[-1] == 1:
+        if regression:
             same = (pred - prev).abs() <= self.tolerance
         else:
             same = pred == prev
@@ -130,8 +128,9 @@ class Simulated:
 
 def simulate(criterion: Criterion, exit_logits: torch.Tensor) -> Simulated:
     """Replay ``criterion`` on recorded logits ``(N, L, C)`` (every exit, the last being the
-    head's): the exit layer and logits each example gets, exactly as early exit would."""
-    N, L, _ = exit_logits.shape
+    head's; ``(N, L)`` for regression): the exit layer and logits each example gets, exactly
+    as early exit would."""
+    N, L = exit_logits.shape[:2]
     state = criterion.start(N, exit_logits.device)
     rows = torch.arange(N, device=exit_logits.device)
     exit_layer = torch.full((N,), L - 1, dtype=torch.long, device=exit_logits.device)

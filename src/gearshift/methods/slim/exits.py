@@ -61,7 +61,8 @@ class ExitConfig:
 
 
 class ExitHead(nn.Module):
-    """``linear(dropout(tanh(h[:, 0])))`` (or with a dense layer before the tanh)."""
+    """``linear(dropout(tanh(h[:, 0])))`` (or with a dense layer before the tanh); (B, C)
+    logits, or (B,) predictions for regression (the model head's shapes)."""
 
     def __init__(self, hidden_size: int, outputs: int, config: ExitConfig) -> None:
         super().__init__()
@@ -73,7 +74,8 @@ class ExitHead(nn.Module):
         x = h[:, 0]
         if self.dense is not None:
             x = self.dense(x)
-        return self.out(self.dropout(torch.tanh(x)))
+        y = self.out(self.dropout(torch.tanh(x)))
+        return y.squeeze(-1) if y.shape[-1] == 1 else y  # regression: (B,), like the head
 
 
 @dataclass
@@ -200,7 +202,7 @@ class MultiExitModel(nn.Module):
         def exit_fn(layer: int, h: torch.Tensor, mask: AttentionMask, rows: torch.Tensor):
             logits = self.exits[layer](h)
             if logits_out[0] is None:
-                logits_out[0] = logits.new_zeros(B, logits.shape[-1])
+                logits_out[0] = logits.new_zeros((B, *logits.shape[1:]))
             leave = crit.decide(layer, logits, rows, state)
             if bool(leave.any()):
                 logits_out[0][rows[leave]] = logits[leave]
@@ -225,7 +227,7 @@ class MultiExitModel(nn.Module):
             keep = keep_all[stayed] if keep_all is not None else None
             final = self.base.head(h[stayed], keep)
             if logits_out[0] is None:
-                logits_out[0] = final.new_zeros(B, final.shape[-1])
+                logits_out[0] = final.new_zeros((B, *final.shape[1:]))
             logits_out[0][stayed] = final
         logits = logits_out[0]
         loss = self.base.task_loss(logits, labels) if labels is not None else None

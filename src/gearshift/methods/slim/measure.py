@@ -88,8 +88,7 @@ def sweep(
     for crit in criteria:
         sim = simulate(crit, recorded.logits)
         layers = sim.exit_layer.numpy()
-        preds = sim.logits.numpy()
-        preds = preds[:, 0] if preds.shape[-1] == 1 else preds
+        preds = sim.logits.numpy()  # (N, C) logits, or (N,) regression predictions
         metrics = compute_metrics(task, preds, recorded.labels)
         flops = np.mean([table[int(n)][int(e)] for n, e in zip(recorded.lengths, layers)])
         rows.append(

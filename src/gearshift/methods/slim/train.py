@@ -172,7 +172,7 @@ class ExitDistillation(nn.Module):
         )
         L = self.student.num_exits
         layers = [L - 1] if (last_only or not self.exits) else list(range(L))
-        regression = s.exit_logits[-1].shape[-1] == 1
+        regression = self.student.config.head.kind == "regression"
         kd_terms = []
         for layer in layers:
             if regression:
