@@ -44,6 +44,7 @@ from gearshift.jobs import (
 )
 from gearshift.measure import (
     OperatingPoint,
+    analytic_flops,
     compare_latency,
     count_parameters,
     fixed_threads,
@@ -116,7 +117,13 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink)
     batches = {size: make_batch(tok, texts, size) for size in (1, 32)}
     singles = [make_batch(tok, [t], 1) for t in texts]
     teacher_score = evaluate(teacher, dev)[task.main_metric]
-    teacher_flops = flops_per_example(teacher, [b for b in dev.loader(1)][: args.profile_limit])
+    # the same closed form and the same dev examples as the curves' points (each at its length)
+    lengths = [len(f["input_ids"]) for f in dev.features]
+
+    def dev_flops(config) -> float:
+        return sum(analytic_flops(config, n) for n in lengths) / len(lengths)
+
+    teacher_flops = dev_flops(teacher.config)
     out = Path(args.runs) / task.name
     meta = {
         "task": {"name": task.name, "kind": task.kind, "label_names": list(task.label_names or [])},
@@ -282,7 +289,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink)
                     "static-A",
                     "no exits",
                     score,
-                    flops_per_example(model.base, singles),
+                    dev_flops(model.base.config),
                     count_parameters(model.base),
                     {"widths": stages[-1].widths},
                     latency(model.base),
@@ -321,7 +328,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink)
                         f"truncated-{L}",
                         f"first {L} layers, fine-tuned",
                         res.score,
-                        flops_per_example(model, singles),
+                        dev_flops(model.config),
                         count_parameters(model),
                         {"train_seconds": res.train_seconds},
                         latency(model),
