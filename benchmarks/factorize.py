@@ -48,6 +48,7 @@ from gearshift.jobs import (
 )
 from gearshift.measure import (
     OperatingPoint,
+    ResultsSink,
     compare_latency,
     count_parameters,
     fixed_threads,
@@ -57,8 +58,6 @@ from gearshift.measure import (
     make_batch,
     markdown_table,
     plot_tradeoff,
-    read_results,
-    write_results,
 )
 from gearshift.methods.factorize import (
     FactorizeConfig,
@@ -154,34 +153,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error("--teacher needs exactly one task in --tasks (the folder records none)")
         args.tasks = [task]
     return args
-
-
-class Sink:
-    """The results file, rewritten atomically after every row, so a killed run loses at most
-    the setting it was measuring; with ``--resume`` settings already recorded are skipped."""
-
-    def __init__(self, path: Path, resume: bool) -> None:
-        self.path, self.resume = path, resume
-        self.rows: list[dict] = []
-        if path.is_file():
-            for r in read_results(path):
-                if r.extras.get("benchmark") == "factorize":
-                    d = r.to_dict()
-                    d["extras"].pop("benchmark", None)
-                    self.rows.append(d)
-        self.new: list[dict] = []
-
-    @staticmethod
-    def key(row: dict) -> tuple:
-        return (row["task"], row["method"], row["setting"])
-
-    def done(self, task: str, method: str, setting: str) -> bool:
-        return self.resume and any(self.key(r) == (task, method, setting) for r in self.rows)
-
-    def add(self, row: dict) -> None:
-        self.rows = [r for r in self.rows if self.key(r) != self.key(row)] + [row]
-        self.new.append(row)
-        write_results(self.path, self.rows, "factorize")
 
 
 def row_method(method: str, mode: str, finetune: bool = False) -> str:
@@ -342,7 +313,7 @@ def row_for(
     ).to_dict()
 
 
-def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink) -> None:
+def run_task(task_name: str, args: argparse.Namespace, command: str, sink: ResultsSink) -> None:
     task = get_task(task_name)
     folder = teacher_folder(task.name, args)
     if folder is None:
@@ -375,7 +346,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink)
         for method in args.methods:
             for mode in args.modes:
                 setting = f"ratio {ratio:g}, {mode}, no fine-tuning"
-                if sink.done(task.name, row_method(method, mode), setting):
+                if args.resume and sink.has(task.name, row_method(method, mode), setting):
                     continue
                 config = factorize_config(method, ratio, mode == "grouped", args)
                 model = copy.deepcopy(teacher)
@@ -442,7 +413,7 @@ def compressed_pretrained(config: FactorizeConfig, cal, args: argparse.Namespace
 
 
 def run_finetune(
-    task, measure: Measure, args: argparse.Namespace, command: str, sink: Sink
+    task, measure: Measure, args: argparse.Namespace, command: str, sink: ResultsSink
 ) -> None:
     """The paper's protocol: compress pre-trained minilm-l6, then fine-tune the compressed form."""
     from gearshift.methods.factorize.finetune import finetune_compressed
@@ -464,7 +435,7 @@ def run_finetune(
                     f"ratio {ratio:g}, {mode}, compress pre-trained then fine-tune "
                     f"({args.finetune_examples} examples, {args.finetune_epochs:g} epoch)"
                 )
-                if sink.done(task.name, row_method(method, mode, True), setting):
+                if args.resume and sink.has(task.name, row_method(method, mode, True), setting):
                     continue
                 config = factorize_config(method, ratio, mode == "grouped", args)
                 model, report = compressed_pretrained(config, cal, args)
@@ -524,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/factorize.py " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
-    sink = Sink(args.out, args.resume)
+    sink = ResultsSink(args.out, "factorize")
     with fixed_threads(args.work_threads):
         for task in args.tasks:
             run_task(task, args, command, sink)

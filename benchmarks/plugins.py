@@ -44,10 +44,10 @@ from gearshift.jobs import (
     training_finished,
 )
 from gearshift.measure import (
+    ResultsSink,
     fixed_threads,
     markdown_table,
     plot_tradeoff,
-    read_results,
     write_results,
 )
 from gearshift.methods.plugins import (
@@ -219,12 +219,7 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
 
 def earlier_rows(output: Path) -> list[dict]:
     """The rows already in the results file (none if it does not exist)."""
-    if not output.is_file():
-        return []
-    rows = [r.to_dict() for r in read_results(output) if r.extras.get("benchmark") == "plugins"]
-    for r in rows:
-        r["extras"].pop("benchmark", None)
-    return rows
+    return ResultsSink(output, "plugins").rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ from gearshift.jobs import (
 )
 from gearshift.measure import (
     OperatingPoint,
+    ResultsSink,
     analytic_flops,
     compare_latency,
     count_parameters,
@@ -53,8 +54,6 @@ from gearshift.measure import (
     make_batch,
     markdown_table,
     plot_tradeoff,
-    read_results,
-    write_results,
 )
 from gearshift.methods.slim import Entropy, MultiExitModel, Patience, SlimConfig, load_multi_exit
 from gearshift.methods.slim.jobs import deebert_job, evaluate_exits, truncate_layers
@@ -71,24 +70,6 @@ THRESHOLDS = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 COLUMNS = REPORT_COLUMNS["slim"]
 
 
-class Sink:
-    def __init__(self, path: Path) -> None:
-        self.path, self.rows, self.new = path, [], []
-        if path.is_file():
-            for r in read_results(path):
-                if r.extras.get("benchmark") == "slim":
-                    d = r.to_dict()
-                    d["extras"].pop("benchmark", None)
-                    self.rows.append(d)
-
-    def add(self, rows: list[dict]) -> None:
-        key = lambda r: (r["task"], r["method"], r["setting"])  # noqa: E731
-        fresh = {key(r) for r in rows}
-        self.rows = [r for r in self.rows if key(r) not in fresh] + rows
-        self.new += rows
-        write_results(self.path, self.rows, "slim")
-
-
 def slim_config(args: argparse.Namespace, **kw: Any) -> SlimConfig:
     base = dict(
         iterations=args.iterations,
@@ -102,7 +83,7 @@ def slim_config(args: argparse.Namespace, **kw: Any) -> SlimConfig:
     return SlimConfig(**base)
 
 
-def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Sink) -> None:
+def run_task(task_name: str, args: argparse.Namespace, command: str, sink: ResultsSink) -> None:
     task = get_task(task_name)
     root = teacher_dir(task.name, MODEL)
     if not training_finished(root):
@@ -400,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/slim.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    sink = Sink(args.out)
+    sink = ResultsSink(args.out, "slim")
     with fixed_threads(args.threads):
         for task in args.tasks:
             run_task(task, args, command, sink)

@@ -48,6 +48,7 @@ from gearshift.data.raw import pack_sentences, raw_texts
 from gearshift.jobs import TEACHER_RECIPES, TaskData, dev_texts, teacher_dir, training_finished
 from gearshift.measure import (
     OperatingPoint,
+    ResultsSink,
     compare_latency,
     count_parameters,
     fixed_threads,
@@ -57,8 +58,6 @@ from gearshift.measure import (
     make_batch,
     markdown_table,
     plot_tradeoff,
-    read_results,
-    write_results,
 )
 from gearshift.methods.steps import (
     generate,
@@ -78,28 +77,6 @@ RESULTS = ROOT / "results" / "steps.json"
 GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
 MODEL = "minilm-l6"
 COLUMNS = REPORT_COLUMNS["steps"]
-
-
-class Sink:
-    """Rows of this benchmark, rewritten atomically after every model (resumable runs)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[dict] = []
-        if path.is_file():
-            for r in read_results(path):
-                if r.extras.get("benchmark") == "steps":
-                    d = r.to_dict()
-                    d["extras"].pop("benchmark", None)
-                    self.rows.append(d)
-        self.new: list[dict] = []
-
-    def add(self, rows: list[dict]) -> None:
-        key = lambda r: (r["task"], r["method"], r["setting"])  # noqa: E731
-        fresh = {key(r) for r in rows}
-        self.rows = [r for r in self.rows if key(r) not in fresh] + rows
-        self.new += rows
-        write_results(self.path, self.rows, "steps")
 
 
 # ---------------------------------------------------------------------- plans
@@ -562,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/steps.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    sink = Sink(args.out)
+    sink = ResultsSink(args.out, "steps")
     with fixed_threads(args.threads):
         if args.part == "decoders":
             sink.add(decoder_rows(args, command))

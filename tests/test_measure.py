@@ -632,3 +632,20 @@ def test_minilm_make_batch_and_memory(minilm):
     assert b8.peak_bytes > b1.peak_bytes
     assert b8.activations_bytes >= 8 * 128 * 384 * 4
     assert b1.weights_bytes == 4 * count_parameters(model)
+
+
+def test_results_sink_replaces_rows_and_survives_restarts(tmp_path):
+    from gearshift.measure import ResultsSink
+
+    path = tmp_path / "b.json"
+    row = lambda method, score: OperatingPoint(  # noqa: E731
+        task="rte", model="m", method=method, setting="s", metric="accuracy", score=score
+    ).to_dict()
+    sink = ResultsSink(path, "bench")
+    sink.add(row("a", 1.0))
+    sink.add([row("b", 2.0), row("a", 3.0)])
+    again = ResultsSink(path, "bench")  # a restarted run sees what was written
+    assert {r["method"]: r["score"] for r in again.rows} == {"a": 3.0, "b": 2.0}
+    assert again.has("rte", "a", "s") and not again.has("rte", "c", "s")
+    assert again.new == [] and len(sink.new) == 3
+    assert ResultsSink(path, "other").rows == []

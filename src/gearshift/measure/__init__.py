@@ -27,6 +27,7 @@ from gearshift.measure.report import (
     markdown_table,
     pareto_frontier,
     plot_tradeoff,
+    ResultsSink,
     read_results,
     write_results,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "plot_tradeoff",
     "profile_markdown",
     "profile_model",
+    "ResultsSink",
     "read_results",
     "write_results",
 ]

@@ -321,3 +321,38 @@ def plot_tradeoff(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
+
+
+class ResultsSink:
+    """One benchmark's results file, kept up to date as rows arrive (resumable runs).
+
+    Loads the rows already in ``path`` (those of ``benchmark``); :meth:`add` replaces rows of
+    the same (task, method, setting) and rewrites the file atomically, so a killed run loses
+    at most what it was measuring; :meth:`has` tells a resuming run what is recorded.
+    ``new`` holds the rows added by this run.
+    """
+
+    def __init__(self, path: str | os.PathLike, benchmark: str) -> None:
+        self.path, self.benchmark = Path(path), benchmark
+        self.rows: list[dict] = []
+        self.new: list[dict] = []
+        if self.path.is_file():
+            for r in read_results(self.path):
+                if r.extras.get("benchmark") == benchmark:
+                    d = r.to_dict()
+                    d["extras"].pop("benchmark", None)
+                    self.rows.append(d)
+
+    @staticmethod
+    def key(row: Mapping[str, Any]) -> tuple:
+        return (row["task"], row["method"], row["setting"])
+
+    def has(self, task: str, method: str, setting: str) -> bool:
+        return any(self.key(r) == (task, method, setting) for r in self.rows)
+
+    def add(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
+        rows = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
+        fresh = {self.key(r) for r in rows}
+        self.rows = [r for r in self.rows if self.key(r) not in fresh] + rows
+        self.new += rows
+        write_results(self.path, self.rows, self.benchmark)
