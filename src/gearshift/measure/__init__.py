@@ -23,11 +23,11 @@ from gearshift.measure.params import count_parameters, parameter_breakdown, para
 from gearshift.measure.profile import profile_markdown, profile_model
 from gearshift.measure.report import (
     OperatingPoint,
+    ResultsSink,
     machine_description,
     markdown_table,
     pareto_frontier,
     plot_tradeoff,
-    ResultsSink,
     read_results,
     write_results,
 )

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,52 @@ def register_folder_kind(kind: str, loader: str) -> None:
     FOLDER_KINDS[kind] = loader
 
 
+def folder_kind(folder: str | os.PathLike) -> str | None:
+    """The ``kind`` a gearshift folder's gearshift.json records ("model" when it records
+    none), or None when ``folder`` is not a readable gearshift folder."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return meta.get("kind", "model") if isinstance(meta, dict) else None
+
+
+def read_weights(folder: str | os.PathLike, expected: Mapping[str, torch.Tensor]) -> dict:
+    """Read ``folder``'s model.safetensors and check it holds exactly the tensors (names and
+    shapes) of ``expected`` (the state dict of the model gearshift.json describes);
+    ArtifactError says what is missing, unreadable or different."""
+    folder = Path(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ArtifactError(
+            f"{folder}: {WEIGHTS_NAME} is missing; the folder holds only "
+            f"{', '.join(sorted(p.name for p in folder.iterdir()))}"
+        )
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:
+        raise ArtifactError(
+            f"{weights} cannot be read as safetensors ({exc}); the file is damaged, re-save it"
+        ) from exc
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{weights} does not fit {CONFIG_NAME}: missing {missing[:6]}, unexpected {unexpected[:6]}; "
+            "the two files come from different models"
+        )
+    for k, v in state.items():
+        if expected[k].shape != v.shape:
+            raise ArtifactError(
+                f"{weights}: {k} has shape {tuple(v.shape)} but {CONFIG_NAME} implies "
+                f"{tuple(expected[k].shape)}; the two files come from different models"
+            )
+    return state
+
+
 def load_model(folder: str | os.PathLike) -> Transformer:
     """Load a model saved by :func:`save_model` (or by a method, whose folder ``kind`` is in
     :data:`FOLDER_KINDS`); outputs are identical to the saved model's."""
@@ -318,35 +365,8 @@ def load_model(folder: str | os.PathLike) -> Transformer:
 
         module, _, name = FOLDER_KINDS[kind].partition(":")
         return getattr(importlib.import_module(module), name)(folder)
-    config = ModelConfig.from_dict(meta["config"])
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise ArtifactError(
-            f"{folder}: {WEIGHTS_NAME} is missing; the folder holds only "
-            f"{', '.join(sorted(p.name for p in folder.iterdir()))}"
-        )
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:
-        raise ArtifactError(
-            f"{weights} cannot be read as safetensors ({exc}); the file is damaged, re-save it"
-        ) from exc
-    model = Transformer(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ArtifactError(
-            f"{weights} does not fit {CONFIG_NAME}: missing {missing[:6]}, unexpected {unexpected[:6]}; "
-            "the two files come from different models"
-        )
-    for k, v in state.items():
-        if expected[k].shape != v.shape:
-            raise ArtifactError(
-                f"{weights}: {k} has shape {tuple(v.shape)} but {CONFIG_NAME} implies "
-                f"{tuple(expected[k].shape)}; the two files come from different models"
-            )
-    model.load_state_dict(state)
+    model = Transformer(ModelConfig.from_dict(meta["config"]))
+    model.load_state_dict(read_weights(folder, model.state_dict()))
     return model.eval()
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from gearshift.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
@@ -43,7 +43,12 @@ from gearshift.methods.factorize.modules import (
     RowDecoder,
 )
 from gearshift.runtime.config import ModelConfig
-from gearshift.runtime.io import read_meta, write_folder_atomically
+from gearshift.runtime.io import (
+    folder_kind,
+    read_meta,
+    read_weights,
+    write_folder_atomically,
+)
 from gearshift.runtime.model import Transformer
 
 KIND = "factorized-model"
@@ -345,13 +350,7 @@ def save_factorized(
 
 def is_factorized_folder(folder: str | os.PathLike) -> bool:
     """True when ``folder`` holds a model saved by :func:`save_factorized`."""
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("kind") == KIND
-    except (json.JSONDecodeError, AttributeError):
-        return False
+    return folder_kind(folder) == KIND
 
 
 def load_factorized(folder: str | os.PathLike) -> Transformer:
@@ -400,30 +399,7 @@ def load_factorized(folder: str | os.PathLike) -> Transformer:
             ) from exc
         _check_fits(where, name, current, new)
         replace_module(model, name, new)
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise ArtifactError(
-            f"{folder}: {WEIGHTS_NAME} is missing; the folder holds only "
-            f"{', '.join(sorted(p.name for p in folder.iterdir()))}"
-        )
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:
-        raise ArtifactError(f"{weights} cannot be read as safetensors ({exc}); re-save it") from exc
-    expected = unique_state(model)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ArtifactError(
-            f"{weights} does not fit {CONFIG_NAME}: missing {missing[:6]}, unexpected {unexpected[:6]}; "
-            "the two files come from different models"
-        )
-    for k, v in state.items():
-        if tuple(expected[k].shape) != tuple(v.shape):
-            raise ArtifactError(
-                f"{weights}: {k} has shape {tuple(v.shape)} but {CONFIG_NAME} implies "
-                f"{tuple(expected[k].shape)}; the two files come from different models"
-            )
+    state = read_weights(folder, unique_state(model))
     model.load_state_dict(state, strict=False)  # aliases of shared tensors are filled by sharing
     model.factorize_config = fconfig
     model.eval()

@@ -21,20 +21,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from gearshift.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 from gearshift.errors import ArtifactError, ConfigError
 from gearshift.runtime.config import ModelConfig
-from gearshift.runtime.io import read_meta, write_folder_atomically
+from gearshift.runtime.io import folder_kind, read_meta, read_weights, write_folder_atomically
 from gearshift.runtime.model import Transformer, TransformerOutput
 from gearshift.runtime.modules import AttentionMask
 from gearshift.runtime.plan import ForwardPlan
@@ -320,38 +320,12 @@ def load_multi_exit(folder: str | os.PathLike) -> MultiExitModel:
             f"{folder / CONFIG_NAME} has kind {meta.get('kind')!r}, not {KIND!r}: load a plain "
             "model with gearshift.runtime.load_pretrained and wrap it in MultiExitModel"
         )
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise ArtifactError(f"{folder}: {WEIGHTS_NAME} is missing")
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:
-        raise ArtifactError(f"{weights} cannot be read as safetensors ({exc}); re-save it") from exc
     base = Transformer(ModelConfig.from_dict(meta["config"]))
     model = MultiExitModel(base, ExitConfig(**meta.get("exits", {})))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
-    if missing or unexpected or bad:
-        raise ArtifactError(
-            f"{weights} does not fit {CONFIG_NAME}: missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]}, wrong shapes {sorted(bad)[:4]}; the files come from different models"
-        )
-    model.load_state_dict(state)
+    model.load_state_dict(read_weights(folder, model.state_dict()))
     return model.eval()
 
 
 def is_multi_exit_folder(folder: str | os.PathLike) -> bool:
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("kind") == KIND
-    except (json.JSONDecodeError, AttributeError):
-        return False
-
-
-def batch_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The model inputs of a collated batch."""
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    """True when ``folder`` holds a model saved by :func:`save_multi_exit`."""
+    return folder_kind(folder) == KIND
