@@ -44,7 +44,6 @@ import torch
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
 
 from gearshift.data import get_task
-from gearshift.data.raw import pack_sentences, raw_texts
 from gearshift.jobs import TEACHER_RECIPES, TaskData, dev_texts, teacher_dir, training_finished
 from gearshift.measure import (
     OperatingPoint,
@@ -121,12 +120,11 @@ def variant_name(groups: int, mode: str) -> str:
     return f"shared-g{groups}-{mode}"
 
 
-def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
-    sizes = args.step_sizes if mode == "step-aware" else [1.0]
-    out = Path(args.runs) / variant_name(groups, mode)
-    cfg = TrainConfig(
+def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfig:
+    """The distillation run of a shared model (``share_model``) into ``out``."""
+    return TrainConfig(
         output_dir=str(out),
-        max_steps=args.distil_steps,
+        max_steps=steps,
         batch_size=args.batch_size,
         learning_rate=args.distil_lr,
         warmup_ratio=0.06,
@@ -134,6 +132,12 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
         seed=42,
         progress=not args.quick,
     )
+
+
+def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
+    sizes = args.step_sizes if mode == "step-aware" else [1.0]
+    out = Path(args.runs) / variant_name(groups, mode)
+    cfg = distil_config(args, out, args.distil_steps)
     start = time.perf_counter()
     folder = share_model(
         MODEL,
@@ -427,27 +431,17 @@ def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
             out = Path(args.runs) / "init" / f"g{groups}-{init}"
             shared = make_shared(teacher, groups=groups, init=init).eval()
             before = {n: cosine(shared, n) for n in (6, 3)}
-            cfg = TrainConfig(
-                output_dir=str(out),
-                max_steps=args.init_steps,
-                batch_size=args.batch_size,
-                learning_rate=args.distil_lr,
-                warmup_ratio=0.06,
-                save_every=100,
-                seed=42,
-                progress=not args.quick,
+            folder = share_model(
+                MODEL,
+                out,
+                groups=groups,
+                init=init,
+                layerwise=True,
+                max_length=args.max_length,
+                train_config=distil_config(args, out, args.init_steps),
+                resume=True,
             )
-            from gearshift.methods.steps.share import distil_shared
-
-            texts_feats, texts_collate = text_features(
-                tok,
-                pack_sentences(raw_texts("wikitext2")),
-                args.max_length,
-            )
-            res = distil_shared(
-                shared, teacher, texts_feats, texts_collate, cfg, layerwise=True, resume=True
-            )
-            tuned = load_pretrained(str(res.model_dir)).eval()
+            tuned = load_pretrained(str(folder)).eval()
             for n in (6, 3):
                 after = cosine(tuned, n)
                 rows.append(
