@@ -58,7 +58,7 @@ from gearshift.methods.plugins import (
     truncation_plan,
 )
 from gearshift.methods.plugins.operating_points import Candidate, measure_candidates
-from gearshift.methods.plugins.train import train_plugin
+from gearshift.methods.plugins.train import TargetCache, train_plugin
 from gearshift.runtime import load_pretrained, load_tokenizer
 from gearshift.train import TrainConfig
 
@@ -152,6 +152,7 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
     dev = TaskData.load(task, tok, "dev", limit=args.dev_limit)
     texts = dev_texts(task, args.profile_limit)
     candidates = [Candidate("full", "teacher", None, extras={"teacher": teacher})]
+    cache = TargetCache()  # the teacher's targets, computed once per example for all plugins
     for spec in plugin_specs(args.ks, args.placements, args.variants):
         init = stage_a_plugin(spec, args)
         plugin = load_plugin(init, base) if init else Plugin(spec.config, base)
@@ -174,6 +175,7 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
             cfg,
             kl_weight=1.0 if spec.kl else 0.0,
             resume=True,
+            cache=cache,
             extra={
                 "training": {"stage": "C", "task": task.name, "init": str(init) if init else None}
             },

@@ -27,7 +27,7 @@ from gearshift.methods.plugins import (
     truncation_plan,
 )
 from gearshift.methods.plugins.cli import add_cli, parse_layers
-from gearshift.methods.plugins.train import PluginDistillation, train_plugin
+from gearshift.methods.plugins.train import PluginDistillation, TargetCache, train_plugin
 from gearshift.runtime import BlockShape, ModelConfig, Transformer
 from gearshift.train import TrainConfig
 
@@ -481,6 +481,53 @@ def test_training_changes_only_the_plugin_and_lowers_the_loss(tmp_path, placemen
         assert torch.equal(again.state_dict()[key], value)
     if kl:
         assert any("kl" in r for r in res.history if r.get("kind") == "train")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"kind": "classification", "num_labels": 3},
+        {"kind": "regression", "num_labels": 1},
+        {"kind": "token_classification", "num_labels": 5, "dense_activation": None},
+    ],
+)
+def test_cached_targets_give_the_same_loss_and_skip_the_reference_pass(head):
+    model = tiny_model(head=head)
+    plugin = randomize(Plugin(PluginConfig(k=2, placement="ffn", bottleneck=4), model))
+    features = tiny_features(24)
+    plain = PluginDistillation(model, plugin, kl_weight=1.0)
+    cache = TargetCache()
+    cached = PluginDistillation(model, plugin, kl_weight=1.0, cache=cache)
+    first, second = collate(features[:12]), collate(features[12:])
+    # Rebatched: the same examples in another order and another padding length.
+    mixed = collate(features[18:] + features[:6])
+    calls = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw.get("plan")), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            for batch in (first, second):
+                a, b = plain(batch), cached(batch)
+                assert torch.allclose(a[0], b[0], atol=1e-6)
+            assert len(cache) == 24 and cache.misses == 24 and cache.hits == 0
+            calls.clear()
+            a, b = plain(mixed), cached(mixed)
+    finally:
+        hook.remove()
+    assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(
+        a[1]["kl"], b[1]["kl"], atol=1e-5
+    )
+    assert cache.hits == 12
+    # plain: reference + plugin pass; cached: the plugin pass only.
+    assert [c is None for c in calls] == [True, False, False]
+
+
+def test_a_target_cache_refuses_layerwise_targets():
+    model = tiny_model()
+    plugin = Plugin(PluginConfig(k=2, bottleneck=4), model)
+    with pytest.raises(ConfigError, match="layerwise"):
+        PluginDistillation(model, plugin, layerwise=True, cache=TargetCache())
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path):

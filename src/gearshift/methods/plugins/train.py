@@ -37,11 +37,91 @@ STAGES = ("A", "C")
 PLUGIN_DIR = "plugin"  # <output_dir>/plugin: the final plugin folder
 
 
+class TargetCache:
+    """The frozen base's outputs (final hidden states and logits) per example, so that every
+    epoch, and every plugin trained on the same base and data, runs the base's reference
+    pass only once per example.
+
+    Keys are the example's real tokens (input ids and token types, pads dropped), so any
+    batching finds them. Entries hold the real positions only (float32 on the CPU). The base
+    is frozen and in eval mode, so a cached target equals a recomputed one up to the
+    rounding of a different batch's padding.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[bytes, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @staticmethod
+    def _keys(inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> list[bytes]:
+        ids = inputs["input_ids"].cpu()
+        types = inputs.get("token_type_ids")
+        types = types.cpu() if types is not None else None
+        keys = []
+        for i in range(ids.shape[0]):
+            row = ids[i][keep[i]].numpy().tobytes()
+            if types is not None:
+                row += b"|" + types[i][keep[i]].numpy().tobytes()
+            keys.append(row)
+        return keys
+
+    def reference(
+        self, base: Transformer, inputs: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(last_hidden_state, logits)`` of ``base`` on ``inputs``, from the cache where
+        every row is in it, else from one pass of the base (whose rows are then stored)."""
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        keep = (
+            mask.bool().cpu() if mask is not None else torch.ones_like(ids, dtype=torch.bool).cpu()
+        )
+        keys = self._keys(inputs, keep)
+        if all(k in self._rows for k in keys):
+            self.hits += len(keys)
+            B, n = ids.shape
+            first = self._rows[keys[0]]
+            hidden = torch.zeros(B, n, first[0].shape[-1])
+            logits = None
+            if first[1] is not None:
+                token_level = first[1].dim() == 2
+                shape = (B, n, first[1].shape[-1]) if token_level else (B, *first[1].shape)
+                logits = torch.zeros(shape)
+            for i, k in enumerate(keys):
+                h, lg = self._rows[k]
+                hidden[i][keep[i]] = h
+                if logits is not None:
+                    if token_level:
+                        logits[i][keep[i]] = lg
+                    else:
+                        logits[i] = lg
+            return hidden.to(ids.device), (logits.to(ids.device) if logits is not None else None)
+        self.misses += len(keys)
+        with torch.no_grad():
+            ref = base(**inputs)
+        hidden = ref.last_hidden_state.detach().float().cpu()
+        logits = ref.logits.detach().float().cpu() if ref.logits is not None else None
+        token_level = logits is not None and logits.dim() == 3
+        for i, k in enumerate(keys):
+            lg = None
+            if logits is not None:
+                lg = logits[i][keep[i]].clone() if token_level else logits[i].clone()
+            self._rows[k] = (hidden[i][keep[i]].clone(), lg)
+        return ref.last_hidden_state.detach(), (
+            ref.logits.detach() if ref.logits is not None else None
+        )
+
+
 class PluginDistillation(nn.Module):
     """The module the Trainer trains: the plugin, and its loss against the frozen base.
 
     ``forward(batch)`` returns ``(loss, {"mse": ..., "kl": ...})``. ``layerwise=True``
-    averages the MSE over every layer's output instead of the last one only.
+    averages the MSE over every layer's output instead of the last one only. ``cache`` (a
+    :class:`TargetCache`, not with ``layerwise``) keeps the base's reference outputs across
+    epochs and plugins.
     """
 
     def __init__(
@@ -51,13 +131,20 @@ class PluginDistillation(nn.Module):
         kl_weight: float = 0.0,
         layerwise: bool = False,
         temperature: float = 1.0,
+        cache: TargetCache | None = None,
     ) -> None:
         super().__init__()
+        if cache is not None and layerwise:
+            raise ConfigError(
+                "a target cache holds final hidden states only: use layerwise=False with a "
+                "cache, or no cache with layerwise=True"
+            )
         self.plugin = plugin
         self._base = (base,)  # a tuple: not a submodule, so not trained, saved or put in train mode
         self.kl_weight = kl_weight
         self.layerwise = layerwise
         self.temperature = temperature
+        self.cache = cache
 
     @property
     def base(self) -> Transformer:
@@ -67,8 +154,12 @@ class PluginDistillation(nn.Module):
         device = next(self.base.parameters()).device
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
         mask = inputs.get("attention_mask")
-        with torch.no_grad():
-            ref = self.base(**inputs, output_hidden_states=self.layerwise)
+        if self.cache is not None:
+            hidden, logits = self.cache.reference(self.base, inputs)
+            ref = _Reference(hidden, logits)
+        else:
+            with torch.no_grad():
+                ref = self.base(**inputs, output_hidden_states=self.layerwise)
         out = self.base(**inputs, plan=self.plugin.plan(), output_hidden_states=self.layerwise)
         if self.layerwise:
             pairs = list(zip(out.hidden_states[1:], ref.hidden_states[1:]))
@@ -87,6 +178,12 @@ class PluginDistillation(nn.Module):
             loss = loss + self.kl_weight * kd
             extras["kl"] = kd.detach()
         return loss, extras
+
+
+@dataclass
+class _Reference:
+    last_hidden_state: torch.Tensor
+    logits: torch.Tensor | None
 
 
 @dataclass
@@ -113,13 +210,16 @@ def train_plugin(
     eval_fn: Callable[[Plugin], Mapping[str, float]] | None = None,
     resume: bool = False,
     extra: dict[str, Any] | None = None,
+    cache: TargetCache | None = None,
 ) -> PluginTrainResult:
     """Train ``plugin`` on ``base`` (frozen) to reproduce the base's own outputs.
 
     ``features``: tokenized inputs (labels, if any, are ignored). ``eval_fn(plugin)`` (optional)
     scores the plugin, e.g. on the dev set; with ``config.metric_for_best`` the best plugin
     goes to ``<output_dir>/best``. The final plugin is saved to ``<output_dir>/plugin``;
-    ``extra`` is added to its gearshift.json. Returns a :class:`PluginTrainResult`.
+    ``extra`` is added to its gearshift.json. ``cache``: share one :class:`TargetCache`
+    between plugins trained on the same base and data to run the base's reference pass once
+    per example. Returns a :class:`PluginTrainResult`.
     """
     if not any(True for _ in plugin.parameters()):
         raise ConfigError(
@@ -127,7 +227,7 @@ def train_plugin(
         )
     base.eval()
     base.requires_grad_(False)
-    module = PluginDistillation(base, plugin, kl_weight=kl_weight, layerwise=layerwise)
+    module = PluginDistillation(base, plugin, kl_weight=kl_weight, layerwise=layerwise, cache=cache)
     meta = dict(extra or {})
     meta["training"] = {"kl_weight": kl_weight, "layerwise": layerwise, **meta.get("training", {})}
 
