@@ -134,6 +134,144 @@ def coverage(name: str, rows: list[dict]) -> str:
     )
 
 
+GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
+
+
+def _pick(rows: list[dict], task: str, setting: str, method: str | None = None) -> dict | None:
+    for r in rows:
+        if r["task"] == task and r["setting"] == setting and method in (None, r["method"]):
+            return r
+    return None
+
+
+def _verdict(value: float | None, target: float, higher_is_better: bool, unit: str = "") -> str:
+    if value is None:
+        return "not measured"
+    met = value >= target if higher_is_better else value <= target
+    if met:
+        return "met"
+    return f"missed by {abs(value - target):.2f}{unit}"
+
+
+def plugins_targets(rows: list[dict]) -> str:
+    """The issue's targets, averaged over the GLUE tasks measured (placement ffn, k=4)."""
+    lines = []
+    per_task = []
+    for task in GLUE5:
+        teacher = _pick(rows, task, "full", "teacher")
+        if teacher is None:
+            continue
+        cells = {"task": task, "teacher": teacher["score"]}
+        for name in ("k4-ffn", "k4-layer"):
+            r = _pick(rows, task, name, "plugin")
+            if r is not None:
+                cells[name] = r
+        if "k4-ffn" in cells:
+            per_task.append(cells)
+    if not per_task:
+        return ""
+    lines.append(
+        "| task | teacher | k4-ffn score | drop | FLOPs saved at 128 | b32 latency ratio "
+        "| k4-layer score | k4-layer FLOPs saved |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|")
+    drops, saved, lat, layer_saved = [], [], [], []
+    for c in per_task:
+        f, lay = c["k4-ffn"], c.get("k4-layer")
+        drops.append(c["teacher"] - f["score"])
+        saved.append(f["extras"]["saved_flops_128"])
+        lat.append(f.get("latency_ratio_b32"))
+        if lay is not None:
+            layer_saved.append(lay["extras"]["saved_flops_128"])
+        lines.append(
+            f"| {c['task']} | {c['teacher']:.2f} | {f['score']:.2f} | {drops[-1]:+.2f} "
+            f"| {saved[-1]:.1%} | {lat[-1]:.3f} | "
+            + (f"{lay['score']:.2f} | {layer_saved[-1]:.1%} |" if lay else "- | - |")
+        )
+    n = len(per_task)
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    d, sv, lt, ls = mean(drops), mean(saved), mean(lat), mean(layer_saved)
+    scope = "all five GLUE tasks" if n == 5 else f"{n} of the five GLUE tasks so far"
+    lines.append("")
+    lines.append(f"Targets, averaged over {scope} (computed from the rows above):\n")
+    lines.append("| target | measured | verdict |")
+    lines.append("|---|---|---|")
+    lines.append(
+        f"| k4-ffn score drop <= 1.0 point | {d:.2f} | {_verdict(d, 1.0, False, ' points')} |"
+    )
+    lines.append(
+        f"| k4-ffn FLOPs saved at 128 >= 43% | {sv:.1%} | {_verdict(sv * 100, 43.0, True, ' pp')} |"
+    )
+    lines.append(
+        f"| k4-ffn batch-32 latency <= 0.65x | "
+        f"{'-' if lt is None else f'{lt:.3f}'} | {_verdict(lt, 0.65, False)} |"
+    )
+    if ls is not None:
+        lines.append(
+            f"| k4-layer FLOPs saved >= 65% | {ls:.1%} | {_verdict(ls * 100, 65.0, True, ' pp')} |"
+        )
+    variants = [
+        r
+        for r in rows
+        if r["task"] == "sst2" and r["setting"].startswith("k4-") and r["method"] == "plugin"
+    ]
+    if len(variants) > 2:
+        lines.append(
+            "\nk=4 variants on SST-2 (first token kept out: `-cls`; KL to the teacher's "
+            "logits: `+kl`; the paper's 64-wide restorer: `-r64`):\n"
+        )
+        lines.append("| setting | score | FLOPs saved at 128 | params added |")
+        lines.append("|---|---|---|---|")
+        for r in sorted(variants, key=lambda r: r["setting"]):
+            lines.append(
+                f"| {r['setting']} | {r['score']:.2f} | {r['extras']['saved_flops_128']:.1%} "
+                f"| {r['extras']['added_params']:,} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def slim_targets(rows: list[dict]) -> str:
+    """SST-2: the best score at >= 8x fewer FLOPs than the teacher, per method."""
+    teacher = _pick(rows, "sst2", "full", "teacher")
+    if teacher is None:
+        return ""
+    budget = teacher["flops_dynamic"] / 8
+    lines = [
+        f"SST-2 target: >= 96.5% of the teacher's {teacher['score']:.2f} "
+        f"(= {0.965 * teacher['score']:.2f}) at <= 1/8 of its FLOPs "
+        f"({budget / 1e6:.1f} MFLOPs per example). Best row of each method within that budget:\n",
+        "| method | setting | score | share of teacher | FLOPs ratio | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    methods = sorted(
+        {r["method"] for r in rows if r["task"] == "sst2" and r["method"] != "teacher"}
+    )
+    for m in methods:
+        cands = [
+            r
+            for r in rows
+            if r["task"] == "sst2" and r["method"] == m and r["flops_dynamic"] <= budget
+        ]
+        if not cands:
+            lines.append(f"| {m} | - | - | - | - | no row within the budget |")
+            continue
+        best = max(cands, key=lambda r: r["score"])
+        share = best["score"] / teacher["score"]
+        verdict = _verdict(share * 100, 96.5, True, " pp")
+        lines.append(
+            f"| {m} | {best['setting']} | {best['score']:.2f} | {share:.1%} "
+            f"| 1/{teacher['flops_dynamic'] / best['flops_dynamic']:.1f} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+TARGETS = {"plugins": plugins_targets, "slim": slim_targets}
+
+
 def main() -> int:
     parts = [INTRO]
     for path in sorted(RESULTS.glob("*.json")):
@@ -149,6 +287,11 @@ def main() -> int:
         if cover:
             parts.append(cover)
         parts.append(markdown_table(rows, COLUMNS.get(name)) + "\n")
+        if name in TARGETS:
+            summary = TARGETS[name](rows)
+            if summary:
+                parts.append("### Targets\n")
+                parts.append(summary)
         seen = []
         for r in rows:
             key = (r.get("command"), r.get("date"), r.get("machine"))
