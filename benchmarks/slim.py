@@ -18,7 +18,9 @@ and exits it ran, at its own length), parameters. For the operating points at
 ``--latency-thresholds``, CPU latency ratio to the teacher at batch 1 and 32, with
 batched early exit, in one interleaved run, at three thresholds (how the batch-32 latency
 follows the share of rows that leave early). Rows go to benchmarks/results/slim.json after
-every model; runs (resumable) to runs/slim/<task>/.
+every model; runs (resumable) to runs/slim/<task>/ (models with exits: runs/slim/<task>/mean-exits/).
+Exits read the mean of the real tokens by default (``--exit-pool first``: the paper's first
+token; those methods are named ``*-cls``): benchmarks/exit_probe.py shows why.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ COLUMNS = REPORT_COLUMNS["slim"]
 
 def slim_config(args: argparse.Namespace, **kw: Any) -> SlimConfig:
     base = dict(
+        exit_pool=args.exit_pool,
         iterations=args.iterations,
         ta_steps=args.ta_steps,
         steps_per_iteration=args.steps_per_iteration,
@@ -106,6 +109,9 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
 
     teacher_flops = dev_flops(teacher.config)
     out = Path(args.runs) / task.name
+    # models with exits depend on what the exits read; first-token runs keep the old folders
+    exits_out = out if args.exit_pool == "first" else out / f"{args.exit_pool}-exits"
+    suffix = "-cls" if args.exit_pool == "first" else ""  # method names of first-token exits
     meta = {
         "task": {"name": task.name, "kind": task.kind, "label_names": list(task.label_names or [])},
         "teacher": folder,
@@ -166,6 +172,8 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         """The sweep on dev; latency (batched exit) and counted FLOPs at --latency-thresholds
         (classification) or patience 1, 2 (regression): how latency follows the exit share."""
         start = time.perf_counter()
+        name += suffix
+        extras = extras | {"exit_pool": model.exit_config.pool}
         rows = evaluate_exits(model, task, tok, THRESHOLDS, args.dev_limit)
         if task.kind == "classification":
             timed = [Entropy(t) for t in args.latency_thresholds]
@@ -218,13 +226,13 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         )
         for name, importance in variants:
             cfg = slim_config(args, importance=importance, **widths)
-            ta_dir = out / "cost-eff-A" / "ta" / "model"
+            ta_dir = exits_out / "cost-eff-A" / "ta" / "model"
             stages = run_slim(
                 teacher,
                 train.features,
                 train.collator,
                 cfg,
-                out / f"{name}-{label}",
+                exits_out / f"{name}-{label}",
                 tok,
                 meta,
                 progress=not args.quick,
@@ -243,7 +251,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         d = deebert_job(
             folder,
             task.name,
-            out / "deebert",
+            exits_out / "deebert",
             slim_config(args, heads=12, ffn=1536),
             args.train_limit,
             progress=not args.quick,
@@ -356,6 +364,13 @@ def parse_args(argv):
     )
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--exit-pool",
+        choices=["first", "mean"],
+        default="mean",
+        help="what every exit reads: the mean of the real tokens (default; see "
+        "benchmarks/exit_probe.py) or the first token (the paper; method names get '-cls')",
+    )
     p.add_argument("--runs", default="runs/slim")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--quick", action="store_true")

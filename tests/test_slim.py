@@ -59,8 +59,8 @@ def tiny(kind="classification", labels=3, layers=4, seed=0, **kw) -> Transformer
     return Transformer(cfg).eval()
 
 
-def multi(seed=0, **kw) -> MultiExitModel:
-    model = MultiExitModel(tiny(seed=seed, **kw))
+def multi(seed=0, pool="first", **kw) -> MultiExitModel:
+    model = MultiExitModel(tiny(seed=seed, **kw), ExitConfig(pool=pool))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # confident, different exits so the criteria have work to do
         for p in model.exits.parameters():
@@ -78,11 +78,12 @@ def batch(n=6, length=10, seed=1):
 
 
 # ---------------------------------------------------------------------- early exit
+@pytest.mark.parametrize("pool", ["first", "mean"])
 @pytest.mark.parametrize(
     "criterion", [Entropy(0.6), Entropy([0.2, 0.9, 0.5]), Patience(1), Patience(2)]
 )
-def test_batched_early_exit_equals_rows_alone(criterion):
-    model = multi()
+def test_batched_early_exit_equals_rows_alone(criterion, pool):
+    model = multi(pool=pool)
     ids, mask = batch()
     with model.criterion(criterion):
         out = model(ids, mask)
@@ -93,8 +94,9 @@ def test_batched_early_exit_equals_rows_alone(criterion):
     assert 0 < len(set(steps.tolist())) and steps.min() < model.num_exits - 1  # some exit early
 
 
-def test_offline_replay_equals_online_exit():
-    model = multi()
+@pytest.mark.parametrize("pool", ["first", "mean"])
+def test_offline_replay_equals_online_exit(pool):
+    model = multi(pool=pool)
     ids, mask = batch(n=12, seed=3)
     with torch.no_grad():
         recorded = torch.stack(model.forward_all(ids, mask).exit_logits, dim=1)
@@ -104,6 +106,23 @@ def test_offline_replay_equals_online_exit():
             out = model(ids, mask)
         assert torch.equal(sim.exit_layer, out.exit_step)
         assert torch.allclose(sim.logits, out.logits, atol=TOL)
+
+
+def test_mean_pooled_exits_read_real_tokens_only():
+    model = multi(pool="mean")
+    ids, mask = batch()
+    with torch.no_grad():
+        out = model.forward_all(ids, mask)
+        h = out.hidden_states[0]
+        for row in range(len(ids)):
+            n = int(mask[row].sum())
+            expected = model.exits[0](h[row : row + 1, :n])  # no mask: every token is real
+            assert torch.allclose(out.exit_logits[0][row], expected[0], atol=TOL)
+        # ... and differ from the first token's exit
+        first = model.exits[0].out(torch.tanh(h[:, 0]))
+    assert not torch.allclose(first, out.exit_logits[0], atol=1e-3)
+    with pytest.raises(ConfigError, match="exit pool"):
+        MultiExitModel(tiny(), ExitConfig(pool="max"))
 
 
 def test_full_depth_without_criterion_is_the_base_model():
@@ -148,10 +167,10 @@ def test_criterion_switch_is_per_thread():
     assert errors == []
 
 
-@pytest.mark.parametrize("pooler", ["tanh", "dense"])
+@pytest.mark.parametrize("pooler, pool", [("tanh", "first"), ("dense", "first"), ("tanh", "mean")])
 @pytest.mark.parametrize("leave_at", [0, 1, 3])
-def test_exit_flops_match_counted_early_exit(pooler, leave_at):
-    model = MultiExitModel(tiny(layers=4, word_rank=5), ExitConfig(pooler=pooler)).eval()
+def test_exit_flops_match_counted_early_exit(pooler, pool, leave_at):
+    model = MultiExitModel(tiny(layers=4, word_rank=5), ExitConfig(pooler=pooler, pool=pool)).eval()
     thresholds = [math.inf if i == leave_at else -1.0 for i in range(3)]
     n = 9
     inputs = fixed_length_batch(model.config, n, 1)
@@ -281,8 +300,9 @@ def test_gradient_equilibrium_scales_gradients_not_outputs():
 
 
 # ---------------------------------------------------------------------- folders
-def test_multi_exit_folders_round_trip(tmp_path):
-    model = multi()
+@pytest.mark.parametrize("pool", ["first", "mean"])
+def test_multi_exit_folders_round_trip(tmp_path, pool):
+    model = multi(pool=pool)
     ids, mask = batch()
     folder = save_multi_exit(model, tmp_path / "m", extra={"task": {"name": "sst2"}})
     again = load_multi_exit(folder)

@@ -34,6 +34,12 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--no-exits", action="store_true", help="static pruning: the last exit only")
     p.add_argument("--gradient-equilibrium", action="store_true")
     p.add_argument("--exit-pooler", choices=["tanh", "dense"], default="tanh")
+    p.add_argument(
+        "--exit-pool",
+        choices=["first", "mean"],
+        default="first",
+        help="what each exit reads: the first token (the paper) or the mean of the real tokens",
+    )
     p.add_argument("--ta-steps", type=int, default=SlimConfig.ta_steps)
     p.add_argument("--steps-per-iteration", type=int, default=SlimConfig.steps_per_iteration)
     p.add_argument("--recovery-steps", type=int, default=SlimConfig.recovery_steps)
@@ -69,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> SlimConfig:
         iterations=args.iterations,
         exits=not args.no_exits,
         exit_pooler=args.exit_pooler,
+        exit_pool=args.exit_pool,
         gradient_equilibrium=args.gradient_equilibrium,
         hidden_weight=args.hidden_weight,
         ta_steps=args.ta_steps,

@@ -44,34 +44,51 @@ from .criteria import Criterion
 
 KIND = "multi-exit-model"
 POOLERS = ("tanh", "dense")
+POOLS = ("first", "mean")
 
 
 @dataclass
 class ExitConfig:
-    """The exits' shape: ``pooler`` "tanh" (the paper) or "dense" (Linear + tanh first)."""
+    """The exits' shape: ``pooler`` "tanh" (the paper) or "dense" (Linear + tanh first);
+    ``pool``: the vector an exit reads, "first" (the first token's state, the paper) or
+    "mean" (the mean of the real tokens' states). Mean pooling exists because a model
+    pre-trained with mean pooling (all-MiniLM-L6-v2) carries nothing in its shallow layers'
+    first token: see docs/slim.md."""
 
     pooler: str = "tanh"
     dropout: float = 0.1
+    pool: str = "first"
 
     def validate(self) -> None:
         if self.pooler not in POOLERS:
             raise ConfigError(f"exit pooler {self.pooler!r} unknown: use one of {POOLERS}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"exit pool {self.pool!r} unknown: use one of {POOLS}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"exit dropout {self.dropout} must be in [0, 1)")
 
 
 class ExitHead(nn.Module):
-    """``linear(dropout(tanh(h[:, 0])))`` (or with a dense layer before the tanh); (B, C)
-    logits, or (B,) predictions for regression (the model head's shapes)."""
+    """``linear(dropout(tanh(pool(h))))`` (or with a dense layer before the tanh), where
+    ``pool`` takes the first token or the mean of the real tokens (``keep``: (B, n) bool,
+    True = real; None = all real); (B, C) logits, or (B,) predictions for regression (the
+    model head's shapes)."""
 
     def __init__(self, hidden_size: int, outputs: int, config: ExitConfig) -> None:
         super().__init__()
+        self.pool = config.pool
         self.dense = nn.Linear(hidden_size, hidden_size) if config.pooler == "dense" else None
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(hidden_size, outputs)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        x = h[:, 0]
+    def forward(self, h: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pool == "first":
+            x = h[:, 0]
+        elif keep is None:
+            x = h.mean(dim=1)
+        else:
+            w = keep.to(h.dtype).unsqueeze(-1)
+            x = (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
         if self.dense is not None:
             x = self.dense(x)
         y = self.out(self.dropout(torch.tanh(x)))
@@ -124,7 +141,7 @@ class MultiExitModel(nn.Module):
         """Logits of layer ``layer``'s exit from that layer's output ``h``."""
         if layer == self.num_exits - 1:
             return self.base.head(h, keep)
-        return self.exits[layer](h)
+        return self.exits[layer](h, keep)
 
     # ------------------------------------------------------------------ training view
     def forward_all(
@@ -200,7 +217,7 @@ class MultiExitModel(nn.Module):
         keep_all = attention_mask.bool() if attention_mask is not None else None
 
         def exit_fn(layer: int, h: torch.Tensor, mask: AttentionMask, rows: torch.Tensor):
-            logits = self.exits[layer](h)
+            logits = self.exits[layer](h, mask.keep)
             if logits_out[0] is None:
                 logits_out[0] = logits.new_zeros((B, *logits.shape[1:]))
             leave = crit.decide(layer, logits, rows, state)

@@ -104,7 +104,8 @@ def deebert_job(
         import copy
 
         student = MultiExitModel(
-            copy.deepcopy(teacher), ExitConfig(config.exit_pooler, config.exit_dropout)
+            copy.deepcopy(teacher),
+            ExitConfig(config.exit_pooler, config.exit_dropout, config.exit_pool),
         )
         meta = {
             "task": {

@@ -78,6 +78,7 @@ class SlimConfig:
     exits: bool = field(default=True, metadata={"help": "False: last exit only (static)"})
     exit_pooler: str = "tanh"
     exit_dropout: float = 0.1
+    exit_pool: str = "first"
     gradient_equilibrium: bool = False
     hidden_weight: float = 1.0
     ce_weight: float = 0.0
@@ -298,7 +299,7 @@ def run_slim(
     meta = dict(meta or {})
     meta["slim"] = asdict(config)
     results: list[StageResult] = []
-    exit_cfg = ExitConfig(config.exit_pooler, config.exit_dropout)
+    exit_cfg = ExitConfig(config.exit_pooler, config.exit_dropout, config.exit_pool)
 
     def run(name: str, student, target, steps: int, widths: Widths, **kw) -> MultiExitModel:
         stage_dir = out / name
