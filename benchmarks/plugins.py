@@ -83,14 +83,24 @@ class Spec:
         return name + ("+kl" if self.kl else "")
 
 
-def plugin_specs(ks: list[int], placements: list[str], variants: bool) -> list[Spec]:
+VARIANT_KINDS = ("cls", "kl", "r64")
+
+
+def plugin_specs(
+    ks: list[int], placements: list[str], variants: bool, kinds: tuple[str, ...] = VARIANT_KINDS
+) -> list[Spec]:
+    """The plugins to train: every k and placement; with ``variants``, the k=4 variants of
+    the given ``kinds`` (first token kept out, + KL, the paper's 64-wide restorer)."""
     specs = [Spec(PluginConfig(k=k, placement=p)) for k in ks for p in placements]
     if variants:
-        specs += [Spec(PluginConfig(k=4, placement=p, keep_first_token=True)) for p in placements]
-        specs += [
-            Spec(PluginConfig(k=4, placement="ffn"), kl=True),
-            Spec(PluginConfig(k=4, placement="ffn", bottleneck=64)),
-        ]
+        if "cls" in kinds:
+            specs += [
+                Spec(PluginConfig(k=4, placement=p, keep_first_token=True)) for p in placements
+            ]
+        if "kl" in kinds:
+            specs.append(Spec(PluginConfig(k=4, placement="ffn"), kl=True))
+        if "r64" in kinds:
+            specs.append(Spec(PluginConfig(k=4, placement="ffn", bottleneck=64)))
     return specs
 
 
@@ -153,7 +163,7 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
     texts = dev_texts(task, args.profile_limit)
     candidates = [Candidate("full", "teacher", None, extras={"teacher": teacher})]
     cache = TargetCache()  # the teacher's targets, computed once per example for all plugins
-    for spec in plugin_specs(args.ks, args.placements, args.variants):
+    for spec in plugin_specs(args.ks, args.placements, args.variants, args.variant_kinds):
         init = stage_a_plugin(spec, args)
         plugin = load_plugin(init, base) if init else Plugin(spec.config, base)
         cfg = TrainConfig(
@@ -272,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the k=4 variants (-cls, +kl, -r64); default: on, off with --quick",
     )
+    parser.add_argument(
+        "--variant-kinds",
+        nargs="+",
+        choices=VARIANT_KINDS,
+        default=list(VARIANT_KINDS),
+        help="which k=4 variants --variants trains (default: all)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets everywhere")
     parser.add_argument(
         "--resume",
@@ -302,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     done = []
     for name in args.tasks:
         if args.resume:
-            want = {spec.name for spec in plugin_specs(args.ks, args.placements, args.variants)}
+            specs = plugin_specs(args.ks, args.placements, args.variants, args.variant_kinds)
+            want = {spec.name for spec in specs}
             have = {r["setting"] for r in earlier_rows(output) if r["task"] == get_task(name).name}
             if want <= have:
                 print(f"[plugins] {name}: every plugin already measured (--resume)", flush=True)
@@ -318,9 +336,12 @@ def main(argv: list[str] | None = None) -> int:
                     "smoke run: teacher = pre-trained MiniLM-L6 with an untrained head"
                 )
         done.append(name)
-        # re-read just before writing: another run (other tasks) may have written meanwhile
-        task_name = get_task(name).name
-        rows = [r for r in earlier_rows(output) if r["task"] != task_name] + task_rows
+        # Re-read just before writing: another run (other tasks) may have written meanwhile.
+        # This run's rows replace those of the same task and setting; the task's other rows
+        # (variants not trained this time) stay.
+        fresh = {(r["task"], r["setting"]) for r in task_rows}
+        rows = [r for r in earlier_rows(output) if (r["task"], r["setting"]) not in fresh]
+        rows += task_rows
         write_results(output, rows, "plugins")
         plot_tradeoff(
             task_rows,
