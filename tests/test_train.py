@@ -578,10 +578,16 @@ def test_ctrl_c_saves_checkpoint_and_resume_matches(tmp_path):
 
     ref_t, ref, ref_scale = run(tmp_path / "ref")
     out = tmp_path / "run"
-    handler_before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        run(out, callbacks=[SendSigint()])
-    assert signal.getsignal(signal.SIGINT) is handler_before
+    # A shell starts background jobs with SIGINT ignored, and the Trainer rightly leaves an
+    # ignored SIGINT alone: give this test Python's own handler wherever it runs.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        handler_before = signal.getsignal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            run(out, callbacks=[SendSigint()])
+        assert signal.getsignal(signal.SIGINT) is handler_before
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     state = ckpt.read_trainer_state(out / "checkpoint")
     assert state["global_step"] == 5  # saved at the step boundary after the signal
     assert (out / "checkpoint" / ckpt.EXTRA_PARAMS_NAME).is_file()
@@ -596,6 +602,15 @@ def test_ctrl_c_saves_checkpoint_and_resume_matches(tmp_path):
         for k in a:
             assert a[k] == pytest.approx(b[k], abs=1e-6), (a["step"], k)
     assert {h["plain"] for h in result.history if h["kind"] == "train"} == {1.5}
+
+    # With SIGINT ignored (a background job), the Trainer leaves it so: the run completes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _, result, _ = run(tmp_path / "ignored", callbacks=[SendSigint()])
+        assert result.global_step == 12
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def _child_train(out_dir: str, sleep: float, result_file: str | None, model_seed: int) -> None:
