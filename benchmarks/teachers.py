@@ -45,13 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/teachers.py " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
-    # Keep rows of tasks not measured in this run.
+    # Keep this file's rows of tasks not measured in this run (read_results of the file
+    # itself: the folder holds other benchmarks' files, whose teacher rows are theirs).
+    measured = {get_task(t).name for t in args.tasks}
     previous = (
-        [
-            r.to_dict()
-            for r in read_results(RESULTS.parent)
-            if r.method == "teacher" and r.task not in {get_task(t).name for t in args.tasks}
-        ]
+        [r.to_dict() for r in read_results(RESULTS) if r.task not in measured]
         if RESULTS.is_file()
         else []
     )
