@@ -36,7 +36,7 @@ NOTES = {
     "(recipes: `gearshift.jobs.TEACHER_RECIPES`; batch 32, lr 1e-4, linear decay, 6% warm-up, "
     "length-grouped batches, best dev checkpoint by epoch). Teachers are cached outside the "
     "repository and rebuilt by the script when missing. Latency ratios are 1 by definition. "
-    "Epochs: SST-2 1, CoLA 3, MRPC 3, STS-B 3, RTE 5. CoLA is under-trained (its dev Matthews "
+    "Epochs: SST-2 1, CoLA 3, MRPC 3, STS-B 3, RTE 5, CoNLL-2003 3 (entity F1). CoLA is under-trained (its dev Matthews "
     "rose every epoch: -2.9, 16.8, 24.8); all-MiniLM-L6-v2 is a sentence-similarity model and "
     "CoLA needs more epochs than this session's CPU budget allowed.",
 }
