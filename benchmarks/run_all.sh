@@ -15,7 +15,9 @@ for part in ${parts[@]}; do
     teachers)  "$py" benchmarks/teachers.py --tasks sst2 mrpc rte stsb cola conll2003 --train-only ;;
     plugins)   "$py" benchmarks/plugins.py --resume --threads 1 --no-variants \
                  --tasks cola sst2 mrpc stsb rte conll2003
-               "$py" benchmarks/plugins.py --resume --threads 1 --variants --tasks sst2 ;;
+               "$py" benchmarks/plugins.py --resume --threads 1 --variants --tasks sst2
+               "$py" benchmarks/plugins.py --resume --threads 1 --variants --variant-kinds cls \
+                 --tasks mrpc stsb rte cola ;;
     factorize) "$py" benchmarks/factorize.py --resume --threads 1 --work-threads 1 \
                  --latency-repeats 10 --measure-texts 128 --ae-steps 300 --with-finetune \
                  --tasks rte mrpc stsb cola sst2 ;;
