@@ -27,6 +27,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from gearshift.data import compute_metrics, get_task
 from gearshift.jobs import TaskData, model_for_task, teacher_dir
 from gearshift.measure import ResultsSink, fixed_threads, machine_description, markdown_table
+from gearshift.methods.slim.exits import mean_of_real_tokens
 
 RESULTS = Path(__file__).resolve().parent / "results" / "exit_probe.json"
 TASKS = ["sst2", "mrpc", "rte", "stsb", "cola"]
@@ -48,10 +49,10 @@ def layer_features(model, data: TaskData, batch_size: int = 64):
                 b.get("token_type_ids"),
                 output_hidden_states=True,
             )
-        w = b["attention_mask"].unsqueeze(-1).float()
+        keep = b["attention_mask"].bool()
         for layer, h in enumerate(out.hidden_states[1:]):
             first[layer].append(h[:, 0])
-            mean[layer].append((h * w).sum(1) / w.sum(1))
+            mean[layer].append(mean_of_real_tokens(h, keep))
         labels.append(b["labels"])
     stack = lambda xs: [torch.cat(x).numpy() for x in xs]  # noqa: E731
     return stack(first), stack(mean), torch.cat(labels).numpy()

@@ -48,7 +48,6 @@ from gearshift.measure import (
     fixed_threads,
     markdown_table,
     plot_tradeoff,
-    write_results,
 )
 from gearshift.methods.plugins import (
     Plugin,
@@ -336,13 +335,10 @@ def main(argv: list[str] | None = None) -> int:
                     "smoke run: teacher = pre-trained MiniLM-L6 with an untrained head"
                 )
         done.append(name)
-        # Re-read just before writing: another run (other tasks) may have written meanwhile.
-        # This run's rows replace those of the same task and setting; the task's other rows
-        # (variants not trained this time) stay.
-        fresh = {(r["task"], r["setting"]) for r in task_rows}
-        rows = [r for r in earlier_rows(output) if (r["task"], r["setting"]) not in fresh]
-        rows += task_rows
-        write_results(output, rows, "plugins")
+        # A fresh sink re-reads the file just before writing (another run, on other tasks,
+        # may have written meanwhile); this run's rows replace those of the same settings and
+        # the task's other rows (variants not trained this time) stay.
+        ResultsSink(output, "plugins").add(task_rows)
         plot_tradeoff(
             task_rows,
             output.parent / f"plugins_{get_task(name).name}.png",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gearshift.data import get_task
 from gearshift.jobs import TaskData, ensure_teacher, evaluate, profile, teacher_row
-from gearshift.measure import markdown_table, read_results, write_results
+from gearshift.measure import ResultsSink, markdown_table, write_results
 from gearshift.runtime import load_pretrained, load_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "teachers.json"
@@ -45,14 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/teachers.py " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
-    # Keep this file's rows of tasks not measured in this run (read_results of the file
-    # itself: the folder holds other benchmarks' files, whose teacher rows are theirs).
+    # Keep this file's rows of tasks not measured in this run (other benchmarks' files hold
+    # teacher rows too; those are theirs).
     measured = {get_task(t).name for t in args.tasks}
-    previous = (
-        [r.to_dict() for r in read_results(RESULTS) if r.task not in measured]
-        if RESULTS.is_file()
-        else []
-    )
+    previous = [r for r in ResultsSink(RESULTS, "teachers").rows if r["task"] not in measured]
     rows = list(previous)
     for name, folder in folders.items():
         task = get_task(name)

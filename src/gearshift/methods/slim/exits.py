@@ -68,6 +68,15 @@ class ExitConfig:
             raise ConfigError(f"exit dropout {self.dropout} must be in [0, 1)")
 
 
+def mean_of_real_tokens(h: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """(B, n, d) -> (B, d): the mean over the real tokens (``keep``: (B, n) bool, True =
+    real; None = all real)."""
+    if keep is None:
+        return h.mean(dim=1)
+    w = keep.to(h.dtype).unsqueeze(-1)
+    return (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+
+
 class ExitHead(nn.Module):
     """``linear(dropout(tanh(pool(h))))`` (or with a dense layer before the tanh), where
     ``pool`` takes the first token or the mean of the real tokens (``keep``: (B, n) bool,
@@ -82,13 +91,7 @@ class ExitHead(nn.Module):
         self.out = nn.Linear(hidden_size, outputs)
 
     def forward(self, h: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        if self.pool == "first":
-            x = h[:, 0]
-        elif keep is None:
-            x = h.mean(dim=1)
-        else:
-            w = keep.to(h.dtype).unsqueeze(-1)
-            x = (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+        x = h[:, 0] if self.pool == "first" else mean_of_real_tokens(h, keep)
         if self.dense is not None:
             x = self.dense(x)
         y = self.out(self.dropout(torch.tanh(x)))
