@@ -56,7 +56,11 @@ from gearshift.methods.plugins import (
     mean_merging,
     truncation_plan,
 )
-from gearshift.methods.plugins.operating_points import Candidate, measure_candidates
+from gearshift.methods.plugins.operating_points import (
+    Candidate,
+    measure_candidates,
+    retime_rows,
+)
 from gearshift.methods.plugins.train import TargetCache, train_plugin
 from gearshift.runtime import load_pretrained, load_tokenizer
 from gearshift.train import TrainConfig
@@ -228,6 +232,24 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
     )
 
 
+def retime_task(task_name: str, teacher: str, args: argparse.Namespace, command: str) -> list[dict]:
+    """Re-measure only the latency ratios of a task's rows (see :func:`retime_rows`)."""
+    task = get_task(task_name)
+    rows = [r for r in earlier_rows(Path(args.output)) if r["task"] == task.name]
+    base, tok = model_for_task(teacher, task)
+    base.eval()
+    print(f"[plugins] {task.name}: re-timing {len(rows)} rows", flush=True)
+    return retime_rows(
+        base,
+        tok,
+        rows,
+        dev_texts(task, args.profile_limit),
+        command=command,
+        threads=args.threads,
+        repeats=args.repeats,
+    )
+
+
 def earlier_rows(output: Path) -> list[dict]:
     """The rows already in the results file (none if it does not exist)."""
     return ResultsSink(output, "plugins").rows
@@ -294,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip tasks whose plugins are all in the results file (training always resumes)",
     )
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="only re-measure the latency ratios of the rows already in the results file "
+        "(trained plugins reload; scores and FLOPs stay): for a quiet machine",
+    )
     parser.add_argument("--runs", default="runs/plugins", help="where trained plugins go")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -315,6 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     output = Path(args.output)
+    if args.retime:
+        for name in args.tasks:
+            teacher = find_teacher(get_task(name).name, args.teacher)
+            if teacher is None:
+                return 1
+            with fixed_threads(args.threads):
+                rows = retime_task(name, teacher, args, command)
+            ResultsSink(output, "plugins").add(rows)
+            print(markdown_table(rows, COLUMNS), flush=True)
+        return 0
     done = []
     for name in args.tasks:
         if args.resume:

@@ -307,9 +307,17 @@ def main() -> int:
             key = (r.get("command"), r.get("date"), r.get("machine"))
             if key not in seen:
                 seen.append(key)
+        retimed = []
+        for r in rows:
+            m = r.get("extras", {}).get("latency_measured")
+            key = m and (m["command"], m["date"], m["machine"])
+            if key and key not in retimed:
+                retimed.append(key)
         parts.append("Reproduce / provenance:\n")
         for command, date, machine in seen:
             parts.append(f"- `{command}` ({date}; {machine})")
+        for command, date, machine in retimed:
+            parts.append(f"- latency ratios re-measured: `{command}` ({date}; {machine})")
         parts.append(f"\nRaw rows: `benchmarks/results/{path.name}`.\n")
     OUT.write_text("\n".join(parts).rstrip() + "\n")
     print(f"wrote {OUT}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 
 import pytest
@@ -27,6 +28,7 @@ from gearshift.methods.plugins import (
     truncation_plan,
 )
 from gearshift.methods.plugins.cli import add_cli, parse_layers
+from gearshift.methods.plugins.operating_points import candidate_from_row, retime_rows
 from gearshift.methods.plugins.train import PluginDistillation, TargetCache, train_plugin
 from gearshift.runtime import BlockShape, ModelConfig, Transformer
 from gearshift.train import TrainConfig
@@ -150,6 +152,34 @@ def test_restorer_is_the_papers_adapter_on_the_concatenation():
     assert torch.allclose(out, ref, atol=1e-5)
     # A fresh restorer only repeats.
     assert torch.equal(TokenRestorer(d, k, r)(u, x, merger_info), rep)
+
+
+@pytest.mark.parametrize("first_kept", [False, True])
+@pytest.mark.parametrize("n", [7, 9, 10])
+def test_restorer_values_and_gradients_match_the_plain_formula(first_kept, n):
+    """The restorer writes windows in place; values and gradients equal repeat + concat."""
+    d, k, r = 5, 3, 4
+    restorer = randomize_module(TokenRestorer(d, k, r))
+    x = torch.randn(2, n, d, requires_grad=True)
+    info = TokenMerger(d, k, keep_first_token=first_kept)(x.detach(), None)[1]
+    u = torch.randn(2, math.ceil((n - first_kept) / k) + first_kept, d, requires_grad=True)
+    out = restorer(u, x, info)
+
+    def reference(u, x):
+        head = u[:, :1] if first_kept else u[:, :0]
+        ub, xb = (u[:, 1:], x[:, 1:]) if first_kept else (u, x)
+        rep = ub.repeat_interleave(k, dim=1)[:, : xb.shape[1]]
+        a = restorer.down_merged(rep) + restorer.down_token(xb)
+        return torch.cat([head, rep + restorer.up(torch.tanh(a))], dim=1)
+
+    ref = reference(u, x)
+    assert torch.allclose(out, ref, atol=1e-6)
+    weights = torch.randn_like(ref)
+    params = [u, x, *restorer.parameters()]
+    got = torch.autograd.grad((out * weights).sum(), params)
+    want = torch.autograd.grad((ref * weights).sum(), params)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-5)
 
 
 # ---------------------------------------------------------------------- whole model
@@ -617,3 +647,69 @@ def test_every_encoder_family_takes_plugins(family, placement, hf_tiny_dir):
         for i, length in enumerate(batch["attention_mask"].sum(1).tolist()):
             row = {k: v[i : i + 1, :length] for k, v in batch.items()}
             assert torch.allclose(together[i], model(**row, plan=plugin.plan()).logits[0], atol=TOL)
+
+
+# ---------------------------------------------------------------------- re-timing saved rows
+class WordTokenizer:
+    """One id per whitespace word ([CLS]=1 ... [SEP]=2, pad 0), enough for make_batch."""
+
+    def __call__(self, texts, pairs=None, truncation=True, max_length=128, **_):
+        rows = [[1] + [3 + len(w) % 40 for w in t.split()][: max_length - 2] + [2] for t in texts]
+        ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        return {"input_ids": ids, "attention_mask": (ids > 0).long()}
+
+
+def test_retime_rows_rebuilds_every_candidate_and_keeps_the_rest(tmp_path):
+    model = tiny_model()
+    plugin = randomize(Plugin(PluginConfig(k=2), model))
+    folder = plugin.save_pretrained(tmp_path / "k2-ffn")
+    rows = [
+        {"task": "t", "method": "plugin", "setting": "k2-ffn", "score": 70.0,
+         "latency_ratio_b1": 9.0, "extras": {"plugin_dir": str(folder)}},
+        {"task": "t", "method": "teacher", "setting": "full", "score": 80.0, "extras": {}},
+        {"task": "t", "method": "mean-merging", "setting": "k2-layer-mean-cls", "extras": {}},
+        {"task": "t", "method": "truncation", "setting": "k2-truncate", "extras": {}},
+    ]  # fmt: skip
+    texts = ["a bb ccc dddd eeeee f", "gg hhh", "i jj kkk llll"]
+    out = retime_rows(
+        model, WordTokenizer(), rows, texts, command="cmd", threads=1, warmup=0, repeats=2,
+        batch_sizes=(1, 4),
+    )  # fmt: skip
+    assert [r["setting"] for r in out] == ["full", "k2-ffn", "k2-layer-mean-cls", "k2-truncate"]
+    assert out[0]["latency_ratio_b1"] == 1.0 and out[0]["latency_ratio_b4"] == 1.0
+    for r in out:
+        assert r["latency_ratio_b1"] > 0 and r["extras"]["latency_ms_b4"] > 0
+        assert r["extras"]["latency_measured"]["command"] == "cmd"
+    assert out[1]["score"] == 70.0 and rows[0]["latency_ratio_b1"] == 9.0  # copies, scores kept
+
+    batch = padded_batch()
+    with torch.no_grad():
+
+        def run(plan):
+            return model(**batch, plan=plan).logits
+
+        built = {r["setting"]: candidate_from_row(r, model) for r in rows}
+        assert torch.equal(run(built["k2-ffn"].plan), run(plugin.plan()))
+        assert built["k2-ffn"].params_added == plugin.num_parameters()
+        mean = mean_merging(model, 2, "layer", keep_first_token=True)
+        assert torch.equal(run(built["k2-layer-mean-cls"].plan), run(mean.plan()))
+        assert torch.equal(run(built["k2-truncate"].plan), run(truncation_plan(model, 2)))
+
+
+def test_retime_rows_refuses_what_it_cannot_rebuild(tmp_path):
+    model, tok = tiny_model(), WordTokenizer()
+    teacher = {"task": "t", "method": "teacher", "setting": "full", "extras": {}}
+    gone = {"task": "t", "method": "plugin", "setting": "k4-ffn",
+            "extras": {"plugin_dir": str(tmp_path / "gone")}}  # fmt: skip
+    with pytest.raises(ArtifactError, match="is not there"):
+        retime_rows(model, tok, [teacher, gone], ["a b"], command="c", repeats=1)
+    with pytest.raises(ConfigError, match="teacher row"):
+        retime_rows(model, tok, [gone], ["a b"], command="c", repeats=1)
+    odd = {"task": "t", "method": "mean-merging", "setting": "whatever", "extras": {}}
+    with pytest.raises(ConfigError, match="cannot rebuild"):
+        retime_rows(model, tok, [teacher, odd], ["a b"], command="c", repeats=1)
+    other = dict(teacher, task="u", setting="other")
+    with pytest.raises(ConfigError, match="one task at a time"):
+        retime_rows(model, tok, [teacher, other], ["a b"], command="c", repeats=1)

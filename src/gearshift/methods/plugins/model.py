@@ -277,7 +277,9 @@ def plugin_flops(model_config: ModelConfig, plugin_config: PluginConfig, seq_len
     Per covered layer: the frozen part that runs on m' merged vectors instead of n, plus the
     plugin's own matmuls: merger scores 2*m*(k*d)*k, weighted pooling 2*m*k*d, restorer
     2*m*d*r (the half of W_down that reads the merged vector, once per window),
-    2*n*d*r (the half that reads each token) and 2*n*r*d (W_up).
+    2*n*d*r (the half that reads each token) and 2*n*r*d (W_up). With the first token kept
+    out of merging the adapter still runs on it (its row is then overwritten): that saves a
+    copy of the whole sequence, at 4*d*r FLOPs per layer.
     """
     c, p = model_config, plugin_config
     n, d, k, r = seq_len, c.hidden_size, p.k, p.bottleneck
@@ -297,7 +299,7 @@ def plugin_flops(model_config: ModelConfig, plugin_config: PluginConfig, seq_len
             total += 2 * m * (k * d) * k
         total += 2 * m * k * d
         if r:
-            total += 2 * m * d * r + 2 * nb * d * r + 2 * nb * r * d
+            total += 2 * m * d * r + 2 * n * d * r + 2 * n * r * d
     return total
 
 

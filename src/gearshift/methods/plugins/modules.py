@@ -15,6 +15,7 @@ any token of its window is), so attention on the merged sequence ignores it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -77,13 +78,19 @@ class TokenMerger(nn.Module):
 
         slot_keep = None  # (B, m*k) bool, None = every slot is a real token
         if body_keep is not None:
-            body = body * body_keep.unsqueeze(-1).to(body.dtype)  # pads contribute nothing
             slot_keep = body_keep.bool()
-        if pad:
-            body = F.pad(body, (0, 0, 0, pad))
+            mask = slot_keep.unsqueeze(-1).to(body.dtype)
+        if pad:  # copy once into a zeroed (B, m*k, d) buffer, pads zeroed in place
+            padded = body.new_zeros(B, m * k, d)
+            padded[:, :nb] = body
+            if body_keep is not None:
+                padded[:, :nb] *= mask
+            body = padded
             if slot_keep is None:
                 slot_keep = torch.ones(B, nb, dtype=torch.bool, device=x.device)
             slot_keep = F.pad(slot_keep, (0, pad), value=False)
+        elif body_keep is not None:
+            body = body * mask  # pads contribute nothing
 
         windows = body.reshape(B, m, k, d)
         if self.score is not None:
@@ -133,21 +140,44 @@ class TokenRestorer(nn.Module):
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
 
-    def _repeat(self, t: torch.Tensor, n: int) -> torch.Tensor:
-        """(B, m, c) -> (B, n, c): every vector k times, cut to the first n."""
-        B, m, c = t.shape
-        return t.unsqueeze(2).expand(B, m, self.k, c).reshape(B, m * self.k, c)[:, :n]
+    def _windows(self, t: torch.Tensor) -> Iterator[tuple[torch.Tensor, slice]]:
+        """Split (B, n, c) into views of whole windows (B, w, k, c) and the short last one.
+
+        Yields (view, window indices) pairs, so a per-window tensor (B, m, c) broadcasts onto
+        each view with ``u[:, index].unsqueeze(2)``: no repeated copy of it is made. The views
+        are made one at a time, after the caller's in-place write to the previous one, as
+        autograd requires.
+        """
+        B, n, c = t.shape
+        whole = n // self.k
+        if whole:
+            yield t[:, : whole * self.k].view(B, whole, self.k, c), slice(0, whole)
+        if n > whole * self.k:
+            yield t[:, whole * self.k :].unsqueeze(1), slice(whole, whole + 1)
 
     def forward(self, u: torch.Tensor, x: torch.Tensor, info: MergeInfo) -> torch.Tensor:
-        """Restore ``u`` (B, m', d) to (B, n, d) using the per-token inputs ``x`` (B, n, d)."""
-        head = None
-        if info.first_kept:
-            head, u, x = u[:, :1], u[:, 1:], x[:, 1:]
-        nb = x.shape[1]
-        y = self._repeat(u, nb)
+        """Restore ``u`` (B, m', d) to (B, n, d) using the per-token inputs ``x`` (B, n, d).
+
+        No repeat is materialised and nothing is concatenated: each merged vector is added
+        in place, window by window, onto the adapter's output (or copied into an empty buffer
+        when there is no adapter), and an unmerged first token is written into its own slot.
+        """
+        off = 1 if info.first_kept else 0
+        body_u = u[:, off:]
         if self.bottleneck:
-            a = self._repeat(self.down_merged(u), nb) + self.down_token(x)
-            y = y + self.up(torch.tanh(a))
-        if head is not None:
-            y = torch.cat([head, y], dim=1)
-        return y
+            # The adapter runs on every token, the first too (a single row, overwritten
+            # below), so its output is already the full-length result buffer.
+            a = self.down_token(x)  # (B, n, r)
+            merged = self.down_merged(body_u)  # (B, m, r): once per window
+            for view, index in self._windows(a[:, off:]):
+                view.add_(merged[:, index].unsqueeze(2))
+            out = self.up(torch.tanh(a))  # (B, n, d)
+            for view, index in self._windows(out[:, off:]):
+                view.add_(body_u[:, index].unsqueeze(2))
+        else:
+            out = x.new_empty(x.shape)
+            for view, index in self._windows(out[:, off:]):
+                view.copy_(body_u[:, index].unsqueeze(2).expand_as(view))
+        if off:
+            out[:, :1] = u[:, :1]
+        return out

@@ -7,22 +7,32 @@ from one interleaved :func:`~gearshift.measure.compare_latency` run per batch si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import datetime as _dt
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gearshift.data import TaskSpec
+from gearshift.errors import ArtifactError, ConfigError
 from gearshift.measure import (
+    LatencyComparison,
     OperatingPoint,
     compare_latency,
     count_parameters,
     flops_at_length,
     flops_per_example,
     forward_fn,
+    machine_description,
     make_batch,
 )
 from gearshift.runtime.model import Transformer
 from gearshift.runtime.plan import ForwardPlan
+
+from .baselines import mean_merging, truncation_plan
+from .model import load_plugin
 
 
 @dataclass
@@ -34,6 +44,34 @@ class Candidate:
     plan: ForwardPlan | None
     params_added: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+def compare_candidates(
+    base: Transformer,
+    tokenizer: Any,
+    candidates: Sequence[Candidate],
+    texts: Sequence[str | tuple[str, str]],
+    *,
+    threads: int | None = None,
+    seq_len: int = 128,
+    warmup: int = 5,
+    repeats: int = 30,
+    batch_sizes: Sequence[int] = (1, 32),
+) -> dict[int, LatencyComparison]:
+    """One interleaved latency run per batch size over every candidate (the first is the
+    reference); batches of real ``texts`` with dynamic padding, cut at ``seq_len``."""
+    fns = {c.name: forward_fn(base, c.plan) for c in candidates}
+    return {
+        size: compare_latency(
+            fns,
+            make_batch(tokenizer, texts, size, max_length=seq_len),
+            reference=candidates[0].name,
+            warmup=warmup,
+            repeats=repeats,
+            threads=threads,
+        )
+        for size in batch_sizes
+    }
 
 
 def measure_candidates(
@@ -89,18 +127,17 @@ def measure_candidates(
                 flush=True,
             )
 
-    fns = {c.name: forward_fn(base, c.plan) for c in candidates}
-    latency = {}
-    for size in batch_sizes:
-        batch = make_batch(tokenizer, texts, size, max_length=seq_len)
-        latency[size] = compare_latency(
-            fns,
-            batch,
-            reference=candidates[0].name,
-            warmup=warmup,
-            repeats=repeats,
-            threads=threads,
-        )
+    latency = compare_candidates(
+        base,
+        tokenizer,
+        candidates,
+        texts,
+        threads=threads,
+        seq_len=seq_len,
+        warmup=warmup,
+        repeats=repeats,
+        batch_sizes=batch_sizes,
+    )
 
     teacher = measured[candidates[0].name]
     reference_score = teacher["metrics"][task.main_metric]
@@ -133,4 +170,93 @@ def measure_candidates(
                 extras=extras,
             ).to_dict()
         )
+    return rows
+
+
+# ---------------------------------------------------------------------- re-timing saved rows
+MEAN_SETTING = re.compile(r"^k(?P<k>\d+)-(?P<placement>ffn|layer)-mean(?P<cls>-cls)?$")
+TRUNCATE_SETTING = re.compile(r"^k(?P<k>\d+)-truncate$")
+
+
+def candidate_from_row(row: Mapping[str, Any], base: Transformer) -> Candidate:
+    """Rebuild the candidate a results row measured on ``base``.
+
+    A trained plugin reloads from the folder the row records (``extras["plugin_dir"]``); the
+    training-free baselines are rebuilt from the setting's name (``k4-ffn-mean``,
+    ``k4-truncate``).
+    """
+    setting, method = row["setting"], row["method"]
+    where = f"{row.get('task', '?')} {setting}"
+    if method == "teacher":
+        return Candidate(setting, "teacher", None)
+    if method == "plugin":
+        folder = row.get("extras", {}).get("plugin_dir")
+        if not folder or not Path(folder).is_dir():
+            raise ArtifactError(
+                f"{where}: the trained plugin {folder!r} is not there; measure the row again "
+                "(train and evaluate) instead of re-timing it"
+            )
+        plugin = load_plugin(folder, base)
+        return Candidate(setting, method, plugin.plan(), plugin.num_parameters())
+    if method == "mean-merging" and (m := MEAN_SETTING.match(setting)):
+        plugin = mean_merging(base, int(m["k"]), m["placement"], keep_first_token=bool(m["cls"]))
+        return Candidate(setting, method, plugin.plan())
+    if method == "truncation" and (m := TRUNCATE_SETTING.match(setting)):
+        return Candidate(setting, method, truncation_plan(base, int(m["k"])))
+    raise ConfigError(f"{where}: cannot rebuild a {method!r} row named {setting!r}")
+
+
+def retime_rows(
+    base: Transformer,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    texts: Sequence[str | tuple[str, str]],
+    *,
+    command: str,
+    threads: int | None = None,
+    seq_len: int = 128,
+    warmup: int = 5,
+    repeats: int = 30,
+    batch_sizes: Sequence[int] = (1, 32),
+) -> list[dict[str, Any]]:
+    """Re-measure only the latency ratios of saved rows of one task, in one interleaved run.
+
+    Scores and FLOPs are deterministic and stay; timings are what a loaded machine distorts,
+    so this is how rows are re-timed on a quiet one. The rows must include their teacher
+    (the reference). Returns copies of the rows with new ratios and milliseconds; each keeps
+    its own command and date and records the re-timing's command, date, machine and thread
+    count under ``extras["latency_measured"]``.
+    """
+    rows = sorted((copy.deepcopy(dict(r)) for r in rows), key=lambda r: r["method"] != "teacher")
+    if not rows or rows[0]["method"] != "teacher":
+        raise ConfigError(
+            "re-timing needs the task's teacher row (the latency reference) among the rows; "
+            "measure the task first"
+        )
+    if len({r.get("task") for r in rows}) != 1:
+        raise ConfigError("re-time the rows of one task at a time (one teacher, one base model)")
+    candidates = [candidate_from_row(r, base) for r in rows]
+    latency = compare_candidates(
+        base,
+        tokenizer,
+        candidates,
+        texts,
+        threads=threads,
+        seq_len=seq_len,
+        warmup=warmup,
+        repeats=repeats,
+        batch_sizes=batch_sizes,
+    )
+    when = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    for r in rows:
+        extras = r.setdefault("extras", {})
+        for size, comparison in latency.items():
+            r[f"latency_ratio_b{size}"] = comparison.ratios[r["setting"]]
+            extras[f"latency_ms_b{size}"] = comparison.stats[r["setting"]].median_ms
+        extras["latency_measured"] = {
+            "command": command,
+            "date": when,
+            "machine": machine_description(),
+            "threads": threads,
+        }
     return rows
