@@ -233,7 +233,7 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
 
 
 def retime_task(task_name: str, teacher: str, args: argparse.Namespace, command: str) -> list[dict]:
-    """Re-measure only the latency ratios of a task's rows (see :func:`retime_rows`)."""
+    """Re-measure the latency ratios and FLOPs of a task's rows (see :func:`retime_rows`)."""
     task = get_task(task_name)
     rows = [r for r in earlier_rows(Path(args.output)) if r["task"] == task.name]
     base, tok = model_for_task(teacher, task)
@@ -319,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--retime",
         action="store_true",
-        help="only re-measure the latency ratios of the rows already in the results file "
-        "(trained plugins reload; scores and FLOPs stay): for a quiet machine",
+        help="only re-measure the costs of the rows already in the results file: latency "
+        "ratios and FLOPs (trained plugins reload; scores stay): for a quiet machine",
     )
     parser.add_argument("--runs", default="runs/plugins", help="where trained plugins go")
     parser.add_argument("--output", default=str(RESULTS))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from gearshift.constants import CONFIG_NAME, PLUGIN_WEIGHTS_NAME, WEIGHTS_NAME
 from gearshift.errors import ArtifactError, ConfigError
-from gearshift.measure import count_flops, fixed_length_batch
+from gearshift.measure import count_flops, fixed_length_batch, make_batch
 from gearshift.methods.plugins import (
     Plugin,
     PluginConfig,
@@ -674,8 +674,8 @@ def test_retime_rows_rebuilds_every_candidate_and_keeps_the_rest(tmp_path):
     ]  # fmt: skip
     texts = ["a bb ccc dddd eeeee f", "gg hhh", "i jj kkk llll"]
     out = retime_rows(
-        model, WordTokenizer(), rows, texts, command="cmd", threads=1, warmup=0, repeats=2,
-        batch_sizes=(1, 4),
+        model, WordTokenizer(), rows, texts, command="cmd", threads=1, seq_len=32, warmup=0,
+        repeats=2, batch_sizes=(1, 4),
     )  # fmt: skip
     assert [r["setting"] for r in out] == ["full", "k2-ffn", "k2-layer-mean-cls", "k2-truncate"]
     assert out[0]["latency_ratio_b1"] == 1.0 and out[0]["latency_ratio_b4"] == 1.0
@@ -683,6 +683,13 @@ def test_retime_rows_rebuilds_every_candidate_and_keeps_the_rest(tmp_path):
         assert r["latency_ratio_b1"] > 0 and r["extras"]["latency_ms_b4"] > 0
         assert r["extras"]["latency_measured"]["command"] == "cmd"
     assert out[1]["score"] == 70.0 and rows[0]["latency_ratio_b1"] == 9.0  # copies, scores kept
+    # FLOPs are recounted with the current code (the row said nothing about them).
+    alone = [count_flops(model, make_batch(WordTokenizer(), [t], 1)) for t in texts]
+    assert out[0]["flops_dynamic"] == pytest.approx(sum(alone) / len(alone))
+    assert out[0]["extras"]["saved_flops_128"] == 0.0
+    assert 0 < out[3]["flops_128"] < out[0]["flops_128"]  # truncation
+    for r in out:
+        assert r["extras"]["saved_flops_128"] == 1 - r["flops_128"] / out[0]["flops_128"]
 
     batch = padded_batch()
     with torch.no_grad():
@@ -709,7 +716,7 @@ def test_retime_rows_refuses_what_it_cannot_rebuild(tmp_path):
         retime_rows(model, tok, [gone], ["a b"], command="c", repeats=1)
     odd = {"task": "t", "method": "mean-merging", "setting": "whatever", "extras": {}}
     with pytest.raises(ConfigError, match="cannot rebuild"):
-        retime_rows(model, tok, [teacher, odd], ["a b"], command="c", repeats=1)
+        retime_rows(model, tok, [teacher, odd], ["a b"], command="c", seq_len=32, repeats=1)
     other = dict(teacher, task="u", setting="other")
     with pytest.raises(ConfigError, match="one task at a time"):
-        retime_rows(model, tok, [teacher, other], ["a b"], command="c", repeats=1)
+        retime_rows(model, tok, [teacher, other], ["a b"], command="c", seq_len=32, repeats=1)

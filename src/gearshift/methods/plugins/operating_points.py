@@ -46,6 +46,22 @@ class Candidate:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def count_costs(
+    base: Transformer,
+    tokenizer: Any,
+    candidate: Candidate,
+    texts: Sequence[str | tuple[str, str]],
+    seq_len: int = 128,
+) -> dict[str, float]:
+    """FLOPs per example of ``candidate``: on ``texts`` each at its own length (batch 1, cut
+    at ``seq_len``) and at the fixed length ``seq_len``."""
+    singles = (make_batch(tokenizer, [text], 1, max_length=seq_len) for text in texts)
+    return {
+        "flops_dynamic": flops_per_example(base, singles, candidate.plan),
+        "flops_128": flops_at_length(base, seq_len, candidate.plan),
+    }
+
+
 def compare_candidates(
     base: Transformer,
     tokenizer: Any,
@@ -108,18 +124,10 @@ def measure_candidates(
     base.eval()
     base_params = count_parameters(base)
 
-    def singles():
-        for text in texts:
-            yield make_batch(tokenizer, [text], 1, max_length=seq_len)
-
     measured: dict[str, dict[str, Any]] = {}
     for c in candidates:
         metrics = evaluate(base, dev, plan=c.plan)
-        measured[c.name] = {
-            "metrics": metrics,
-            "flops_dynamic": flops_per_example(base, singles(), c.plan),
-            "flops_128": flops_at_length(base, seq_len, c.plan),
-        }
+        measured[c.name] = {"metrics": metrics, **count_costs(base, tokenizer, c, texts, seq_len)}
         if progress:
             print(
                 f"[plugins] {task.name} {c.name}: {task.main_metric} = "
@@ -219,10 +227,11 @@ def retime_rows(
     repeats: int = 30,
     batch_sizes: Sequence[int] = (1, 32),
 ) -> list[dict[str, Any]]:
-    """Re-measure only the latency ratios of saved rows of one task, in one interleaved run.
+    """Re-measure the costs of saved rows of one task: latency ratios (one interleaved run)
+    and FLOPs (recounted, so they follow the current code), not the scores.
 
-    Scores and FLOPs are deterministic and stay; timings are what a loaded machine distorts,
-    so this is how rows are re-timed on a quiet one. The rows must include their teacher
+    Timings are what a loaded machine distorts, so this is how rows are re-timed on a quiet
+    one; scores are deterministic and stay. The rows must include their teacher
     (the reference). Returns copies of the rows with new ratios and milliseconds; each keeps
     its own command and date and records the re-timing's command, date, machine and thread
     count under ``extras["latency_measured"]``.
@@ -236,6 +245,7 @@ def retime_rows(
     if len({r.get("task") for r in rows}) != 1:
         raise ConfigError("re-time the rows of one task at a time (one teacher, one base model)")
     candidates = [candidate_from_row(r, base) for r in rows]
+    costs = [count_costs(base, tokenizer, c, texts, seq_len) for c in candidates]
     latency = compare_candidates(
         base,
         tokenizer,
@@ -248,8 +258,11 @@ def retime_rows(
         batch_sizes=batch_sizes,
     )
     when = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    for r in rows:
+    for r, cost in zip(rows, costs):
         extras = r.setdefault("extras", {})
+        r.update(cost)
+        for key, value in cost.items():
+            extras[f"saved_{key}"] = 1.0 - value / costs[0][key]
         for size, comparison in latency.items():
             r[f"latency_ratio_b{size}"] = comparison.ratios[r["setting"]]
             extras[f"latency_ms_b{size}"] = comparison.stats[r["setting"]].median_ms
