@@ -4,12 +4,16 @@
     python benchmarks/plugins.py --tasks rte --quick      # smoke run (a few minutes on 2 cores)
     python benchmarks/plugins.py --tasks sst2 --teacher minilm-l6 --quick
                                                           # no teacher yet: untrained head (smoke only)
+    python benchmarks/plugins.py --retime --threads 1 --tasks sst2
+                                                          # quiet machine: re-measure costs only
 
 Per task: the teacher; plugins at k = 2, 4, 8 for placements "ffn" and "layer" (stage C:
 hidden-state MSE to the frozen teacher, ``--steps`` optimizer steps each, at most
 ``--max-epochs`` passes over the training set); at k=4 the
-variants first-token-kept ("-cls"), + KL to the teacher's logits ("+kl") and the paper's
-64-wide restorer ("-r64"); and at the same k the training-free baselines: mean merging
+variants first-token-kept ("-cls"), + KL to the teacher's logits ("+kl"), the paper's
+64-wide restorer ("-r64") and stage A before stage C ("+A": ``--stage-a-steps`` on
+WikiText-2 and the task's sentences against the pre-trained model, no labels); and at the
+same k the training-free baselines: mean merging
 (both placements) and truncation to ceil(n/k) tokens. Each row: dev score, FLOPs per
 example (dev inputs at their own length, and at length 128; plugin cost included),
 parameters, CPU latency ratio to the teacher at batch 1 and 32 measured in one interleaved
@@ -73,28 +77,37 @@ COLUMNS = REPORT_COLUMNS["plugins"]
 
 @dataclass
 class Spec:
-    """One plugin to train: its config, whether KL joins the loss, its row name."""
+    """One plugin to train: its config, whether KL joins the loss, whether stage A
+    pre-training comes first, its row name."""
 
     config: PluginConfig
     kl: bool = False
+    stage_a: bool = False
 
     @property
     def name(self) -> str:
         name = self.config.name
         if self.config.bottleneck != PluginConfig.bottleneck:
             name += f"-r{self.config.bottleneck}"
-        return name + ("+kl" if self.kl else "")
+        return name + ("+kl" if self.kl else "") + ("+A" if self.stage_a else "")
 
 
-VARIANT_KINDS = ("cls", "kl", "r64")
+VARIANT_KINDS = ("cls", "kl", "r64", "A")
 
 
 def plugin_specs(
-    ks: list[int], placements: list[str], variants: bool, kinds: tuple[str, ...] = VARIANT_KINDS
+    ks: list[int],
+    placements: list[str],
+    variants: bool,
+    kinds: tuple[str, ...] = VARIANT_KINDS,
+    stage_a_all: bool = False,
 ) -> list[Spec]:
-    """The plugins to train: every k and placement; with ``variants``, the k=4 variants of
-    the given ``kinds`` (first token kept out, + KL, the paper's 64-wide restorer)."""
-    specs = [Spec(PluginConfig(k=k, placement=p)) for k in ks for p in placements]
+    """The plugins to train: every k and placement (each with stage A first when
+    ``stage_a_all``); with ``variants``, the k=4 variants of the given ``kinds`` (first token
+    kept out, + KL, the paper's 64-wide restorer, stage A then C)."""
+    specs = [
+        Spec(PluginConfig(k=k, placement=p), stage_a=stage_a_all) for k in ks for p in placements
+    ]
     if variants:
         if "cls" in kinds:
             specs += [
@@ -104,6 +117,8 @@ def plugin_specs(
             specs.append(Spec(PluginConfig(k=4, placement="ffn"), kl=True))
         if "r64" in kinds:
             specs.append(Spec(PluginConfig(k=4, placement="ffn", bottleneck=64)))
+        if "A" in kinds and not stage_a_all:
+            specs.append(Spec(PluginConfig(k=4, placement="ffn"), stage_a=True))
     return specs
 
 
@@ -123,15 +138,16 @@ def find_teacher(task_name: str, override: str | None) -> str | None:
     return None
 
 
-def stage_a_plugin(spec: Spec, args: argparse.Namespace) -> Path | None:
-    """Pre-train (stage A) on WikiText-2 with the pre-trained MiniLM; returns the plugin folder."""
-    if not args.stage_a_steps:
+def stage_a_plugin(spec: Spec, task_name: str, args: argparse.Namespace) -> Path | None:
+    """Stage A for a ``spec`` that has it: pre-train against the pre-trained MiniLM (no
+    labels, no teacher) on WikiText-2 and the task's training sentences, as the issue asks;
+    returns the plugin folder (None for specs without stage A)."""
+    if not spec.stage_a:
         return None
-    out = Path(args.runs) / "stage-a" / spec.config.name
+    out = Path(args.runs) / task_name / spec.name / "stage-a"
     base, tok = load_pretrained("minilm-l6"), load_tokenizer("minilm-l6")
-    feats, collate = text_features(
-        tok, raw_texts("wikitext2", limit=args.stage_a_steps * args.batch_size)
-    )
+    texts = raw_texts("wikitext2", task_name, limit=args.stage_a_steps * args.batch_size // 2)
+    feats, collate = text_features(tok, texts)
     cfg = TrainConfig(
         output_dir=str(out),
         max_steps=args.stage_a_steps,
@@ -148,7 +164,7 @@ def stage_a_plugin(spec: Spec, args: argparse.Namespace) -> Path | None:
         collate,
         cfg,
         resume=True,
-        extra={"training": {"stage": "A", "text": "wikitext2"}},
+        extra={"training": {"stage": "A", "text": f"wikitext2 + {task_name} sentences"}},
     ).plugin_dir
 
 
@@ -166,8 +182,11 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
     texts = dev_texts(task, args.profile_limit)
     candidates = [Candidate("full", "teacher", None, extras={"teacher": teacher})]
     cache = TargetCache()  # the teacher's targets, computed once per example for all plugins
-    for spec in plugin_specs(args.ks, args.placements, args.variants, args.variant_kinds):
-        init = stage_a_plugin(spec, args)
+    specs = plugin_specs(
+        args.ks, args.placements, args.variants, args.variant_kinds, args.stage_a_all
+    )
+    for spec in specs:
+        init = stage_a_plugin(spec, task.name, args)
         plugin = load_plugin(init, base) if init else Plugin(spec.config, base)
         cfg = TrainConfig(
             output_dir=str(Path(args.runs) / task.name / spec.name),
@@ -279,8 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stage-a-steps",
         type=int,
-        default=0,
-        help="pre-train each plugin on WikiText-2 first (stage A) for this many steps",
+        default=1000,
+        help="stage-A steps (WikiText-2 + the task's sentences, against the pre-trained "
+        "model) for the plugins that have stage A: the '+A' variant, or all with --stage-a-all",
+    )
+    parser.add_argument(
+        "--stage-a-all",
+        action="store_true",
+        help="every plugin gets stage A before stage C (rows named '+A')",
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -301,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="the k=4 variants (-cls, +kl, -r64); default: on, off with --quick",
+        help="the k=4 variants (-cls, +kl, -r64, +A); default: on, off with --quick",
     )
     parser.add_argument(
         "--variant-kinds",
@@ -356,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     done = []
     for name in args.tasks:
         if args.resume:
-            specs = plugin_specs(args.ks, args.placements, args.variants, args.variant_kinds)
+            specs = plugin_specs(
+                args.ks, args.placements, args.variants, args.variant_kinds, args.stage_a_all
+            )
             want = {spec.name for spec in specs}
             have = {r["setting"] for r in earlier_rows(output) if r["task"] == get_task(name).name}
             if want <= have:

@@ -17,7 +17,9 @@ for part in ${parts[@]}; do
                  --tasks cola sst2 mrpc stsb rte conll2003
                "$py" benchmarks/plugins.py --resume --threads 1 --variants --tasks sst2
                "$py" benchmarks/plugins.py --resume --threads 1 --variants --variant-kinds cls \
-                 --tasks mrpc stsb rte cola ;;
+                 --tasks mrpc stsb rte cola
+               "$py" benchmarks/plugin_profile.py ;;
+               # then, with nothing else running: benchmarks/plugins.py --retime --threads 1
     factorize) "$py" benchmarks/factorize.py --resume --threads 1 --work-threads 1 \
                  --latency-repeats 10 --measure-texts 128 --ae-steps 300 --with-finetune \
                  --tasks rte mrpc stsb cola sst2 ;;
