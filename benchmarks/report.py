@@ -192,6 +192,11 @@ def _mean(xs: list) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def _quiet(row: dict) -> bool:
+    """Whether a row's latency was re-measured with nothing else running (``--retime``)."""
+    return bool(row.get("extras", {}).get("latency_measured"))
+
+
 def _plugin_target_table(rows: list[dict], ffn: str, layer: str) -> list[str]:
     """Per GLUE task and averaged: the issue's k=4 targets for plugins ``ffn``/``layer``."""
     per_task = []
@@ -216,8 +221,13 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str) -> list[str]:
             layer_saved.append(lay["extras"]["saved_flops_128"])
         lines.append(
             f"| {task} | {teacher:.2f} | {f['score']:.2f} | {drops[-1]:+.2f} "
-            f"| {saved[-1]:.1%} | {lat[-1]:.3f} | "
+            f"| {saved[-1]:.1%} | {lat[-1]:.3f}{'' if _quiet(f) else ' (loaded)'} | "
             + (f"{lay['score']:.2f} | {layer_saved[-1]:.1%} |" if lay else "- | - |")
+        )
+    if not all(_quiet(f) for _, _, f, _ in per_task):
+        lines.append(
+            "\n(loaded): timed while another benchmark ran on the second core, not yet "
+            "re-timed on a quiet machine (`benchmarks/plugins.py --retime`).\n"
         )
     n = len(per_task)
     d, sv, lt, ls = _mean(drops), _mean(saved), _mean(lat), _mean(layer_saved)
