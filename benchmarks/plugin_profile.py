@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
             model, tok = model_for_task("minilm-l6", task)
             model.eval()
             batch = make_batch(tok, dev_texts(task, args.batch_size), args.batch_size)
-            batch = {k: v for k, v in batch.items() if k != "labels"}
             plans = {"full": None}
             plans.update({s: Plugin(SETTINGS[s], model).eval().plan() for s in args.settings})
             rows = []

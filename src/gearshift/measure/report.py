@@ -32,7 +32,8 @@ def _command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """The local time now, ISO 8601 to the second (the ``date`` of a results row)."""
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
@@ -92,7 +93,7 @@ class OperatingPoint:
     latency_ratio_b32: float | None = None
     reference_score: float | None = None
     command: str = field(default_factory=_command_line)
-    date: str = field(default_factory=_now)
+    date: str = field(default_factory=now_iso)
     machine: str = field(default_factory=machine_description)
     extras: dict[str, Any] = field(default_factory=dict)
 

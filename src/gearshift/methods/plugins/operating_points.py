@@ -8,7 +8,6 @@ from one interleaved :func:`~gearshift.measure.compare_latency` run per batch si
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from gearshift.measure import (
     machine_description,
     make_batch,
 )
+from gearshift.measure.report import now_iso
 from gearshift.runtime.model import Transformer
 from gearshift.runtime.plan import ForwardPlan
 
@@ -257,7 +257,7 @@ def retime_rows(
         repeats=repeats,
         batch_sizes=batch_sizes,
     )
-    when = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    when = now_iso()
     for r, cost in zip(rows, costs):
         extras = r.setdefault("extras", {})
         r.update(cost)
