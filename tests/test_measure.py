@@ -649,3 +649,18 @@ def test_results_sink_replaces_rows_and_survives_restarts(tmp_path):
     assert again.has("rte", "a", "s") and not again.has("rte", "c", "s")
     assert again.new == [] and len(sink.new) == 3
     assert ResultsSink(path, "other").rows == []
+
+
+def test_results_sinks_of_two_concurrent_runs_keep_each_others_rows(tmp_path):
+    from gearshift.measure import ResultsSink
+
+    path = tmp_path / "b.json"
+    row = lambda method, score: OperatingPoint(  # noqa: E731
+        task="sst2", model="m", method=method, setting="s", metric="accuracy", score=score
+    ).to_dict()
+    first, second = ResultsSink(path, "bench"), ResultsSink(path, "bench")  # both start empty
+    first.add(row("naive", 1.0))
+    second.add([row("step-aware", 2.0), row("teacher", 5.0)])
+    first.add(row("teacher", 6.0))  # the same key from both: the latest write wins
+    rows = {r["method"]: r["score"] for r in ResultsSink(path, "bench").rows}
+    assert rows == {"naive": 1.0, "step-aware": 2.0, "teacher": 6.0}

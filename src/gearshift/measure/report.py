@@ -7,6 +7,7 @@ as ``{"benchmark": name, "rows": [...]}``; :func:`read_results` gathers them aga
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import datetime as _dt
 import functools
 import json
@@ -335,14 +336,18 @@ class ResultsSink:
 
     def __init__(self, path: str | os.PathLike, benchmark: str) -> None:
         self.path, self.benchmark = Path(path), benchmark
-        self.rows: list[dict] = []
         self.new: list[dict] = []
+        self.rows: list[dict] = self._read()
+
+    def _read(self) -> list[dict]:
+        rows = []
         if self.path.is_file():
             for r in read_results(self.path):
-                if r.extras.get("benchmark") == benchmark:
+                if r.extras.get("benchmark") == self.benchmark:
                     d = r.to_dict()
                     d["extras"].pop("benchmark", None)
-                    self.rows.append(d)
+                    rows.append(d)
+        return rows
 
     @staticmethod
     def key(row: Mapping[str, Any]) -> tuple:
@@ -354,6 +359,11 @@ class ResultsSink:
     def add(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
         rows = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
         fresh = {self.key(r) for r in rows}
-        self.rows = [r for r in self.rows if self.key(r) not in fresh] + rows
         self.new += rows
-        write_results(self.path, self.rows, self.benchmark)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Re-read under a lock: another run of this benchmark (say, one task per core) may
+        # have written rows since this one started; they are kept, not overwritten.
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.rows = [r for r in self._read() if self.key(r) not in fresh] + rows
+            write_results(self.path, self.rows, self.benchmark)
