@@ -16,7 +16,7 @@ first N layers; and Euler through every (6/N)-th layer). Per row: dev score, FLO
 example (dev inputs; and at length 128), block evaluations, CPU latency ratio to the same
 model at N = 6 and to the teacher, batch 1 and 32, measured interleaved in one run.
 
-Decoders. A small GPT-2-style model (pre-LN, 6 x 256, MiniLM's WordPiece vocabulary)
+Decoders. A small GPT-2-style model (pre-LN, 6 x 256, an 8k byte-level BPE)
 trained from scratch on WikiText-2 valid (the data folder has no train split): unshared,
 fully shared and two groups, naive and step-aware; WikiText-2 test perplexity at N = 6, 4,
 3, 2 (Euler; Heun at 3, 2), the unshared model with layers dropped, and greedy generation

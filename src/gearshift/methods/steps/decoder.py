@@ -3,7 +3,8 @@ at any number of steps.
 
 No decoder checkpoint can be downloaded on this machine, so the decoder experiments train a
 small pre-LN causal model (GPT-2's layout) from scratch on the raw text in the data folder,
-with the encoder's WordPiece tokenizer (MiniLM's; any tokenizer works). Real GPT-2
+with an 8k byte-level BPE trained on the same text (:func:`train_tokenizer`; any tokenizer
+works, e.g. MiniLM's WordPiece, at the cost of a 30k-row LM head). Real GPT-2
 checkpoints load through :func:`gearshift.runtime.load_pretrained` by name or path where a
 hub or a local copy exists; everything here runs on them unchanged.
 
