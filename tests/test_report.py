@@ -1,0 +1,87 @@
+"""benchmarks/report.py: the target verdicts are computed from the rows, and can fail."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from gearshift.measure import OperatingPoint
+
+REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "report.py"
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("gearshift_bench_report", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(task, method, setting, score, **extras) -> dict:
+    return OperatingPoint(
+        task=task,
+        model="m",
+        method=method,
+        setting=setting,
+        metric="accuracy",
+        score=score,
+        extras=extras,
+    ).to_dict()
+
+
+def _steps_rows(aware_a2: float, naive_a2: float, ratio_b32: float) -> list[dict]:
+    lat = {"latency_ratio_b1_vs_n6": 0.5, "latency_ratio_b32_vs_n6": ratio_b32}
+    return [
+        _row("sst2", "teacher", "unshared, 6 layers", 88.0),
+        _row("sst2", "teacher-drop-first", "N=3: first 3 layers, no re-training", 80.0),
+        _row("sst2", "teacher-drop-euler", "N=3: Euler a=2 through every 2-th layer", 70.0),
+        _row("sst2", "shared-g1-step-aware", "N=6 euler", 85.0, groups=1, distil_steps=600),
+        _row("sst2", "shared-g1-step-aware", "N=3 euler", aware_a2, groups=1, **lat),
+        _row("sst2", "shared-g1-naive", "N=6 euler", 86.0, groups=1),
+        _row("sst2", "shared-g1-naive", "N=3 euler", naive_a2, groups=1, **lat),
+    ]
+
+
+def test_steps_targets_met_and_missed(report):
+    met = report.steps_targets(_steps_rows(aware_a2=84.0, naive_a2=60.0, ratio_b32=0.52))
+    assert "| within 1.5 points of itself at a = 1 | drop 1.00 | met |" in met
+    assert "naive model at a = 2 (60.00) | +24.00 | met |" in met
+    assert "(best: teacher-drop-first, 80.00) | +4.00 | met |" in met
+    assert "batch-32 latency at a = 2 <= 0.55x of a = 1 (whole model) | 0.520 | met |" in met
+    assert "sits 3.00 (naive: 2.00) points below it after 600" in met
+
+    missed = report.steps_targets(_steps_rows(aware_a2=79.0, naive_a2=79.0, ratio_b32=0.6))
+    assert "drop 6.00 | missed by 4.50 points |" in missed
+    assert "(79.00) | +0.00 | missed by 0.00 points |" in missed  # a tie is not "better"
+    assert "| -1.00 | missed by 1.00 points |" in missed
+    assert "| 0.600 | missed by 0.05 |" in missed
+
+
+def test_factorize_targets_average_only_complete_rows(report):
+    def rows(task, teacher, scores):
+        out = [_row(task, "teacher", "full", teacher)]
+        for (method, ratio), score in scores.items():
+            mode = "grouped" if "grouped" in method else "per-layer"
+            out.append(_row(task, method, f"ratio {ratio}, {mode}, no fine-tuning", score))
+        return out
+
+    scores = {
+        ("svd", 4): 70.0,
+        ("fwsvd", 4): 72.0,
+        ("svdllm", 4): 78.0,
+        ("ae-grouped", 4): 74.0,
+        ("ae-act", 4): 79.0,
+    }
+    data = rows("sst2", 80.0, scores) + rows("rte", 60.0, {k: v - 20 for k, v in scores.items()})
+    data += rows("sst2", 80.0, {("svd", 2): 79.0})  # no rte row at ratio 2: not averaged
+    text = report.factorize_targets(data)
+    assert "| svd | - | 10.00 |" in text
+    assert "| grouped autoencoder above truncated SVD and FWSVD | 4 | holds |" in text
+    assert "ae-act, drop 1.00) above the strongest baseline (svdllm, drop 2.00) | 4 | met |" in text
+
+    data = [r for r in data if r["method"] != "ae-act"]
+    data += rows("sst2", 80.0, {("ae-act", 4): 70.0}) + rows("rte", 60.0, {("ae-act", 4): 50.0})
+    assert "| 4 | missed |" in report.factorize_targets(data)
