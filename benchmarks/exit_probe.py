@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from report import command_line  # benchmarks/ is on sys.path
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from gearshift.data import compute_metrics, get_task
@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
-    command = "python benchmarks/exit_probe.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line(__file__, argv)
     sink = ResultsSink(args.output, "exit_probe")
     with fixed_threads(args.threads):
         machine = machine_description()

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 
 import torch
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
+from report import command_line
 
 from gearshift.data import get_task
 from gearshift.jobs import (
@@ -492,9 +492,7 @@ def run_finetune(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/factorize.py " + " ".join(
-        shlex.quote(a) for a in (argv or sys.argv[1:])
-    )
+    command = command_line(__file__, argv)
     sink = ResultsSink(args.out, "factorize")
     with fixed_threads(args.work_threads):
         for task in args.tasks:

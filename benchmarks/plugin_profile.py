@@ -21,12 +21,12 @@ Rows go to ``benchmarks/results/plugin_profile.json``.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 import torch
 from report import COLUMNS as REPORT_COLUMNS  # benchmarks/ is on sys.path
+from report import command_line
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from gearshift.data import get_task
@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
-    command = "python benchmarks/plugin_profile.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line(__file__, argv)
     sink = ResultsSink(args.output, "plugin_profile")
     with fixed_threads(args.threads):
         for name in args.tasks:

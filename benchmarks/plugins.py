@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
+from report import command_line
 
 from gearshift.data import get_task
 from gearshift.data.raw import raw_texts, text_features
@@ -363,9 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         args.variants = not args.quick
     if args.teacher and len(args.tasks) != 1:
         parser.error("--teacher names one teacher: give exactly one --tasks entry")
-    command = "python benchmarks/plugins.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line(__file__, argv)
 
     output = Path(args.output)
     if args.retime:

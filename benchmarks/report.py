@@ -9,6 +9,7 @@ that reproduces it, the date and the machine.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -152,6 +153,13 @@ EXPECTED_TASKS = {
     "slim": ["sst2", "mrpc", "rte", "stsb", "cola"],
     "steps": ["sst2", "mrpc", "rte", "stsb", "cola", "wikitext2"],
 }
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that reproduces a benchmark run, as recorded in its rows: ``python
+    benchmarks/<script> <arguments>`` (``argv`` None: this process's own arguments)."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *map(shlex.quote, args)])
 
 
 def coverage(name: str, rows: list[dict]) -> str:

@@ -26,13 +26,13 @@ token; those methods are named ``*-cls``): benchmarks/exit_probe.py shows why.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
+from report import command_line
 
 from gearshift.data import get_task
 from gearshift.jobs import (
@@ -393,9 +393,7 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/slim.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line(__file__, argv)
     sink = ResultsSink(args.out, "slim")
     with fixed_threads(args.threads):
         for task in args.tasks:

@@ -34,7 +34,6 @@ this time are kept), plots to ``benchmarks/results/steps_<task>.png``.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any
 
 import torch
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
+from report import command_line
 
 from gearshift.data import get_task
 from gearshift.jobs import TEACHER_RECIPES, TaskData, dev_texts, teacher_dir, training_finished
@@ -530,9 +530,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/steps.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line(__file__, argv)
     sink = ResultsSink(args.out, "steps")
     with fixed_threads(args.threads):
         if args.part == "decoders":

@@ -11,9 +11,10 @@ its method against them. Rows go to ``benchmarks/results/teachers.json``.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
+
+from report import command_line  # benchmarks/ is on sys.path
 
 from gearshift.data import get_task
 from gearshift.jobs import TaskData, ensure_teacher, evaluate, profile, teacher_row
@@ -42,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = {t: ensure_teacher(t, args.model, force=args.force) for t in args.tasks}
     if args.train_only:
         return 0
-    command = "python benchmarks/teachers.py " + " ".join(
-        shlex.quote(a) for a in (argv or sys.argv[1:])
-    )
+    command = command_line(__file__, argv)
     # Keep this file's rows of tasks not measured in this run (other benchmarks' files hold
     # teacher rows too; those are theirs).
     measured = {get_task(t).name for t in args.tasks}

@@ -85,3 +85,9 @@ def test_factorize_targets_average_only_complete_rows(report):
     data = [r for r in data if r["method"] != "ae-act"]
     data += rows("sst2", 80.0, {("ae-act", 4): 70.0}) + rows("rte", 60.0, {("ae-act", 4): 50.0})
     assert "| 4 | missed |" in report.factorize_targets(data)
+
+
+def test_command_line_quotes_arguments(report):
+    line = report.command_line("/x/benchmarks/steps.py", ["encoders", "--tasks", "sst2", "a b"])
+    assert line == "python benchmarks/steps.py encoders --tasks sst2 'a b'"
+    assert report.command_line("slim.py", []) == "python benchmarks/slim.py"
