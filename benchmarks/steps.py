@@ -34,6 +34,7 @@ this time are kept), plots to ``benchmarks/results/steps_<task>.png``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -129,6 +130,7 @@ def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfi
         learning_rate=args.distil_lr,
         warmup_ratio=0.06,
         save_every=100,
+        eval_every=100,
         seed=42,
         progress=not args.quick,
     )
@@ -152,6 +154,7 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
         max_length=args.max_length,
         train_config=cfg,
         resume=True,
+        eval_texts=8 if args.quick else 64,
     )
     print(
         f"[steps] {variant_name(groups, mode)}: distilled ({args.distil_steps} steps) "
@@ -159,6 +162,17 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
         flush=True,
     )
     return folder
+
+
+def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]:
+    """The held-out fidelity logged during a variant's distillation (``eval`` entries of its
+    ``log.jsonl``): step, cosine and MSE to the teacher's final states at a = 1 and 2."""
+    log = Path(args.runs) / variant_name(groups, mode) / "log.jsonl"
+    if not log.is_file():
+        return []
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    keep = ("step", "cos_a1", "cos_a2", "mse_a1", "mse_a2")
+    return [{k: e[k] for k in keep if k in e} for e in entries if e.get("kind") == "eval"]
 
 
 def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
@@ -278,6 +292,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
             fns |= {f"{n}-{s}": forward_fn(model, p) for (n, s), p in plans.items()}
             lat = timer.ratios(fns, "teacher")
             full = plans.get((L, "euler"))
+            curve = distil_curve(groups, mode, args)
             ref_score = evaluate(model, dev, plan=full)[task.main_metric]
             for (n, s), plan in plans.items():
                 score = (
@@ -295,6 +310,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                     "score_at_n6": ref_score,
                     "teacher_score": teacher_score,
                     "distil_steps": args.distil_steps,
+                    "distil_curve": curve,
                     "model_dir": str(best),
                     **_lat(lat, f"{n}-{s}"),
                 }

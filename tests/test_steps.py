@@ -11,11 +11,13 @@ import torch
 
 from gearshift.errors import ConfigError
 from gearshift.methods.steps import (
+    ShareDistillation,
     StepModel,
     collate_blocks,
     decoder_config,
     distil_shared,
     generate,
+    held_out_fidelity,
     lm_blocks,
     make_shared,
     make_steps,
@@ -399,22 +401,40 @@ def test_distillation_learns_and_leaves_the_teacher(tmp_path):
                 ).mean()
             )
 
+    held_out = [collate(text_features(16, seed=9))]
+    fidelity = held_out_fidelity(held_out)
     start = {a: gap(a) for a in (1.0, 2.0)}
+    before_cos = fidelity(ShareDistillation(student, teacher))
     cfg = TrainConfig(
         output_dir=str(tmp_path / "d"),
         max_steps=40,
         batch_size=8,
         learning_rate=3e-3,
         save_every=0,
+        eval_every=20,
         seed=7,
         progress=False,
         log_every=1,
     )
     res = distil_shared(
-        student, teacher, text_features(), collate, cfg, step_sizes=(1.0, 2.0), layerwise=True
+        student,
+        teacher,
+        text_features(),
+        collate,
+        cfg,
+        step_sizes=(1.0, 2.0),
+        layerwise=True,
+        eval_batches=held_out,
     )
     student.eval()
     assert all(gap(a) < 0.7 * start[a] for a in (1.0, 2.0)), (start, {a: gap(a) for a in (1, 2)})
+    # held-out fidelity is logged during distillation, at a = 1 and 2, and it improved
+    evals = [r for r in res.history if r.get("kind") == "eval"]
+    assert [r["step"] for r in evals] == [20, 40]
+    for a in ("a1", "a2"):
+        assert evals[-1][f"cos_{a}"] > before_cos[f"cos_{a}"]
+        assert evals[-1][f"mse_{a}"] < before_cos[f"mse_{a}"]
+    assert evals[-1]["mse_a1"] == pytest.approx(gap(1.0), rel=1e-4)  # no padding here
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
     drawn = {r.get("a") for r in res.history if r.get("kind") == "train"}
     assert drawn - {None}  # the step size is logged

@@ -7,8 +7,8 @@ as ``{"benchmark": name, "rows": [...]}``; :func:`read_results` gathers them aga
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import datetime as _dt
+import fcntl
 import functools
 import json
 import logging

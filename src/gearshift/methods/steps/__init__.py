@@ -23,6 +23,7 @@ from .share import (
     ShareDistillation,
     distil_shared,
     group_layers,
+    held_out_fidelity,
     make_shared,
     steps_for_size,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "distil_shared",
     "generate",
     "group_layers",
+    "held_out_fidelity",
     "heun_update",
     "init_weights",
     "layer_evaluations",

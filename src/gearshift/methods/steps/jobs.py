@@ -45,10 +45,13 @@ def share_model(
     train_config: TrainConfig | None = None,
     resume: bool = False,
     data_dir: str | None = None,
+    eval_texts: int = 0,
 ) -> Path:
     """Make a shared copy of ``model_name`` and distil it on raw text; returns the folder of
     the result (``<output_dir>/model``). Without ``train_config`` the shared model is saved
-    as initialised, with no distillation."""
+    as initialised, with no distillation. ``eval_texts > 0``: that many held-out passages of
+    WikiText-2 *test* (the training text is its valid split) measure the student's fidelity
+    to the teacher at a = 1 and 2 every ``train_config.eval_every`` steps (``log.jsonl``)."""
     teacher = load_pretrained(model_name, head_kind=None).eval()
     tokenizer = load_tokenizer(model_name)
     student = make_shared(teacher, groups=groups, init=init)
@@ -63,6 +66,12 @@ def share_model(
     texts = pack_sentences(raw_texts(text, task, None, data_dir))
     texts = texts[:train_limit] if train_limit else texts
     features, collate = text_features(tokenizer, texts, max_length)
+    eval_batches = None
+    if eval_texts > 0:
+        held_out, _ = text_features(
+            tokenizer, pack_sentences(_test_text(data_dir))[:eval_texts], max_length
+        )
+        eval_batches = [collate(held_out[i : i + 32]) for i in range(0, len(held_out), 32)]
     res = distil_shared(
         student,
         teacher,
@@ -74,6 +83,7 @@ def share_model(
         tokenizer=tokenizer,
         extra=extra,
         resume=resume,
+        eval_batches=eval_batches,
     )
     return res.model_dir
 
