@@ -15,8 +15,9 @@ Per task, from its MiniLM-L6 teacher (benchmarks/teachers.py):
 - ``truncated-L``: the teacher cut to its first L layers and fine-tuned (L = 1, 2, 3).
 Each curve point: dev score, mean FLOPs per example (each example charged for the layers
 and exits it ran, at its own length), parameters. For the operating points at
-``--latency-thresholds``, CPU latency ratio to the teacher at batch 1 and 32, with
-batched early exit, in one interleaved run, at three thresholds (how the batch-32 latency
+``--latency-thresholds``, CPU latency ratio to the teacher at batch 1 (a pass over 32 dev
+examples one at a time: where an example exits depends on the example) and 32 (batched
+early exit), in one interleaved run, at three thresholds (how the batch-32 latency
 follows the share of rows that leave early). Rows go to benchmarks/results/slim.json after
 every model; runs (resumable) to runs/slim/<task>/ (models with exits: runs/slim/<task>/mean-exits/).
 Exits read the mean of the real tokens by default (``--exit-pool first``: the paper's first
@@ -70,6 +71,9 @@ MODEL = "minilm-l6"
 WIDTHS = {"A": dict(heads=2, ffn=128, word_rank=64), "B": dict(heads=6, ffn=512, word_rank=128)}
 THRESHOLDS = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 COLUMNS = REPORT_COLUMNS["slim"]
+
+
+B1_EXAMPLES = 32  # dev examples timed one by one for the batch-1 latency ratio
 
 
 def slim_config(args: argparse.Namespace, **kw: Any) -> SlimConfig:
@@ -134,18 +138,26 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
             extras=extras,
         ).to_dict()
 
+    # Batch 1: where an example exits depends on the example, so one timed "batch" is a pass
+    # over B1_EXAMPLES dev examples one at a time (the same ones for teacher and candidate).
+    b1_set = singles[:B1_EXAMPLES]
+
     def latency(model, criterion=None) -> tuple[float, float]:
+        def run_model(batch, m=model, c=criterion):
+            if isinstance(m, MultiExitModel):
+                with m.criterion(c):
+                    return m(**batch)
+            return m(**batch)
+
         ratios = []
         for size in (1, 32):
-
-            def run_model(batch, m=model, c=criterion):
-                if isinstance(m, MultiExitModel):
-                    with m.criterion(c):
-                        return m(**batch)
-                return m(**batch)
-
+            if size == 1:
+                ref = lambda _, f=forward_fn(teacher): [f(b) for b in b1_set]  # noqa: E731
+                cand = lambda _: [run_model(b) for b in b1_set]  # noqa: E731
+            else:
+                ref, cand = forward_fn(teacher), run_model
             cmp = compare_latency(
-                {"teacher": forward_fn(teacher), "candidate": run_model},
+                {"teacher": ref, "candidate": cand},
                 batches[size],
                 warmup=1 if args.quick else 3,
                 repeats=args.latency_repeats,
