@@ -328,14 +328,15 @@ def steps_targets(rows: list[dict]) -> str:
     best_drop = max(drops, key=lambda r: r["score"]) if drops else None
     groups = sorted({r["extras"]["groups"] for r in sst if r["method"].startswith("shared-g")})
     lines = []
-    for g in groups:
-        aware = _pick(sst, "sst2", "N=3 euler", f"shared-g{g}-step-aware")
-        full = _pick(sst, "sst2", "N=6 euler", f"shared-g{g}-step-aware")
-        naive = _pick(sst, "sst2", "N=3 euler", f"shared-g{g}-naive")
-        naive_full = _pick(sst, "sst2", "N=6 euler", f"shared-g{g}-naive")
+    for g, ln in [(g, ln) for g in groups for ln in ("", "-ln")]:
+        aware = _pick(sst, "sst2", "N=3 euler", f"shared-g{g}-step-aware{ln}")
+        full = _pick(sst, "sst2", "N=6 euler", f"shared-g{g}-step-aware{ln}")
+        naive = _pick(sst, "sst2", "N=3 euler", f"shared-g{g}-naive{ln}")
+        naive_full = _pick(sst, "sst2", "N=6 euler", f"shared-g{g}-naive{ln}")
         if aware is None or full is None:
             continue
         sharing = "fully shared" if g == 1 else f"{g} groups"
+        sharing += ", per-layer LayerNorms" if ln else ""
         a2, a1 = aware["score"], full["score"]
         lines += [
             f"SST-2, {sharing}, step-aware, at a = 2 (N = 3 Euler steps): {a2:.2f}; "

@@ -117,8 +117,8 @@ class Timer:
         return out
 
 
-def variant_name(groups: int, mode: str) -> str:
-    return f"shared-g{groups}-{mode}"
+def variant_name(groups: int, mode: str, layer_norms: bool = False) -> str:
+    return f"shared-g{groups}-{mode}" + ("-ln" if layer_norms else "")
 
 
 def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfig:
@@ -138,7 +138,7 @@ def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfi
 
 def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
-    out = Path(args.runs) / variant_name(groups, mode)
+    out = Path(args.runs) / variant_name(groups, mode, args.layer_norms)
     cfg = distil_config(args, out, args.distil_steps)
     start = time.perf_counter()
     folder = share_model(
@@ -146,6 +146,7 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
         out,
         groups=groups,
         init="mean",
+        layer_norms=args.layer_norms,
         step_sizes=sizes,
         layerwise=True,
         text="wikitext2",
@@ -157,7 +158,7 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
         eval_texts=8 if args.quick else 64,
     )
     print(
-        f"[steps] {variant_name(groups, mode)}: distilled ({args.distil_steps} steps) "
+        f"[steps] {variant_name(groups, mode, args.layer_norms)}: distilled ({args.distil_steps} steps) "
         f"in {time.perf_counter() - start:.0f} s -> {folder}",
         flush=True,
     )
@@ -167,7 +168,7 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
 def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]:
     """The held-out fidelity logged during a variant's distillation (``eval`` entries of its
     ``log.jsonl``): step, cosine and MSE to the teacher's final states at a = 1 and 2."""
-    log = Path(args.runs) / variant_name(groups, mode) / "log.jsonl"
+    log = Path(args.runs) / variant_name(groups, mode, args.layer_norms) / "log.jsonl"
     if not log.is_file():
         return []
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -178,7 +179,7 @@ def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]
 def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
     recipe = TEACHER_RECIPES.get(task.name, {})
-    out = Path(args.runs) / variant_name(groups, mode) / task.name
+    out = Path(args.runs) / variant_name(groups, mode, args.layer_norms) / task.name
     cfg = TrainConfig(
         output_dir=str(out),
         epochs=args.epochs or recipe.get("epochs", 3.0),
@@ -200,7 +201,7 @@ def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
         resume=True,
     )
     print(
-        f"[steps] {variant_name(groups, mode)} {task.name}: fine-tuned, dev {res.metric} "
+        f"[steps] {variant_name(groups, mode, args.layer_norms)} {task.name}: fine-tuned, dev {res.metric} "
         f"{res.score:.2f} ({res.train_seconds:.0f} s)",
         flush=True,
     )
@@ -303,6 +304,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                 extras = {
                     "groups": groups,
                     "training": mode,
+                    "layer_norms": args.layer_norms,
                     "solver": s,
                     "n_steps": n,
                     "step_sizes": [st.step_size for st in plan.steps],
@@ -319,7 +321,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                     extras["latency_ratio_b32_vs_n6"] = lat[32][f"{n}-{s}"] / lat[32][f"{L}-euler"]
                 rows.append(
                     row(
-                        f"{variant_name(groups, mode)}",
+                        f"{variant_name(groups, mode, args.layer_norms)}",
                         f"N={n} {s}",
                         model,
                         plan,
@@ -499,6 +501,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--modes", nargs="+", default=["naive", "step-aware"], choices=["naive", "step-aware"]
     )
     p.add_argument("--step-sizes", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    p.add_argument(
+        "--layer-norms",
+        action="store_true",
+        help="encoders: shared models keep per-layer LayerNorms (variants named *-ln)",
+    )
     p.add_argument("--n-steps", type=int, nargs="+", default=[6, 4, 3, 2])
     p.add_argument("--heun-steps", type=int, nargs="+", default=[3, 2])
     p.add_argument(

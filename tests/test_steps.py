@@ -334,6 +334,43 @@ def test_shared_model_round_trips(tmp_path):
     assert torch.equal(back(ids, mask, plan=plan).logits, shared(ids, mask, plan=plan).logits)
 
 
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_per_layer_norms_share_only_attention_and_ffn(norm, tmp_path):
+    teacher = tiny(norm=norm)
+    ids, mask = batch()
+    # every layer keeps its own LayerNorms, copied exactly; unshared, nothing changes
+    same = make_shared(teacher, groups=6, layer_norms=True)
+    assert same.config.layer_norms and not hasattr(same.blocks[0], "attn_norm")
+    assert torch.equal(same(ids, mask).logits, teacher(ids, mask).logits)
+    shared = make_shared(teacher, groups=1, init="first", layer_norms=True)
+    for i in range(6):
+        assert torch.equal(shared.norms[i].ffn_norm.weight, teacher.blocks[i].ffn_norm.weight)
+    # the reference: the teacher with block 0's attention and FFN in every layer, own norms
+    ref = tiny(norm=norm)
+    ref.load_state_dict(teacher.state_dict())
+    for i in range(1, 6):
+        ref.blocks[i].attn.load_state_dict(teacher.blocks[0].attn.state_dict())
+        ref.blocks[i].ffn.load_state_dict(teacher.blocks[0].ffn.state_dict())
+    assert torch.allclose(shared(ids, mask).logits, ref(ids, mask).logits, atol=TOL)
+    # a larger step uses the norms of the layer at its start (where Euler evaluates f)
+    for sizes in ([2.0, 2.0, 2.0], [1.5, 1.5, 3.0]):
+        got = shared(ids, mask, plan=step_plan(shared.config, sizes=sizes)).logits
+        want = ref(ids, mask, plan=ForwardPlan(steps=steps_from_sizes(list(range(6)), sizes)))
+        assert torch.allclose(got, want.logits, atol=TOL), sizes
+    starts = [s.start_layer for s in steps_from_sizes([0] * 6, [1.5, 1.5, 3.0])]
+    assert starts == [0, 1, 3]
+    # saved and reloaded in that form
+    save_model(shared, tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    assert back.config.layer_norms
+    plan = step_plan(shared.config, 3)
+    assert torch.equal(back(ids, mask, plan=plan).logits, shared(ids, mask, plan=plan).logits)
+    # and shared again (a source with per-layer norms keeps them)
+    again = make_shared(same, groups=2)
+    assert again.config.layer_norms
+    assert torch.equal(again.norms[4].attn_norm.bias, teacher.blocks[4].attn_norm.bias)
+
+
 def text_features(n: int = 48, length: int = 12, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return [

@@ -62,6 +62,9 @@ class ModelConfig:
     embedding_size: int | None = None  # ALBERT: factorized embeddings (E < hidden)
     word_rank: int | None = None  # word embedding as (V x r) @ (r x E): slenderized models
     norm_position: str = "post"  # "post" (BERT) | "pre" (GPT-2)
+    # each layer keeps its own two LayerNorms even where blocks are shared (f(h, t) depends
+    # on t through them); the blocks then hold no LayerNorm of their own
+    layer_norms: bool = False
     embedding_norm: bool = True  # LayerNorm after embeddings (BERT) or not (GPT-2)
     final_norm: bool = False  # LayerNorm after the last layer (GPT-2 ln_f)
     causal: bool = False

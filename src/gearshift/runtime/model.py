@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gearshift.runtime.config import ModelConfig
-from gearshift.runtime.modules import AttentionMask, Block, Embeddings, Head
+from gearshift.runtime.modules import AttentionMask, Block, Embeddings, Head, LayerNorms
 from gearshift.runtime.plan import ForwardPlan, Step, default_steps
 
 
@@ -44,6 +44,11 @@ class Transformer(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.blocks = nn.ModuleList(Block(config, shape) for shape in config.blocks)
+        self.norms = (
+            nn.ModuleList(LayerNorms(config) for _ in range(config.num_layers))
+            if config.layer_norms
+            else None
+        )
         self.final_norm = (
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
             if config.final_norm
@@ -123,12 +128,15 @@ class Transformer(nn.Module):
 
         for i, step in enumerate(steps):
             block = self.blocks[step.block]
+            norms = self.norms[step.start_layer] if self.norms is not None else None
             cache = past_key_values[i] if past_key_values else None
             ffn_wrap = plan.ffn_wrap.get(step.layer)
             kv_out = []
 
-            def block_fn(x, m=mask, block=block, cache=cache, ffn_wrap=ffn_wrap, kv_out=kv_out):
-                y, kv = block(x, m, ffn_wrap, cache)
+            def block_fn(
+                x, m=mask, block=block, cache=cache, ffn_wrap=ffn_wrap, kv_out=kv_out, norms=norms
+            ):
+                y, kv = block(x, m, ffn_wrap, cache, norms)
                 kv_out.append(kv)
                 return y
 

@@ -197,15 +197,29 @@ class FeedForward(nn.Module):
         return self.out(self.act(self.inp(x)))
 
 
+class LayerNorms(nn.Module):
+    """A layer's two LayerNorms (``attn_norm``, ``ffn_norm``): held by its block, or by the
+    model per layer when shared blocks keep per-layer norms (``ModelConfig.layer_norms``)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
 class Block(nn.Module):
-    """One transformer layer: attention and FFN, each with residual and LayerNorm (post or pre)."""
+    """One transformer layer: attention and FFN, each with residual and LayerNorm (post or pre).
+
+    With ``config.layer_norms`` the block holds no LayerNorms: every call passes the running
+    layer's (``norms``)."""
 
     def __init__(self, config: ModelConfig, shape: BlockShape) -> None:
         super().__init__()
         self.attn = Attention(config, shape)
-        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config, shape)
-        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        if not config.layer_norms:
+            self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.pre_norm = config.norm_position == "pre"
 
@@ -215,18 +229,20 @@ class Block(nn.Module):
         mask: AttentionMask,
         ffn_wrap=None,
         kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        norms: LayerNorms | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        own = self if norms is None else norms
         if self.pre_norm:  # GPT-2: h + Attn(LN(h)); h + FFN(LN(h))
-            a, kv = self.attn(self.attn_norm(h), mask, kv_cache)
+            a, kv = self.attn(own.attn_norm(h), mask, kv_cache)
             h = h + self.dropout(a)
-            x = self.ffn_norm(h)
+            x = own.ffn_norm(h)
             f = self.ffn(x) if ffn_wrap is None else ffn_wrap(self.ffn, x, mask.keep)
             return h + self.dropout(f), kv
         # BERT: LN(h + Attn(h)); LN(h + FFN(h))
         a, kv = self.attn(h, mask, kv_cache)
-        h = self.attn_norm(h + self.dropout(a))
+        h = own.attn_norm(h + self.dropout(a))
         f = self.ffn(h) if ffn_wrap is None else ffn_wrap(self.ffn, h, mask.keep)
-        return self.ffn_norm(h + self.dropout(f)), kv
+        return own.ffn_norm(h + self.dropout(f)), kv
 
 
 class Head(nn.Module):

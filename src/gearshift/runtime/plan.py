@@ -43,6 +43,13 @@ class Step:
     block: int
     layer: int  # the original layer index this step ends at (hooks and exits key on it)
     step_size: float = 1.0
+    start: int | None = None  # the layer at the step's start time (None: ``layer``)
+
+    @property
+    def start_layer(self) -> int:
+        """The layer whose own parameters (per-layer LayerNorms) this step uses: the one at
+        its start time, where Euler evaluates f."""
+        return self.layer if self.start is None else self.start
 
 
 def euler_update(

@@ -71,6 +71,12 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument(
         "--init", choices=INITS, default="mean", help="shared block from its layers' mean or one"
     )
+    p.add_argument(
+        "--layer-norms",
+        action="store_true",
+        help="each layer keeps its own LayerNorms (copied from the source); only attention "
+        "and FFN weights are shared",
+    )
     _sizes(p, "distillation")
     p.add_argument(
         "--layerwise",
@@ -129,6 +135,7 @@ def cmd_share(args: argparse.Namespace) -> int:
         args.output,
         groups=args.groups,
         init=args.init,
+        layer_norms=args.layer_norms,
         step_sizes=args.step_sizes,
         layerwise=args.layerwise,
         text=args.text,

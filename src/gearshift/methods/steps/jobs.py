@@ -38,6 +38,7 @@ def share_model(
     init: str = "mean",
     step_sizes: Sequence[float] = (1.0,),
     layerwise: bool = False,
+    layer_norms: bool = False,
     text: str | None = "wikitext2",
     task: str | None = None,
     train_limit: int | None = None,
@@ -54,9 +55,9 @@ def share_model(
     to the teacher at a = 1 and 2 every ``train_config.eval_every`` steps (``log.jsonl``)."""
     teacher = load_pretrained(model_name, head_kind=None).eval()
     tokenizer = load_tokenizer(model_name)
-    student = make_shared(teacher, groups=groups, init=init)
+    student = make_shared(teacher, groups=groups, init=init, layer_norms=layer_norms)
     output_dir = Path(output_dir)
-    extra = {"from": model_name, "groups": groups, "init": init}
+    extra = {"from": model_name, "groups": groups, "init": init, "layer_norms": layer_norms}
     if train_config is None:
         return save_model(student, output_dir / "model", tokenizer, {"shared": extra})
     config = train_config

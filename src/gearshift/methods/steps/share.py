@@ -46,14 +46,20 @@ def group_layers(num_layers: int, groups: int) -> list[int]:
 
 
 def make_shared(
-    model: Transformer, groups: int = 1, init: str = "mean", layer_to_block: list[int] | None = None
+    model: Transformer,
+    groups: int = 1,
+    init: str = "mean",
+    layer_to_block: list[int] | None = None,
+    layer_norms: bool = False,
 ) -> Transformer:
     """A copy of ``model`` whose layers share ``groups`` blocks of consecutive layers.
 
     ``init``: ``mean`` (element-wise mean of the group's layers' parameters) or ``first`` /
     ``middle`` / ``last`` (that layer of the group). ``layer_to_block`` (optional) gives the
     grouping explicitly; it must name consecutive runs. The source must be unshared, with
-    equal block widths inside each group.
+    equal block widths inside each group. ``layer_norms``: every layer keeps its own two
+    LayerNorms, copied exactly from the source (``ModelConfig.layer_norms``); only attention
+    and FFN weights are shared.
     """
     cfg = model.config
     if init not in INITS:
@@ -86,10 +92,16 @@ def make_shared(
         blocks.append(copy.deepcopy(cfg.layer_shape(first)))
     new_cfg.blocks = blocks
     new_cfg.layer_to_block = mapping
+    new_cfg.layer_norms = bool(layer_norms or cfg.layer_norms)
     new_cfg.validate()
     shared = Transformer(new_cfg)
     own = model.state_dict()
-    state = {k: v for k, v in own.items() if not k.startswith("blocks.")}
+    state = {k: v for k, v in own.items() if not k.startswith(("blocks.", "norms."))}
+    if new_cfg.layer_norms:
+        for i in range(cfg.num_layers):
+            src = f"norms.{i}." if cfg.layer_norms else f"blocks.{cfg.layer_to_block[i]}."
+            for name in ("attn_norm.weight", "attn_norm.bias", "ffn_norm.weight", "ffn_norm.bias"):
+                state[f"norms.{i}.{name}"] = own[src + name]
     for b, first, n in runs:
         layers = list(range(first, first + n))
         pick = {

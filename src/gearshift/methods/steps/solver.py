@@ -72,7 +72,7 @@ def steps_from_sizes(layer_to_block: Sequence[int], sizes: Sequence[float]) -> l
     for a in sizes:
         start = min(int(math.floor(t + _EPS)), depth - 1)
         end = min(max(int(math.ceil(t + a - _EPS)) - 1, start), depth - 1)
-        steps.append(Step(block=layer_to_block[start], layer=end, step_size=a))
+        steps.append(Step(block=layer_to_block[start], layer=end, step_size=a, start=start))
         t += a
     return steps
 
