@@ -519,3 +519,22 @@ def test_step_model_deep_copies_keep_their_own_setting():
     sm.use_steps(2)
     twin = copy.deepcopy(sm)
     assert twin.setting == (3, "euler") and sm.setting == (2, "euler")
+
+
+def test_block_parameter_order_is_stable():
+    # optimizer checkpoints match parameters by position: the order must not drift
+    names = [n for n, _ in tiny(layers=1).blocks[0].named_parameters()]
+    assert [n.rsplit(".", 1)[0] for n in names][::2] == [
+        "attn.q",
+        "attn.k",
+        "attn.v",
+        "attn.o",
+        "attn_norm",
+        "ffn.inp",
+        "ffn.out",
+        "ffn_norm",
+    ]
+    shared = make_shared(tiny(), groups=1, layer_norms=True)
+    names = [n for n, _ in shared.named_parameters()]
+    assert not [n for n in names if n.startswith("blocks.") and "norm" in n]
+    assert names.index("norms.0.attn_norm.weight") > names.index("blocks.0.ffn.out.bias")

@@ -685,6 +685,26 @@ def test_resume_config_mismatch_names_the_field(tmp_path):
     assert r.global_step == 4
 
 
+class HeadFirst(TinyClassifier):
+    """The same parameters under the same names, registered in another order."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.head = nn.Linear(8, 2)
+        self.drop = nn.Dropout(0.3)
+        self.emb = nn.Embedding(VOCAB, 8)
+
+
+def test_resume_refuses_optimizer_state_of_another_parameter_order(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(tmp_path, max_steps=6, eval_fn=None, callbacks=[StopAt(5)]).fit()
+    cfg = TrainConfig(output_dir=str(tmp_path), **{**BASE, "max_steps": 6, "metric_for_best": None})
+    trainer = Trainer(HeadFirst(), make_train_data("dataset", cfg.batch_size), cfg)
+    with pytest.raises(ArtifactError, match="another order") as err:
+        trainer.fit(resume=True)
+    assert "head.weight has shape (2, 8)" in str(err.value)
+
+
 def test_resume_without_checkpoint_starts_fresh(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="gearshift.train"):
         r = make_trainer(tmp_path, max_steps=2, eval_fn=None).fit(resume=True)

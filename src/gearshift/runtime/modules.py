@@ -215,10 +215,13 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig, shape: BlockShape) -> None:
         super().__init__()
+        # registration order is parameter order, which optimizer checkpoints depend on
+        own_norms = not config.layer_norms
         self.attn = Attention(config, shape)
-        self.ffn = FeedForward(config, shape)
-        if not config.layer_norms:
+        if own_norms:
             self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config, shape)
+        if own_norms:
             self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.pre_norm = config.norm_position == "pre"

@@ -972,6 +972,24 @@ class Trainer:
             ckpt.clean_output_dir(self.output_dir)
         set_seed(self.config.seed)
 
+    def _check_optimizer_state(self, path: Path) -> None:
+        """The optimizer state is matched to parameters by position: a model whose parameters
+        are registered in another order (code changed between save and resume) loads without
+        complaint and fails, or silently mixes moments, at the next step. Compare shapes."""
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        for group in opt.param_groups:
+            for p in group["params"]:
+                for key, value in opt.state.get(p, {}).items():
+                    if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                        raise ArtifactError(
+                            f"the optimizer state in {path} does not fit this run's parameters: "
+                            f"{names.get(id(p), 'a parameter')} has shape {tuple(p.shape)}, its "
+                            f"saved {key!r} {tuple(value.shape)}. The model's parameters are "
+                            "registered in another order or shape than when the checkpoint was "
+                            "written; resume with the code that wrote it, or start a new run."
+                        )
+
     def _load_checkpoint(self, path: Path) -> None:
         acc = self.accelerator
         state = ckpt.read_trainer_state(path)
@@ -1011,6 +1029,7 @@ class Trainer:
             raise ArtifactError(
                 f"the optimizer state in {path} does not fit this run's parameters: {exc}"
             ) from exc
+        self._check_optimizer_state(path)
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
