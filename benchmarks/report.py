@@ -81,6 +81,19 @@ NOTES["plugin_profile"] = (
     "placement attention keeps its full-length cost, which is what holds the latency ratio "
     "above the FLOPs ratio."
 )
+NOTES["steps"] = (
+    "Step-size acceleration on MiniLM-L6 made fully shared (`g1`; `g2`: two groups of three "
+    "layers), mean init, distilled 600 steps of 32 on WikiText-2 valid (hidden-state MSE at "
+    "every layer a step lands on), then fine-tuned (SST-2: first 16,000 training examples, 1 "
+    "epoch); `naive` trains at a = 1, `step-aware` draws a from {1, 1.5, 2, 3} per batch. "
+    "`-ln` variants keep per-layer LayerNorms (docs/steps.md). `N=3 euler` is a = 2. "
+    "`teacher-drop-*` rows cut the fine-tuned teacher to N layer passes with no re-training "
+    "(its first N layers, or Euler through every (6/N)-th layer). `latency_ratio_*` are to the "
+    "teacher, `extras.latency_ratio_b32_vs_n6` to the same model at N = 6, interleaved in one "
+    "run, 1 thread, while two other benchmarks ran on the machine's 2 cores: batch-1 ratios "
+    "are noisy (a model at N = 6 has the teacher's cost). `extras.distil_curve` holds the "
+    "held-out fidelity during distillation."
+)
 COLUMNS = {  # the table of each benchmark, here and in the scripts' own printouts
     "plugins": [
         "task",
@@ -477,11 +490,9 @@ def main() -> int:
             if summary:
                 parts.append("### Targets\n")
                 parts.append(summary)
-        seen = []
+        seen: dict[tuple, list[str]] = {}  # (command, machine) -> dates of its rows
         for r in rows:
-            key = (r.get("command"), r.get("date"), r.get("machine"))
-            if key not in seen:
-                seen.append(key)
+            seen.setdefault((r.get("command"), r.get("machine")), []).append(str(r.get("date")))
         retimed = []
         for r in rows:
             m = r.get("extras", {}).get("latency_measured")
@@ -489,8 +500,10 @@ def main() -> int:
             if key and key not in retimed:
                 retimed.append(key)
         parts.append("Reproduce / provenance:\n")
-        for command, date, machine in seen:
-            parts.append(f"- `{command}` ({date}; {machine})")
+        for (command, machine), dates in seen.items():
+            first, last = min(dates), max(dates)
+            when = first if first == last else f"{first} to {last}"
+            parts.append(f"- `{command}` ({when}; {machine})")
         for command, date, machine in retimed:
             parts.append(f"- latency ratios re-measured: `{command}` ({date}; {machine})")
         parts.append(f"\nRaw rows: `benchmarks/results/{path.name}`.\n")
