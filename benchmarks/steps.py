@@ -138,7 +138,8 @@ def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfi
 
 def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
-    out = Path(args.runs) / variant_name(groups, mode, args.layer_norms)
+    name = variant_name(groups, mode, args.layer_norms)
+    out = Path(args.runs) / name
     cfg = distil_config(args, out, args.distil_steps)
     start = time.perf_counter()
     folder = share_model(
@@ -158,7 +159,7 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
         eval_texts=8 if args.quick else 64,
     )
     print(
-        f"[steps] {variant_name(groups, mode, args.layer_norms)}: distilled ({args.distil_steps} steps) "
+        f"[steps] {name}: distilled ({args.distil_steps} steps) "
         f"in {time.perf_counter() - start:.0f} s -> {folder}",
         flush=True,
     )
@@ -179,7 +180,8 @@ def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]
 def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
     recipe = TEACHER_RECIPES.get(task.name, {})
-    out = Path(args.runs) / variant_name(groups, mode, args.layer_norms) / task.name
+    name = variant_name(groups, mode, args.layer_norms)
+    out = Path(args.runs) / name / task.name
     cfg = TrainConfig(
         output_dir=str(out),
         epochs=args.epochs or recipe.get("epochs", 3.0),
@@ -201,7 +203,7 @@ def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
         resume=True,
     )
     print(
-        f"[steps] {variant_name(groups, mode, args.layer_norms)} {task.name}: fine-tuned, dev {res.metric} "
+        f"[steps] {name} {task.name}: fine-tuned, dev {res.metric} "
         f"{res.score:.2f} ({res.train_seconds:.0f} s)",
         flush=True,
     )

@@ -201,20 +201,21 @@ def held_out_fidelity(
     from gearshift.runtime.plan import ForwardPlan
 
     sizes = [float(a) for a in step_sizes]
-    cache: list[torch.Tensor] = []
+    cache: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []  # (inputs, teacher states)
 
     @torch.inference_mode()
     def eval_fn(module: ShareDistillation) -> dict[str, float]:
         student, teacher = module.student, module.teacher
-        device = next(student.parameters()).device
-        batches = [{k: v.to(device) for k, v in model_inputs(b).items()} for b in eval_batches]
         if not cache:
-            cache.extend(teacher(**b).last_hidden_state for b in batches)
+            device = next(student.parameters()).device
+            for b in eval_batches:
+                inputs = {k: v.to(device) for k, v in model_inputs(b).items()}
+                cache.append((inputs, teacher(**inputs).last_hidden_state))
         out = {}
         for a in sizes:
             plan = ForwardPlan(steps=steps_for_size(student.config, a))
             cos_sum, mse_sum, count = 0.0, 0.0, 0
-            for b, ref in zip(batches, cache):
+            for b, ref in cache:
                 h = student(**b, plan=plan).last_hidden_state
                 mask = b["attention_mask"].bool()
                 cos_sum += float(torch.cosine_similarity(h[mask], ref[mask], dim=-1).sum())
