@@ -383,8 +383,17 @@ def steps_targets(rows: list[dict]) -> str:
             lines.append(
                 f"\nThe unshared teacher scores {teacher['score']:.2f}: the shared model at a = 1 "
                 f"sits {gap} points below it after {full['extras'].get('distil_steps')} "
-                "distillation steps.\n"
+                "distillation steps."
             )
+            fair = next((r for r in sst if r["method"] == "unshared-finetuned"), None)
+            if fair is not None:
+                limit = fair["extras"].get("train_limit")
+                lines.append(
+                    f"The fair reference, the unshared model fine-tuned like the shared ones (on "
+                    f"{limit} examples), scores {fair['score']:.2f}: the shared model at a = 1 "
+                    f"sits {fair['score'] - a1:.2f} points below it."
+                )
+            lines.append("")
     return "\n".join(lines) + "\n" if lines else ""
 
 

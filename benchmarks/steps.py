@@ -14,7 +14,10 @@ model is scored at N = 6, 4, 3, 2 Euler steps (and Heun at N = 3, 2), against th
 teacher (benchmarks/teachers.py) and the teacher with layers dropped to the same depth (its
 first N layers; and Euler through every (6/N)-th layer). Per row: dev score, FLOPs per
 example (dev inputs; and at length 128), block evaluations, CPU latency ratio to the same
-model at N = 6 and to the teacher, batch 1 and 32, measured interleaved in one run.
+model at N = 6 and to the teacher, batch 1 and 32, measured interleaved in one run. With
+``--train-limit`` the unshared pre-trained model is also fine-tuned on the same examples
+with the same recipe (``unshared-finetuned``): the fair reference for the shared models,
+since the teacher saw the whole training split.
 
 Decoders. A small GPT-2-style model (pre-LN, 6 x 256, an 8k byte-level BPE)
 trained from scratch on WikiText-2 valid (the data folder has no train split): unshared,
@@ -179,8 +182,14 @@ def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]
 
 def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
-    recipe = TEACHER_RECIPES.get(task.name, {})
     name = variant_name(groups, mode, args.layer_norms)
+    return _finetune(str(folder), name, sizes, task, args)
+
+
+def _finetune(model: str, name: str, sizes: list[float], task, args) -> Path:
+    """Fine-tune ``model`` on ``task`` with the teacher's recipe (and ``--train-limit``) into
+    ``<runs>/<name>/<task>``; each batch at a step size drawn from ``sizes``."""
+    recipe = TEACHER_RECIPES.get(task.name, {})
     out = Path(args.runs) / name / task.name
     cfg = TrainConfig(
         output_dir=str(out),
@@ -193,7 +202,7 @@ def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
         progress=not args.quick,
     )
     res = finetune_steps(
-        str(folder),
+        model,
         task.name,
         out,
         sizes,
@@ -285,6 +294,26 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                     {"block_evaluations": n, **_lat(lat, f"drop-{how}-{n}")},
                 )
             )
+    if args.train_limit and args.reference:
+        # The fair reference for the shared models: the unshared pre-trained model fine-tuned
+        # with exactly their recipe and data (the teacher saw the whole training split).
+        best = _finetune(MODEL, "unshared", [1.0], task, args)
+        model = load_pretrained(str(best)).eval()
+        lat = timer.ratios({"teacher": fns["teacher"], "unshared": forward_fn(model)}, "teacher")
+        score = evaluate(model, dev)[task.main_metric]
+        extras = {"block_evaluations": L, "train_limit": args.train_limit, "model_dir": str(best)}
+        setting = f"unshared, 6 layers, fine-tuned on {args.train_limit} examples"
+        rows.append(
+            row(
+                "unshared-finetuned",
+                setting,
+                model,
+                None,
+                score,
+                teacher_score,
+                extras | _lat(lat, "unshared"),
+            )
+        )
     for groups in args.groups:
         for mode in args.modes:
             folder = make_variant(groups, mode, args)
@@ -520,6 +549,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--epochs", type=float, help="fine-tuning epochs (default: the teacher's recipe)"
     )
     p.add_argument("--train-limit", type=int, help="fine-tune on the first N training examples")
+    p.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="with --train-limit: skip fine-tuning the unshared model on the same examples",
+    )
     p.add_argument("--dev-limit", type=int)
     p.add_argument("--profile-limit", type=int, default=128, help="dev texts for FLOPs and latency")
     p.add_argument("--latency-repeats", type=int, default=10)

@@ -52,6 +52,13 @@ def test_steps_targets_met_and_missed(report):
     assert "(best: teacher-drop-first, 80.00) | +4.00 | met |" in met
     assert "batch-32 latency at a = 2 <= 0.55x of a = 1 (whole model) | 0.520 | met |" in met
     assert "sits 3.00 (naive: 2.00) points below it after 600" in met
+    assert "fair reference" not in met
+
+    fair = _row("sst2", "unshared-finetuned", "unshared, fine-tuned on 100", 86.5, train_limit=100)
+    with_fair = report.steps_targets([*_steps_rows(84.0, 60.0, 0.52), fair])
+    assert (
+        "(on 100 examples), scores 86.50: the shared model at a = 1 sits 1.50 points" in with_fair
+    )
 
     missed = report.steps_targets(_steps_rows(aware_a2=79.0, naive_a2=79.0, ratio_b32=0.6))
     assert "drop 6.00 | missed by 4.50 points |" in missed
