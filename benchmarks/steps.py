@@ -535,7 +535,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--layer-norms",
         action="store_true",
-        help="encoders: shared models keep per-layer LayerNorms (variants named *-ln)",
+        default=True,
+        help="encoders: shared models keep per-layer LayerNorms (variants named *-ln; the "
+        "default, docs/steps.md says why)",
+    )
+    p.add_argument(
+        "--shared-norms",
+        dest="layer_norms",
+        action="store_false",
+        help="encoders: share the LayerNorms too, as ALBERT does (variants without -ln)",
     )
     p.add_argument("--n-steps", type=int, nargs="+", default=[6, 4, 3, 2])
     p.add_argument("--heun-steps", type=int, nargs="+", default=[3, 2])

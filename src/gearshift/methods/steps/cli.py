@@ -75,7 +75,8 @@ def add_cli(subparsers: Any) -> None:
         "--layer-norms",
         action="store_true",
         help="each layer keeps its own LayerNorms (copied from the source); only attention "
-        "and FFN weights are shared",
+        "and FFN weights are shared. Recommended for post-LN models such as BERT: one shared "
+        "norm cannot give every layer its own output scale (docs/steps.md)",
     )
     _sizes(p, "distillation")
     p.add_argument(
