@@ -15,7 +15,8 @@ teacher (benchmarks/teachers.py) and the teacher with layers dropped to the same
 first N layers; and Euler through every (6/N)-th layer). Per row: dev score, FLOPs per
 example (dev inputs; and at length 128), block evaluations, CPU latency ratio to the same
 model at N = 6 and to the teacher, batch 1 and 32, measured interleaved in one run. With
-``--train-limit`` the unshared pre-trained model is also fine-tuned on the same examples
+``--train-limit`` below a task's training-set size the unshared pre-trained model is also
+fine-tuned on the same examples
 with the same recipe (``unshared-finetuned``): the fair reference for the shared models,
 since the teacher saw the whole training split.
 
@@ -47,7 +48,7 @@ import torch
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
 from report import command_line
 
-from gearshift.data import get_task
+from gearshift.data import get_task, load_examples
 from gearshift.jobs import TEACHER_RECIPES, TaskData, dev_texts, teacher_dir, training_finished
 from gearshift.measure import (
     OperatingPoint,
@@ -118,6 +119,12 @@ class Timer:
             )
             out[size] = cmp.ratios
         return out
+
+
+def limits_training(task, limit: int) -> bool:
+    """Whether ``--train-limit`` cuts the task's training split (then the teacher, trained on
+    all of it, is not the shared models' fair reference)."""
+    return len(load_examples(task, "train", limit=limit + 1)) > limit
 
 
 def variant_name(groups: int, mode: str, layer_norms: bool = False) -> str:
@@ -294,7 +301,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                     {"block_evaluations": n, **_lat(lat, f"drop-{how}-{n}")},
                 )
             )
-    if args.train_limit and args.reference:
+    if args.reference and args.train_limit and limits_training(task, args.train_limit):
         # The fair reference for the shared models: the unshared pre-trained model fine-tuned
         # with exactly their recipe and data (the teacher saw the whole training split).
         best = _finetune(MODEL, "unshared", [1.0], task, args)
