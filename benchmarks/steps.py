@@ -28,7 +28,8 @@ tokens/s with the key/value cache at each N.
 
 Initialisation (``init``). The shared block from its layers' mean or from one of them
 (first, middle, last): cosine of the final hidden states to the unshared model's on
-WikiText-2 test text at N = 6 and 3, right after sharing and after a short distillation.
+WikiText-2 test text at N = 6 and 3, right after sharing and after a short distillation
+(with the encoders' LayerNorm choice).
 
 Every stage trains into ``runs/steps/`` and resumes there; rows go to
 ``benchmarks/results/steps.json`` (written after every model, rows of settings not run
@@ -484,14 +485,17 @@ def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
     rows = []
     for groups in args.groups:
         for init in INITS:
-            out = Path(args.runs) / "init" / f"g{groups}-{init}"
-            shared = make_shared(teacher, groups=groups, init=init).eval()
+            ln = "-ln" if args.layer_norms else ""
+            out = Path(args.runs) / "init" / f"g{groups}-{init}{ln}"
+            shared = make_shared(teacher, groups=groups, init=init, layer_norms=args.layer_norms)
+            shared.eval()
             before = {n: cosine(shared, n) for n in (6, 3)}
             folder = share_model(
                 MODEL,
                 out,
                 groups=groups,
                 init=init,
+                layer_norms=args.layer_norms,
                 layerwise=True,
                 max_length=args.max_length,
                 train_config=distil_config(args, out, args.init_steps),
@@ -504,7 +508,7 @@ def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
                     OperatingPoint(
                         task="wikitext2",
                         model=MODEL,
-                        method=f"shared-g{groups}-init-{init}",
+                        method=f"shared-g{groups}-init-{init}{ln}",
                         setting=f"N={n}",
                         metric="cosine",
                         score=after * 100,
@@ -516,6 +520,7 @@ def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
                             "distil_steps": args.init_steps,
                             "groups": groups,
                             "init": init,
+                            "layer_norms": args.layer_norms,
                         },
                     ).to_dict()
                 )
