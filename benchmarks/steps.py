@@ -7,9 +7,9 @@
 Encoders. From pre-trained MiniLM-L6 (unshared), for each sharing (``--groups``: 1 = fully
 shared, 2 = two groups of three layers) and each training mode (``naive``: distil and
 fine-tune at step 1 only; ``step-aware``: every batch at a step size drawn from
-``--step-sizes``), make the shared model (mean init), distil it on raw text (WikiText-2 +
-the tasks' sentences, hidden-state MSE at every layer a step lands on,
-``--distil-steps`` steps) and fine-tune it on each task (the same mode). Each fine-tuned
+``--step-sizes``), make the shared model (mean init), distil it on raw text (WikiText-2 valid,
+hidden-state MSE at every layer a step lands on, ``--distil-steps`` steps; the same model
+serves every task) and fine-tune it on each task (the same mode). Each fine-tuned
 model is scored at N = 6, 4, 3, 2 Euler steps (and Heun at N = 3, 2), against the unshared
 teacher (benchmarks/teachers.py) and the teacher with layers dropped to the same depth (its
 first N layers; and Euler through every (6/N)-th layer). Per row: dev score, FLOPs per
