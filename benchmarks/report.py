@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from gearshift.measure import markdown_table
+from gearshift.measure import decode_labels, markdown_table, mcnemar
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -208,6 +208,28 @@ def _verdict(value: float | None, target: float, higher_is_better: bool, unit: s
     return f"missed by {abs(value - target):.2f}{unit}"
 
 
+def _better(a: dict, b: dict) -> str:
+    """Verdict on "row ``a`` scores better than row ``b``": with both rows' dev predictions
+    stored, better only if McNemar's exact test finds the difference significant (p < 0.05);
+    without them, a plain comparison that says significance was not tested."""
+    diff = a["score"] - b["score"]
+    ea, eb = a.get("extras", {}), b.get("extras", {})
+    if "dev_predictions" in ea and "dev_predictions" in eb and "dev_labels" in ea:
+        labels = decode_labels(ea["dev_labels"])
+        test = mcnemar(
+            decode_labels(ea["dev_predictions"]), decode_labels(eb["dev_predictions"]), labels
+        )
+        counts = (
+            f"{test.a_only} vs {test.b_only} examples right by one only, p = {test.p_value:.3g}"
+        )
+        if test.better():
+            return f"met ({counts})"
+        return f"{'not significant' if diff > 0 else 'missed'} ({counts})"
+    return (
+        _verdict(diff, 1e-9, True, " points") + " (significance not tested: no predictions stored)"
+    )
+
+
 def _mean(xs: list) -> float | None:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
@@ -362,13 +384,13 @@ def steps_targets(rows: list[dict]) -> str:
         if naive is not None:
             lines.append(
                 f"| better than the naive model at a = 2 ({naive['score']:.2f}) "
-                f"| {a2 - naive['score']:+.2f} | {_verdict(a2 - naive['score'], 1e-9, True, ' points')} |"
+                f"| {a2 - naive['score']:+.2f} | {_better(aware, naive)} |"
             )
         if best_drop is not None:
             lines.append(
                 f"| better than the teacher cut to 3 layer passes (best: {best_drop['method']}, "
                 f"{best_drop['score']:.2f}) | {a2 - best_drop['score']:+.2f} "
-                f"| {_verdict(a2 - best_drop['score'], 1e-9, True, ' points')} |"
+                f"| {_better(aware, best_drop)} |"
             )
         for b in (1, 32):
             ratio = aware["extras"].get(f"latency_ratio_b{b}_vs_n6")

@@ -49,13 +49,21 @@ import torch
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
 from report import command_line
 
-from gearshift.data import get_task, load_examples
-from gearshift.jobs import TEACHER_RECIPES, TaskData, dev_texts, teacher_dir, training_finished
+from gearshift.data import compute_metrics, get_task, load_examples
+from gearshift.jobs import (
+    TEACHER_RECIPES,
+    TaskData,
+    dev_texts,
+    predict,
+    teacher_dir,
+    training_finished,
+)
 from gearshift.measure import (
     OperatingPoint,
     ResultsSink,
     compare_latency,
     count_parameters,
+    encode_labels,
     fixed_threads,
     flops_at_length,
     flops_per_example,
@@ -260,9 +268,16 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
             extras=extras,
         ).to_dict()
 
-    from gearshift.jobs import evaluate
+    def scored(model, plan=None) -> tuple[float, dict]:
+        """Dev score; classification rows also keep their predictions (``dev_predictions``,
+        one digit per example) so the report can test differences for significance."""
+        preds, refs = predict(model, dev, plan=plan)
+        score = compute_metrics(task, preds, refs)[task.main_metric]
+        if task.kind != "classification":
+            return score, {}
+        return score, {"dev_predictions": encode_labels(preds), "dev_labels": encode_labels(refs)}
 
-    teacher_score = evaluate(teacher, dev)[task.main_metric]
+    teacher_score, teacher_preds = scored(teacher)
     fns = {"teacher": forward_fn(teacher)}
     for how in ("first", "euler"):
         for n in args.n_steps:
@@ -277,7 +292,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
             None,
             teacher_score,
             teacher_score,
-            {"block_evaluations": L, **_lat(lat, "teacher")},
+            {"block_evaluations": L, **_lat(lat, "teacher"), **teacher_preds},
         )
     )
     for how in ("first", "euler"):
@@ -285,7 +300,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
             if n >= L:
                 continue
             plan = drop_plan(L, n, how)
-            score = evaluate(teacher, dev, plan=plan)[task.main_metric]
+            score, preds = scored(teacher, plan)
             what = (
                 f"first {n} layers"
                 if how == "first"
@@ -299,7 +314,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                     plan,
                     score,
                     teacher_score,
-                    {"block_evaluations": n, **_lat(lat, f"drop-{how}-{n}")},
+                    {"block_evaluations": n, **_lat(lat, f"drop-{how}-{n}"), **preds},
                 )
             )
     if args.reference and args.train_limit and limits_training(task, args.train_limit):
@@ -308,8 +323,9 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
         best = _finetune(MODEL, "unshared", [1.0], task, args)
         model = load_pretrained(str(best)).eval()
         lat = timer.ratios({"teacher": fns["teacher"], "unshared": forward_fn(model)}, "teacher")
-        score = evaluate(model, dev)[task.main_metric]
+        score, preds = scored(model)
         extras = {"block_evaluations": L, "train_limit": args.train_limit, "model_dir": str(best)}
+        extras |= preds
         setting = f"unshared, 6 layers, fine-tuned on {args.train_limit} examples"
         rows.append(
             row(
@@ -333,12 +349,10 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
             lat = timer.ratios(fns, "teacher")
             full = plans.get((L, "euler"))
             curve = distil_curve(groups, mode, args)
-            ref_score = evaluate(model, dev, plan=full)[task.main_metric]
+            ref_score, ref_preds = scored(model, full)
             for (n, s), plan in plans.items():
-                score = (
-                    ref_score
-                    if (n, s) == (L, "euler")
-                    else evaluate(model, dev, plan=plan)[task.main_metric]
+                score, preds = (
+                    (ref_score, ref_preds) if (n, s) == (L, "euler") else scored(model, plan)
                 )
                 extras = {
                     "groups": groups,
@@ -354,6 +368,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                     "distil_curve": curve,
                     "model_dir": str(best),
                     **_lat(lat, f"{n}-{s}"),
+                    **preds,
                 }
                 if (L, "euler") in plans:
                     extras["latency_ratio_b1_vs_n6"] = lat[1][f"{n}-{s}"] / lat[1][f"{L}-euler"]

@@ -664,3 +664,24 @@ def test_results_sinks_of_two_concurrent_runs_keep_each_others_rows(tmp_path):
     first.add(row("teacher", 6.0))  # the same key from both: the latest write wins
     rows = {r["method"]: r["score"] for r in ResultsSink(path, "bench").rows}
     assert rows == {"naive": 1.0, "step-aware": 2.0, "teacher": 6.0}
+
+
+def test_mcnemar_counts_only_disagreements_on_correctness():
+    from gearshift.errors import ConfigError
+    from gearshift.measure import decode_labels, encode_labels, mcnemar
+
+    labels = [0, 1, 1, 0, 1, 0, 1, 1]
+    a = [0, 1, 1, 0, 1, 0, 0, 0]  # wrong on the last two
+    b = [1, 0, 1, 0, 1, 0, 1, 1]  # wrong on the first two
+    test = mcnemar(a, b, labels)
+    assert (test.a_only, test.b_only) == (2, 2) and test.p_value == 1.0 and not test.better()
+    test = mcnemar([1] * 12, [0] * 12, [1] * 12)
+    assert (test.a_only, test.b_only) == (12, 0)
+    assert test.p_value == pytest.approx(2 * 0.5**12) and test.better()
+    assert not test.better(alpha=1e-4)
+    assert mcnemar([1, 0], [1, 0], [1, 1]).p_value == 1.0  # no disagreement at all
+    with pytest.raises(ConfigError, match="same examples"):
+        mcnemar([1, 0], [1], [1, 0])
+    assert decode_labels(encode_labels([3, 0, 9])) == [3, 0, 9]
+    with pytest.raises(ConfigError, match="0-9"):
+        encode_labels([10])

@@ -48,8 +48,9 @@ def _steps_rows(aware_a2: float, naive_a2: float, ratio_b32: float) -> list[dict
 def test_steps_targets_met_and_missed(report):
     met = report.steps_targets(_steps_rows(aware_a2=84.0, naive_a2=60.0, ratio_b32=0.52))
     assert "| within 1.5 points of itself at a = 1 | drop 1.00 | met |" in met
-    assert "naive model at a = 2 (60.00) | +24.00 | met |" in met
-    assert "(best: teacher-drop-first, 80.00) | +4.00 | met |" in met
+    untested = "(significance not tested: no predictions stored)"
+    assert f"naive model at a = 2 (60.00) | +24.00 | met {untested} |" in met
+    assert f"(best: teacher-drop-first, 80.00) | +4.00 | met {untested} |" in met
     assert "batch-32 latency at a = 2 <= 0.55x of a = 1 (whole model) | 0.520 | met |" in met
     assert "sits 3.00 (naive: 2.00) points below it after 600" in met
     assert "fair reference" not in met
@@ -62,8 +63,8 @@ def test_steps_targets_met_and_missed(report):
 
     missed = report.steps_targets(_steps_rows(aware_a2=79.0, naive_a2=79.0, ratio_b32=0.6))
     assert "drop 6.00 | missed by 4.50 points |" in missed
-    assert "(79.00) | +0.00 | missed by 0.00 points |" in missed  # a tie is not "better"
-    assert "| -1.00 | missed by 1.00 points |" in missed
+    assert f"(79.00) | +0.00 | missed by 0.00 points {untested} |" in missed  # a tie: not better
+    assert f"| -1.00 | missed by 1.00 points {untested} |" in missed
     assert "| 0.600 | missed by 0.05 |" in missed
 
 
@@ -98,3 +99,24 @@ def test_command_line_quotes_arguments(report):
     line = report.command_line("/x/benchmarks/steps.py", ["encoders", "--tasks", "sst2", "a b"])
     assert line == "python benchmarks/steps.py encoders --tasks sst2 'a b'"
     assert report.command_line("slim.py", []) == "python benchmarks/slim.py"
+
+
+def test_steps_better_than_naive_needs_a_significant_difference(report):
+    """With stored dev predictions, "better" means McNemar p < 0.05, not any positive gap."""
+    labels = "1" * 100
+
+    def rows(aware_right: int, naive_right: int) -> list[dict]:
+        out = _steps_rows(aware_a2=aware_right, naive_a2=naive_right, ratio_b32=0.5)
+        for r in out:
+            if r["setting"] == "N=3 euler":
+                right = aware_right if "step-aware" in r["method"] else naive_right
+                preds = "1" * right + "0" * (100 - right)
+                r["extras"] |= {"dev_predictions": preds, "dev_labels": labels}
+        return out
+
+    clear = report.steps_targets(rows(aware_right=80, naive_right=60))
+    assert "| +20.00 | met (20 vs 0 examples right by one only, p = 1.91e-06) |" in clear
+    close = report.steps_targets(rows(aware_right=80, naive_right=77))
+    assert "| +3.00 | not significant (3 vs 0 examples right by one only, p = 0.25) |" in close
+    worse = report.steps_targets(rows(aware_right=70, naive_right=77))
+    assert "| -7.00 | missed (0 vs 7 examples right by one only" in worse

@@ -31,17 +31,21 @@ from gearshift.measure.report import (
     read_results,
     write_results,
 )
+from gearshift.measure.stats import PairedTest, decode_labels, encode_labels, mcnemar
 
 __all__ = [
     "LatencyComparison",
     "LatencyStats",
     "MemoryStats",
     "OperatingPoint",
+    "PairedTest",
     "analytic_flops",
     "attention_flops",
     "compare_latency",
     "count_flops",
     "count_parameters",
+    "decode_labels",
+    "encode_labels",
     "fixed_length_batch",
     "fixed_threads",
     "flops_at_length",
@@ -50,6 +54,7 @@ __all__ = [
     "machine_description",
     "make_batch",
     "markdown_table",
+    "mcnemar",
     "measure_latency",
     "model_inputs",
     "parameter_breakdown",
