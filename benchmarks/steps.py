@@ -594,7 +594,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-limit", type=int, default=128, help="dev texts for FLOPs and latency")
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--lm-steps", type=int, default=1500, help="decoder pre-training steps")
+    p.add_argument(
+        "--lm-steps", type=int, default=800, help="decoder pre-training steps (~6 epochs)"
+    )
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=400, help="WikiText-2 test blocks scored")
     p.add_argument("--gen-tokens", type=int, default=32)
