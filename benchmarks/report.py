@@ -415,6 +415,30 @@ def steps_targets(rows: list[dict]) -> str:
                     f"{limit} examples), scores {fair['score']:.2f}: the shared model at a = 1 "
                     f"sits {fair['score'] - a1:.2f} points below it."
                 )
+            for mode in ("step-aware", "naive"):
+                longer = sorted(
+                    {
+                        r["method"]
+                        for r in sst
+                        if r["method"].startswith(f"shared-g{g}-{mode}{ln}-d")
+                        and r["method"][len(f"shared-g{g}-{mode}{ln}-d") :].isdigit()
+                    },
+                    key=lambda m: int(m.rsplit("-d", 1)[1]),
+                )
+                base = [
+                    _pick(sst, "sst2", f"N={n} euler", f"shared-g{g}-{mode}{ln}") for n in (6, 3)
+                ]
+                for method in longer:
+                    got = [_pick(sst, "sst2", f"N={n} euler", method) for n in (6, 3)]
+                    if None in got or None in base:
+                        continue
+                    steps = method.rsplit("-d", 1)[1]
+                    lines.append(
+                        f"What more distillation buys ({mode}): {steps} steps instead of "
+                        f"{base[0]['extras'].get('distil_steps')} give {got[0]['score']:.2f} at "
+                        f"a = 1 ({got[0]['score'] - base[0]['score']:+.2f}) and "
+                        f"{got[1]['score']:.2f} at a = 2 ({got[1]['score'] - base[1]['score']:+.2f})."
+                    )
             lines.append("")
     return "\n".join(lines) + "\n" if lines else ""
 

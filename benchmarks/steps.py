@@ -89,6 +89,7 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "steps.json"
 GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
 MODEL = "minilm-l6"
+DISTIL_STEPS = 600
 COLUMNS = REPORT_COLUMNS["steps"]
 
 
@@ -136,8 +137,15 @@ def limits_training(task, limit: int) -> bool:
     return len(load_examples(task, "train", limit=limit + 1)) > limit
 
 
-def variant_name(groups: int, mode: str, layer_norms: bool = False) -> str:
-    return f"shared-g{groups}-{mode}" + ("-ln" if layer_norms else "")
+def variant_name(
+    groups: int, mode: str, layer_norms: bool = False, distil_steps: int | None = None
+) -> str:
+    """``shared-g<G>-<mode>``, ``-ln`` with per-layer norms, ``-d<steps>`` when distilled for
+    other than the default DISTIL_STEPS (so a longer run gets its own folder and rows)."""
+    name = f"shared-g{groups}-{mode}" + ("-ln" if layer_norms else "")
+    if distil_steps is not None and distil_steps != DISTIL_STEPS:
+        name += f"-d{distil_steps}"
+    return name
 
 
 def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfig:
@@ -157,7 +165,7 @@ def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfi
 
 def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
-    name = variant_name(groups, mode, args.layer_norms)
+    name = variant_name(groups, mode, args.layer_norms, args.distil_steps)
     out = Path(args.runs) / name
     cfg = distil_config(args, out, args.distil_steps)
     start = time.perf_counter()
@@ -188,7 +196,11 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
 def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]:
     """The held-out fidelity logged during a variant's distillation (``eval`` entries of its
     ``log.jsonl``): step, cosine and MSE to the teacher's final states at a = 1 and 2."""
-    log = Path(args.runs) / variant_name(groups, mode, args.layer_norms) / "log.jsonl"
+    log = (
+        Path(args.runs)
+        / variant_name(groups, mode, args.layer_norms, args.distil_steps)
+        / "log.jsonl"
+    )
     if not log.is_file():
         return []
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -198,7 +210,7 @@ def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]
 
 def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
-    name = variant_name(groups, mode, args.layer_norms)
+    name = variant_name(groups, mode, args.layer_norms, args.distil_steps)
     return _finetune(str(folder), name, sizes, task, args)
 
 
@@ -375,7 +387,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                     extras["latency_ratio_b32_vs_n6"] = lat[32][f"{n}-{s}"] / lat[32][f"{L}-euler"]
                 rows.append(
                     row(
-                        f"{variant_name(groups, mode, args.layer_norms)}",
+                        f"{variant_name(groups, mode, args.layer_norms, args.distil_steps)}",
                         f"N={n} {s}",
                         model,
                         plan,
@@ -575,7 +587,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-steps", type=int, nargs="+", default=[6, 4, 3, 2])
     p.add_argument("--heun-steps", type=int, nargs="+", default=[3, 2])
     p.add_argument(
-        "--distil-steps", type=int, default=600, help="distillation steps per shared model"
+        "--distil-steps",
+        type=int,
+        default=DISTIL_STEPS,
+        help="distillation steps per shared model (other values: variants named *-d<steps>)",
     )
     p.add_argument("--distil-lr", type=float, default=2e-4)
     p.add_argument("--batch-size", type=int, default=32)

@@ -60,6 +60,17 @@ def test_steps_targets_met_and_missed(report):
     assert (
         "(on 100 examples), scores 86.50: the shared model at a = 1 sits 1.50 points" in with_fair
     )
+    assert "What more distillation buys" not in with_fair
+
+    longer = [
+        _row("sst2", "shared-g1-step-aware-d1800", "N=6 euler", 86.5, groups=1),
+        _row("sst2", "shared-g1-step-aware-d1800", "N=3 euler", 85.0, groups=1),
+    ]
+    more = report.steps_targets([*_steps_rows(84.0, 60.0, 0.52), *longer])
+    assert (
+        "What more distillation buys (step-aware): 1800 steps instead of 600 give 86.50 at "
+        "a = 1 (+1.50) and 85.00 at a = 2 (+1.00)." in more
+    )
 
     missed = report.steps_targets(_steps_rows(aware_a2=79.0, naive_a2=79.0, ratio_b32=0.6))
     assert "drop 6.00 | missed by 4.50 points |" in missed
