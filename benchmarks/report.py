@@ -354,6 +354,94 @@ def slim_targets(rows: list[dict]) -> str:
             f"| {m} | {best['setting']} | {best['score']:.2f} | {share:.1%} "
             f"| 1/{teacher['flops_dynamic'] / best['flops_dynamic']:.1f} | {verdict} |"
         )
+    return "\n".join(lines) + "\n" + slim_curves(rows) + slim_latency(rows)
+
+
+SLIM_BASELINES = {  # curve name -> which methods form it (first-token "-cls" runs excluded)
+    "multi-exit (no pruning)": lambda m: m == "multi-exit",
+    "deebert (frozen backbone)": lambda m: m == "deebert",
+    "static pruning": lambda m: m.startswith("static-") and not m.endswith("-cls"),
+    "truncated + fine-tuned": lambda m: m.startswith("truncated-"),
+    "cost-eff, last-exit importance": lambda m: m.startswith("cost-eff-last-exit-"),
+}
+
+
+def _is_cost_eff(method: str) -> bool:
+    """COST-EFF with the joint (all-exit) importance, any width: ``cost-eff-<WIDTH>``."""
+    rest = method.removeprefix("cost-eff-")
+    return method.startswith("cost-eff-") and rest.isalpha() and rest.isupper()
+
+
+def _frontier(rows: list[dict], budget: float) -> float | None:
+    """The best score of ``rows`` at no more than ``budget`` FLOPs per example."""
+    scores = [r["score"] for r in rows if r["flops_dynamic"] <= budget]
+    return max(scores) if scores else None
+
+
+def slim_curves(rows: list[dict]) -> str:
+    """Per task, the COST-EFF curve (best score at each FLOPs budget, over its widths and
+    thresholds) against each baseline's over the budgets both reach: where it falls below."""
+    rows = [r for r in rows if r.get("flops_dynamic")]
+    tasks = [t for t in EXPECTED_TASKS["slim"] if any(r["task"] == t for r in rows)]
+    lines = []
+    for task in tasks:
+        mine = [r for r in rows if r["task"] == task and _is_cost_eff(r["method"])]
+        if not mine:
+            continue
+        for name, member in SLIM_BASELINES.items():
+            base = [r for r in rows if r["task"] == task and member(r["method"])]
+            if not base:
+                lines.append(f"| {task} | {name} | - | - | not measured |")
+                continue
+            lo = max(min(r["flops_dynamic"] for r in mine), min(r["flops_dynamic"] for r in base))
+            hi = min(max(r["flops_dynamic"] for r in mine), max(r["flops_dynamic"] for r in base))
+            budgets = sorted(
+                {r["flops_dynamic"] for r in mine + base if lo <= r["flops_dynamic"] <= hi}
+            )
+            if not budgets:
+                lines.append(f"| {task} | {name} | no shared budget | - | - |")
+                continue
+            gaps = [(_frontier(mine, b) - _frontier(base, b), b) for b in budgets]
+            worst, at = min(gaps)
+            span = f"{lo / 1e6:.0f}-{hi / 1e6:.0f}"
+            verdict = "met" if worst >= 0 else f"below by {-worst:.2f} at {at / 1e6:.0f} MFLOPs"
+            lines.append(f"| {task} | {name} | {span} | {worst:+.2f} | {verdict} |")
+    if not lines:
+        return ""
+    head = [
+        "\nCOST-EFF (joint importance, every width and threshold) against each baseline, over "
+        "the FLOPs budgets both reach: the smallest margin of COST-EFF's best score over the "
+        "baseline's best at the same budget (negative: the baseline is better there).\n",
+        "| task | baseline | shared budgets (MFLOPs) | smallest margin | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines) + "\n"
+
+
+def slim_latency(rows: list[dict]) -> str:
+    """How closely batch-32 latency follows FLOPs: each timed row's two ratios to the teacher."""
+    timed = []
+    for r in rows:
+        teacher = _pick(rows, r["task"], "full", "teacher")
+        if teacher is None or r is teacher or r.get("latency_ratio_b32") is None:
+            continue
+        if r["method"].endswith("-cls"):
+            continue
+        flops = r["flops_dynamic"] / teacher["flops_dynamic"]
+        timed.append((r, flops, r["latency_ratio_b32"]))
+    if not timed:
+        return ""
+    lines = [
+        "\nBatch-32 latency against FLOPs, both as ratios to the teacher (batched early exit; "
+        "latency / FLOPs above 1: the model runs slower than its FLOPs saving promises):\n",
+        "| task | method | setting | FLOPs ratio | batch-32 latency ratio | latency / FLOPs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r, flops, lat in timed:
+        lines.append(
+            f"| {r['task']} | {r['method']} | {r['setting']} | {flops:.3f} | {lat:.3f} "
+            f"| {lat / flops:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

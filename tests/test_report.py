@@ -131,3 +131,35 @@ def test_steps_better_than_naive_needs_a_significant_difference(report):
     assert "| +3.00 | not significant (3 vs 0 examples right by one only, p = 0.25) |" in close
     worse = report.steps_targets(rows(aware_right=70, naive_right=77))
     assert "| -7.00 | missed (0 vs 7 examples right by one only" in worse
+
+
+def test_slim_curves_compare_best_scores_over_shared_budgets(report):
+    def pt(method, setting, score, mflops, **kw):
+        r = _row("rte", method, setting, score)
+        r["flops_dynamic"] = mflops * 1e6
+        r.update(kw)
+        return r
+
+    rows = [
+        pt("teacher", "full", 70.0, 500),
+        pt("cost-eff-A", "entropy < 0.1", 66.0, 40, latency_ratio_b32=0.16),
+        pt("cost-eff-A", "entropy < 0.5", 64.0, 20),
+        pt("cost-eff-B", "entropy < 0.1", 68.0, 150),
+        pt("cost-eff-A-cls", "entropy < 0.1", 10.0, 30),  # old exit pooling: ignored
+        pt("static-A", "no exits", 65.0, 40),
+        pt("truncated-1", "first 1 layers, fine-tuned", 60.0, 90),
+        pt("truncated-2", "first 2 layers, fine-tuned", 69.0, 180),
+        pt("multi-exit", "entropy < 0.5", 69.0, 600),
+    ]
+    text = report.slim_curves(rows)
+    assert "| rte | static pruning | 40-40 | +1.00 | met |" in text
+    # at 90 MFLOPs COST-EFF's best is 66 (A at 40) against 60; at 150: 68 against 60
+    assert "| rte | truncated + fine-tuned | 90-150 | +6.00 | met |" in text
+    assert "| rte | multi-exit (no pruning) | no shared budget | - | - |" in text
+    assert "| rte | deebert (frozen backbone) | - | - | not measured |" in text
+    rows.append(pt("deebert", "entropy < 0.2", 67.0, 30))
+    assert "| rte | deebert (frozen backbone) | 30-30 | -3.00 | below by 3.00 at 30 MFLOPs |" in (
+        report.slim_curves(rows)
+    )
+    latency = report.slim_latency(rows)
+    assert "| rte | cost-eff-A | entropy < 0.1 | 0.080 | 0.160 | 2.00 |" in latency
