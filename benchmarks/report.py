@@ -445,9 +445,46 @@ def slim_latency(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def steps_summary(rows: list[dict]) -> str:
+    """Every task's encoder scores in one table: each shared variant at N = 6, 4, 3, 2 (Euler)
+    and Heun 3, 2 beside the teacher, the fair reference and the best 3-pass dropped teacher."""
+    settings = ["N=6 euler", "N=4 euler", "N=3 euler", "N=2 euler", "N=3 heun", "N=2 heun"]
+    lines = []
+    for task in [t for t in EXPECTED_TASKS["steps"] if t != "wikitext2"]:
+        mine = [r for r in rows if r["task"] == task]
+        teacher = _pick(mine, task, "unshared, 6 layers", "teacher")
+        if teacher is None:
+            continue
+        fair = next((r for r in mine if r["method"] == "unshared-finetuned"), None)
+        drops = [
+            r for r in mine if r["method"].startswith("teacher-drop") and "N=3:" in r["setting"]
+        ]
+        drop = max((r["score"] for r in drops), default=None)
+        refs = f"{teacher['score']:.2f} / " + (f"{fair['score']:.2f}" if fair else "-")
+        refs += f" / {drop:.2f}" if drop is not None else " / -"
+        for method in sorted({r["method"] for r in mine if r["method"].startswith("shared-g")}):
+            got = [_pick(mine, task, s, method) for s in settings]
+            cells = [f"{g['score']:.2f}" if g else "-" for g in got]
+            lines.append(f"| {task} | {method} | " + " | ".join(cells) + f" | {refs} |")
+    if not lines:
+        return ""
+    head = [
+        "\nEvery task at a glance (main metric; teacher / unshared fine-tuned like the shared "
+        "models / best teacher cut to 3 passes):\n",
+        "| task | variant | N=6 | N=4 | N=3 (a=2) | N=2 | Heun 3 | Heun 2 | references |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines) + "\n"
+
+
 def steps_targets(rows: list[dict]) -> str:
     """SST-2: each shared model at a = 2 (N = 3 Euler steps) against itself at a = 1, the
-    naive model at a = 2 and the teacher cut to 3 layer passes; its layer latency at a = 2."""
+    naive model at a = 2 and the teacher cut to 3 layer passes; its layer latency at a = 2.
+    Then every task's scores in one table (``steps_summary``)."""
+    return _steps_sst2(rows) + steps_summary(rows)
+
+
+def _steps_sst2(rows: list[dict]) -> str:
     sst = [r for r in rows if r["task"] == "sst2"]
     teacher = _pick(sst, "sst2", "unshared, 6 layers", "teacher")
     drops = [

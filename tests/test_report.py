@@ -163,3 +163,19 @@ def test_slim_curves_compare_best_scores_over_shared_budgets(report):
     )
     latency = report.slim_latency(rows)
     assert "| rte | cost-eff-A | entropy < 0.1 | 0.080 | 0.160 | 2.00 |" in latency
+
+
+def test_steps_summary_lists_every_variant_with_its_references(report):
+    rows = [
+        *_steps_rows(aware_a2=84.0, naive_a2=60.0, ratio_b32=0.5),
+        _row("mrpc", "teacher", "unshared, 6 layers", 86.0),
+        _row("mrpc", "shared-g1-step-aware", "N=3 euler", 79.5),
+    ]
+    text = report.steps_summary(rows)
+    assert (
+        "| sst2 | shared-g1-step-aware | 85.00 | - | 84.00 | - | - | - | 88.00 / - / 80.00 |"
+        in text
+    )
+    assert "| sst2 | shared-g1-naive | 86.00 | - | 60.00 |" in text
+    assert "| mrpc | shared-g1-step-aware | - | - | 79.50 | - | - | - | 86.00 / - / - |" in text
+    assert report.steps_summary([_row("rte", "teacher", "unshared, 6 layers", 60.0)]) == ""
