@@ -23,7 +23,8 @@ for part in ${parts[@]}; do
     factorize) "$py" benchmarks/factorize.py --resume --threads 1 --work-threads 1 \
                  --latency-repeats 10 --measure-texts 128 --ae-steps 300 --with-finetune \
                  --tasks rte mrpc stsb cola sst2 ;;
-    slim)      "$py" benchmarks/slim.py --tasks sst2 mrpc rte stsb cola ;;
+    slim)      "$py" benchmarks/slim.py --tasks sst2 --ablation
+               "$py" benchmarks/slim.py --tasks mrpc rte stsb cola ;;
     steps)     "$py" benchmarks/steps.py init
                "$py" benchmarks/steps.py encoders --tasks sst2 --train-limit 16000
                "$py" benchmarks/steps.py encoders --tasks mrpc rte stsb cola
