@@ -481,7 +481,40 @@ def steps_targets(rows: list[dict]) -> str:
     """SST-2: each shared model at a = 2 (N = 3 Euler steps) against itself at a = 1, the
     naive model at a = 2 and the teacher cut to 3 layer passes; its layer latency at a = 2.
     Then every task's scores in one table (``steps_summary``)."""
-    return _steps_sst2(rows) + steps_summary(rows)
+    return _steps_sst2(rows) + steps_summary(rows) + decoder_summary(rows)
+
+
+def decoder_summary(rows: list[dict]) -> str:
+    """The decoders: WikiText-2 test perplexity of each model at N = 6, 4, 3, 2 (Euler; the
+    unshared model: its first N layers and Euler through every (6/N)-th one), Heun 3 and 2,
+    and greedy generation tokens/s at N = 6 and 3."""
+    dec = [r for r in rows if r["method"].startswith("decoder-")]
+    lines = []
+    for method in sorted({r["method"] for r in dec}, key=lambda m: (m != "decoder-unshared", m)):
+        mine = [r for r in dec if r["method"] == method]
+        kinds = ["first", "drop-euler"] if method == "decoder-unshared" else ["euler"]
+        for kind in kinds:
+            cells = []
+            for n in (6, 4, 3, 2):
+                got = _pick(mine, "wikitext2", f"N={n} {'euler' if n == 6 else kind}")
+                cells.append(f"{got['score']:.1f}" if got else "-")
+            for n in (3, 2):
+                got = _pick(mine, "wikitext2", f"N={n} heun")
+                cells.append(f"{got['score']:.1f}" if got else "-")
+            tps = [_pick(mine, "wikitext2", f"N={n} {'euler' if n == 6 else kind}") for n in (6, 3)]
+            tps = [t["extras"].get("tokens_per_second") if t else None for t in tps]
+            speed = f"{tps[0]:.0f} / {tps[1]:.0f}" if None not in tps else "-"
+            label = method.removeprefix("decoder-") + (f" ({kind})" if len(kinds) > 1 else "")
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {speed} |")
+    if not lines:
+        return ""
+    head = [
+        "\nDecoders, WikiText-2 test perplexity (lower is better; the unshared model cut to N "
+        "layers by its first N, or by Euler through every (6/N)-th layer):\n",
+        "| model | N=6 | N=4 | N=3 (a=2) | N=2 | Heun 3 | Heun 2 | tokens/s N=6 / N=3 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines) + "\n"
 
 
 def _steps_sst2(rows: list[dict]) -> str:

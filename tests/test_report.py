@@ -179,3 +179,24 @@ def test_steps_summary_lists_every_variant_with_its_references(report):
     assert "| sst2 | shared-g1-naive | 86.00 | - | 60.00 |" in text
     assert "| mrpc | shared-g1-step-aware | - | - | 79.50 | - | - | - | 86.00 / - / - |" in text
     assert report.steps_summary([_row("rte", "teacher", "unshared, 6 layers", 60.0)]) == ""
+
+
+def test_decoder_summary_rows_per_model_and_cut(report):
+    def dec(method, setting, ppl, tps=None):
+        r = _row("wikitext2", method, setting, ppl, tokens_per_second=tps)
+        return r
+
+    rows = [
+        dec("decoder-unshared", "N=6 euler", 170.0, 400.0),
+        dec("decoder-unshared", "N=3 first", 200.0, 600.0),
+        dec("decoder-unshared", "N=3 drop-euler", 190.0, 590.0),
+        dec("decoder-shared-g1-step-aware", "N=6 euler", 180.0, 410.0),
+        dec("decoder-shared-g1-step-aware", "N=3 euler", 185.0, 700.0),
+        dec("decoder-shared-g1-step-aware", "N=3 heun", 181.0),
+    ]
+    text = report.decoder_summary(rows)
+    assert "| unshared (first) | 170.0 | - | 200.0 | - | - | - | 400 / 600 |" in text
+    assert "| unshared (drop-euler) | 170.0 | - | 190.0 | - | - | - | 400 / 590 |" in text
+    assert "| shared-g1-step-aware | 180.0 | - | 185.0 | - | 181.0 | - | 410 / 700 |" in text
+    assert text.index("unshared (first)") < text.index("shared-g1-step-aware")
+    assert report.decoder_summary([]) == ""
