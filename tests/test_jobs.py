@@ -43,6 +43,24 @@ def test_finetune_saves_a_teacher_that_reloads_exactly(tmp_path):
         assert torch.equal(model(**batch).logits, model2(**batch).logits)
 
 
+def test_finetune_twice_gives_identical_weights(tmp_path):
+    """The fresh head is seeded: the same command gives the same model, whatever ran before."""
+    states = []
+    for run in ("a", "b"):
+        torch.rand(7)  # move the global RNG, as any earlier work in the process would
+        res = finetune(
+            "minilm-l6",
+            "rte",
+            tmp_path / run,
+            tiny_train(tmp_path / run, max_steps=2),
+            train_limit=16,
+            dev_limit=8,
+        )
+        states.append(load_pretrained(str(res.model_dir)).state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def test_regression_and_token_classification_train_and_score(tmp_path):
     res = finetune(
         "minilm-l6",

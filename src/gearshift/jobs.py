@@ -193,6 +193,9 @@ def finetune(
     of their own kind, and ``extra`` (added to the saved gearshift.json).
     """
     task = get_task(task_name)
+    # a fresh task head is drawn from torch's RNG: seed first, or two runs of the same
+    # command start from different heads (the Trainer seeds only after the model exists)
+    seed_everything((train_config or TrainConfig(output_dir=str(output_dir))).seed)
     if isinstance(model, (str, os.PathLike)):
         model_name = str(model)
         model, own_tokenizer = model_for_task(model_name, task)
