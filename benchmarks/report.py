@@ -372,6 +372,26 @@ def _is_cost_eff(method: str) -> bool:
     return method.startswith("cost-eff-") and rest.isalpha() and rest.isupper()
 
 
+def _table(intro: str, columns: list[str], lines: list[str]) -> str:
+    """A markdown table under its one-paragraph ``intro``; empty when there are no ``lines``."""
+    if not lines:
+        return ""
+    head = [f"\n{intro}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(head + lines) + "\n"
+
+
+def _best_drop(rows: list[dict], task: str) -> dict | None:
+    """The best row of the teacher cut to 3 layer passes with no re-training, or None."""
+    drops = [
+        r
+        for r in rows
+        if r["task"] == task
+        and r["method"].startswith("teacher-drop")
+        and r["setting"].startswith("N=3:")
+    ]
+    return max(drops, key=lambda r: r["score"]) if drops else None
+
+
 def _frontier(rows: list[dict], budget: float) -> float | None:
     """The best score of ``rows`` at no more than ``budget`` FLOPs per example."""
     scores = [r["score"] for r in rows if r["flops_dynamic"] <= budget]
@@ -406,43 +426,36 @@ def slim_curves(rows: list[dict]) -> str:
             span = f"{lo / 1e6:.0f}-{hi / 1e6:.0f}"
             verdict = "met" if worst >= 0 else f"below by {-worst:.2f} at {at / 1e6:.0f} MFLOPs"
             lines.append(f"| {task} | {name} | {span} | {worst:+.2f} | {verdict} |")
-    if not lines:
-        return ""
-    head = [
-        "\nCOST-EFF (joint importance, every width and threshold) against each baseline, over "
+    return _table(
+        "COST-EFF (joint importance, every width and threshold) against each baseline, over "
         "the FLOPs budgets both reach: the smallest margin of COST-EFF's best score over the "
-        "baseline's best at the same budget (negative: the baseline is better there).\n",
-        "| task | baseline | shared budgets (MFLOPs) | smallest margin | verdict |",
-        "|---|---|---|---|---|",
-    ]
-    return "\n".join(head + lines) + "\n"
+        "baseline's best at the same budget (negative: the baseline is better there).",
+        ["task", "baseline", "shared budgets (MFLOPs)", "smallest margin", "verdict"],
+        lines,
+    )
 
 
 def slim_latency(rows: list[dict]) -> str:
     """How closely batch-32 latency follows FLOPs: each timed row's two ratios to the teacher."""
-    timed = []
+    teachers = {r["task"]: r for r in rows if r["method"] == "teacher" and r["setting"] == "full"}
+    lines = []
     for r in rows:
-        teacher = _pick(rows, r["task"], "full", "teacher")
+        teacher = teachers.get(r["task"])
         if teacher is None or r is teacher or r.get("latency_ratio_b32") is None:
             continue
         if r["method"].endswith("-cls"):
             continue
-        flops = r["flops_dynamic"] / teacher["flops_dynamic"]
-        timed.append((r, flops, r["latency_ratio_b32"]))
-    if not timed:
-        return ""
-    lines = [
-        "\nBatch-32 latency against FLOPs, both as ratios to the teacher (batched early exit; "
-        "latency / FLOPs above 1: the model runs slower than its FLOPs saving promises):\n",
-        "| task | method | setting | FLOPs ratio | batch-32 latency ratio | latency / FLOPs |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r, flops, lat in timed:
+        flops, lat = r["flops_dynamic"] / teacher["flops_dynamic"], r["latency_ratio_b32"]
         lines.append(
             f"| {r['task']} | {r['method']} | {r['setting']} | {flops:.3f} | {lat:.3f} "
             f"| {lat / flops:.2f} |"
         )
-    return "\n".join(lines) + "\n"
+    return _table(
+        "Batch-32 latency against FLOPs, both as ratios to the teacher (batched early exit; "
+        "latency / FLOPs above 1: the model runs slower than its FLOPs saving promises):",
+        ["task", "method", "setting", "FLOPs ratio", "batch-32 latency ratio", "latency / FLOPs"],
+        lines,
+    )
 
 
 def steps_summary(rows: list[dict]) -> str:
@@ -456,25 +469,19 @@ def steps_summary(rows: list[dict]) -> str:
         if teacher is None:
             continue
         fair = next((r for r in mine if r["method"] == "unshared-finetuned"), None)
-        drops = [
-            r for r in mine if r["method"].startswith("teacher-drop") and "N=3:" in r["setting"]
-        ]
-        drop = max((r["score"] for r in drops), default=None)
+        drop = _best_drop(mine, task)
         refs = f"{teacher['score']:.2f} / " + (f"{fair['score']:.2f}" if fair else "-")
-        refs += f" / {drop:.2f}" if drop is not None else " / -"
+        refs += f" / {drop['score']:.2f}" if drop is not None else " / -"
         for method in sorted({r["method"] for r in mine if r["method"].startswith("shared-g")}):
             got = [_pick(mine, task, s, method) for s in settings]
             cells = [f"{g['score']:.2f}" if g else "-" for g in got]
             lines.append(f"| {task} | {method} | " + " | ".join(cells) + f" | {refs} |")
-    if not lines:
-        return ""
-    head = [
-        "\nEvery task at a glance (main metric; teacher / unshared fine-tuned like the shared "
-        "models / best teacher cut to 3 passes):\n",
-        "| task | variant | N=6 | N=4 | N=3 (a=2) | N=2 | Heun 3 | Heun 2 | references |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    return "\n".join(head + lines) + "\n"
+    return _table(
+        "Every task at a glance (main metric; teacher / unshared fine-tuned like the shared "
+        "models / best teacher cut to 3 passes):",
+        ["task", "variant", "N=6", "N=4", "N=3 (a=2)", "N=2", "Heun 3", "Heun 2", "references"],
+        lines,
+    )
 
 
 def steps_targets(rows: list[dict]) -> str:
@@ -506,24 +513,18 @@ def decoder_summary(rows: list[dict]) -> str:
             speed = f"{tps[0]:.0f} / {tps[1]:.0f}" if None not in tps else "-"
             label = method.removeprefix("decoder-") + (f" ({kind})" if len(kinds) > 1 else "")
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {speed} |")
-    if not lines:
-        return ""
-    head = [
-        "\nDecoders, WikiText-2 test perplexity (lower is better; the unshared model cut to N "
-        "layers by its first N, or by Euler through every (6/N)-th layer):\n",
-        "| model | N=6 | N=4 | N=3 (a=2) | N=2 | Heun 3 | Heun 2 | tokens/s N=6 / N=3 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    return "\n".join(head + lines) + "\n"
+    return _table(
+        "Decoders, WikiText-2 test perplexity (lower is better; the unshared model cut to N "
+        "layers by its first N, or by Euler through every (6/N)-th layer):",
+        ["model", "N=6", "N=4", "N=3 (a=2)", "N=2", "Heun 3", "Heun 2", "tokens/s N=6 / N=3"],
+        lines,
+    )
 
 
 def _steps_sst2(rows: list[dict]) -> str:
     sst = [r for r in rows if r["task"] == "sst2"]
     teacher = _pick(sst, "sst2", "unshared, 6 layers", "teacher")
-    drops = [
-        r for r in sst if r["method"].startswith("teacher-drop") and r["setting"].startswith("N=3:")
-    ]
-    best_drop = max(drops, key=lambda r: r["score"]) if drops else None
+    best_drop = _best_drop(sst, "sst2")
     groups = sorted({r["extras"]["groups"] for r in sst if r["method"].startswith("shared-g")})
     lines = []
     for g, ln in [(g, ln) for g in groups for ln in ("", "-ln")]:

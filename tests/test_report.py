@@ -183,8 +183,7 @@ def test_steps_summary_lists_every_variant_with_its_references(report):
 
 def test_decoder_summary_rows_per_model_and_cut(report):
     def dec(method, setting, ppl, tps=None):
-        r = _row("wikitext2", method, setting, ppl, tokens_per_second=tps)
-        return r
+        return _row("wikitext2", method, setting, ppl, tokens_per_second=tps)
 
     rows = [
         dec("decoder-unshared", "N=6 euler", 170.0, 400.0),

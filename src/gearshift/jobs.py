@@ -195,7 +195,9 @@ def finetune(
     task = get_task(task_name)
     # a fresh task head is drawn from torch's RNG: seed first, or two runs of the same
     # command start from different heads (the Trainer seeds only after the model exists)
-    seed_everything((train_config or TrainConfig(output_dir=str(output_dir))).seed)
+    output_dir = Path(output_dir)
+    config = train_config or TrainConfig(output_dir=str(output_dir))
+    seed_everything(config.seed)
     if isinstance(model, (str, os.PathLike)):
         model_name = str(model)
         model, own_tokenizer = model_for_task(model_name, task)
@@ -210,8 +212,6 @@ def finetune(
             model.set_head(task.kind, task.num_labels, labels)
     train = TaskData.load(task, tokenizer, "train", train_limit, max_length, data_dir)
     dev = TaskData.load(task, tokenizer, "dev", dev_limit, max_length, data_dir)
-    output_dir = Path(output_dir)
-    config = train_config or TrainConfig(output_dir=str(output_dir))
     config.output_dir = str(output_dir)
     config.metric_for_best = config.metric_for_best or task.main_metric
     config.greater_is_better = task.greater_is_better
