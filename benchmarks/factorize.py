@@ -61,6 +61,7 @@ from gearshift.measure import (
 )
 from gearshift.methods.factorize import (
     FactorizeConfig,
+    calibrate,
     calibration_batches,
     compress,
     load_factorized,
@@ -342,6 +343,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         flush=True,
     )
     cal = calibration_batches(tokenizer, args.calibration, task, args.calibration_examples)
+    stats = None  # collected from the teacher once, on the first row that needs computing
     for ratio in args.ratios:
         for method in args.methods:
             for mode in args.modes:
@@ -349,9 +351,11 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
                 if args.resume and sink.has(task.name, row_method(method, mode), setting):
                     continue
                 config = factorize_config(method, ratio, mode == "grouped", args)
+                if stats is None:
+                    stats = calibrate(teacher, config, cal, fisher=True)
                 model = copy.deepcopy(teacher)
                 try:
-                    model, report = compress(model, config, cal)
+                    model, report = compress(model, config, stats=stats)
                 except Exception as exc:  # one failed setting must not lose the others
                     print(
                         f"[factorize] {task.name} {method} {mode} ratio {ratio:g}: FAILED: {exc}",

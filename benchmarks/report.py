@@ -61,7 +61,9 @@ NOTES["factorize"] = (
     "embedding). Autoencoders trained 300 steps per matrix or group (`--ae-steps 300`, to "
     "fit 2 cores). FLOPs and latency are measured once per model shape and task and reused "
     "for identically shaped models (`extras.costs_measured_on`); latency with 1 thread while "
-    "a second benchmark ran on the other core."
+    "a second benchmark ran on the other core. Compression time: rows of RTE and the "
+    "first MRPC rows include a 20 s X^T X pass that svd, ae and fwsvd do not need; later "
+    "rows charge only the calibration passes each method needs (docs/factorize.md)."
 )
 NOTES["exit_probe"] = (
     "What an exit can read: a linear probe (logistic regression; ridge for STS-B) per layer "

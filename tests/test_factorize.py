@@ -495,6 +495,39 @@ def test_calibration_methods_refuse_to_run_without_data():
         compress(small_model(), fast("svdllm"))
 
 
+@pytest.mark.parametrize("method", ["svdllm", "fwsvd", "ae-act"])
+def test_statistics_collected_once_give_the_same_compression(method):
+    from gearshift.methods.factorize import calibrate
+
+    cal = batches(4)
+    config = fast(method, modules=LINEARS + ["embeddings.word"], ae_steps=5)
+    stats = calibrate(small_model(), config, cal, fisher=True)
+    assert stats.gram_seconds > 0 and stats.fisher_seconds > 0
+    own, own_report = compress(small_model(), config, cal)
+    reused, report = compress(small_model(), config, stats=stats)
+    x = batches(1, seed=7)[0]
+    assert torch.equal(logits(own, x), logits(reused, x))
+    assert [m["output_error"] for m in report.modules] == [
+        m["output_error"] for m in own_report.modules
+    ]
+    needed = stats.seconds_for(config.needs_gram, config.needs_fisher)
+    assert report.calibration_seconds == needed and report.seconds >= needed
+    assert any("collected once and reused" in n for n in report.notes)
+
+
+def test_statistics_that_miss_what_the_method_reads_are_refused():
+    from gearshift.methods.factorize import calibrate
+
+    cal = batches(2)
+    grams_only = calibrate(small_model(), fast("svdllm", modules=["attn.q"]), cal)
+    with pytest.raises(
+        ConfigError, match=r"do not cover Fisher of blocks\.0\.attn\.q.*fisher=True"
+    ):
+        compress(small_model(), fast("fwsvd", modules=["attn.q"]), stats=grams_only)
+    with pytest.raises(ConfigError, match=r"do not cover blocks\.0\.attn\.k"):
+        compress(small_model(), fast("svdllm", modules=["attn.k"]), stats=grams_only)
+
+
 def test_fisher_without_labels_samples_them_and_without_head_refuses():
     model = small_model()
     model, report = compress(model, fast("fwsvd", modules=["attn.q"]), batches(labels=False))

@@ -22,7 +22,7 @@ from gearshift.methods.factorize.calibration import (
     calibration_batches,
     collect_statistics,
 )
-from gearshift.methods.factorize.compress import CompressionReport, compress
+from gearshift.methods.factorize.compress import CompressionReport, calibrate, compress
 from gearshift.methods.factorize.config import METHODS, MODULE_TYPES, FactorizeConfig
 from gearshift.methods.factorize.model import (
     is_factorized_folder,
@@ -53,6 +53,7 @@ __all__ = [
     "RowEncoder",
     "Whitening",
     "autoencoder_stored",
+    "calibrate",
     "calibration_batches",
     "code_size",
     "collect_statistics",

@@ -38,6 +38,7 @@ class CalibrationStats:
     ``grams``: ``X^T X`` (m x m, float64) over real tokens; ``tokens``: how many tokens each
     gram sums; ``token_counts``: (vocab,) occurrences of each token id (the embedding's
     ``X^T X`` diagonal); ``fisher``: summed squared gradients, shaped like the weight.
+    ``gram_seconds`` and ``fisher_seconds`` time the two passes (``seconds``: both).
     """
 
     grams: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -46,6 +47,12 @@ class CalibrationStats:
     fisher: dict[str, torch.Tensor] = field(default_factory=dict)
     examples: int = 0
     seconds: float = 0.0
+    gram_seconds: float = 0.0
+    fisher_seconds: float = 0.0
+
+    def seconds_for(self, gram: bool, fisher: bool) -> float:
+        """The collection time a method needing these statistics would have spent."""
+        return (self.gram_seconds if gram else 0.0) + (self.fisher_seconds if fisher else 0.0)
 
 
 def _inputs(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
@@ -80,8 +87,11 @@ def collect_statistics(
     try:
         if gram:
             _collect_grams(model, batches, linears, embedding, stats, device, progress)
+            stats.gram_seconds = time.perf_counter() - start
         if fisher:
+            fisher_start = time.perf_counter()
             _collect_fisher(model, batches, linears, embedding, stats, device, progress)
+            stats.fisher_seconds = time.perf_counter() - fisher_start
     finally:
         model.train(was_training)
     stats.examples = sum(int(torch.as_tensor(b["input_ids"]).shape[0]) for b in batches)

@@ -121,16 +121,63 @@ class CompressionReport:
 
 
 # ---------------------------------------------------------------------- entry point
+def calibrate(
+    model: nn.Module,
+    config: FactorizeConfig,
+    calibration_batches: Iterable[Mapping[str, Any]],
+    fisher: bool | None = None,
+) -> CalibrationStats:
+    """The calibration statistics of ``model`` for the modules ``config`` compresses.
+
+    Collect them once and pass them as ``compress(..., stats=...)`` to compress copies of
+    the same model several times (methods, ratios, modes) without re-reading the data.
+    ``fisher``: also the Fisher weights (default: only if ``config`` needs them; pass True
+    to serve fwsvd and ``ae_fisher`` too).
+    """
+    targets = find_targets(model, config)
+    linears = {t.name: t.module for t in targets if t.type != EMBEDDING_TYPE}
+    emb = next((t.module for t in targets if t.type == EMBEDDING_TYPE), None)
+    return collect_statistics(
+        model,
+        calibration_batches,
+        linears,
+        emb,
+        gram=True,  # also for methods that do not need it: the report's output errors
+        fisher=config.needs_fisher if fisher is None else fisher,
+        progress=config.progress,
+    )
+
+
+def _check_stats(stats: CalibrationStats, targets: list[Target], config: FactorizeConfig) -> None:
+    """Refuse statistics that do not cover what ``config`` reads from them."""
+    missing = [t.name for t in targets if t.type != EMBEDDING_TYPE and t.name not in stats.grams]
+    if any(t.type == EMBEDDING_TYPE for t in targets) and stats.token_counts is None:
+        missing.append("word embedding token counts")
+    if config.needs_fisher:
+        missing += [f"Fisher of {t.name}" for t in targets if t.name not in stats.fisher]
+    if missing:
+        raise ConfigError(
+            f"the calibration statistics given do not cover {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}: collect them with "
+            f"calibrate(model, config, batches{', fisher=True' if config.needs_fisher else ''}) "
+            "on the same (uncompressed) model"
+        )
+
+
 def compress(
     model: nn.Module,
     config: FactorizeConfig,
     calibration_batches: Iterable[Mapping[str, Any]] | None = None,
+    stats: CalibrationStats | None = None,
 ) -> tuple[nn.Module, CompressionReport]:
     """Compress ``model`` in place; return ``(model, report)``.
 
     ``calibration_batches`` (padded batch dicts, a few hundred examples) are needed by
     svdllm and ae-act (inputs' X^T X) and by fwsvd and ``ae_fisher`` (task-loss gradients);
     given to any method, they also yield each module's relative output error in the report.
+    ``stats``: statistics already collected from this model by :func:`calibrate` (then the
+    batches are not read); the report's times charge the collection passes this method
+    needs, so they stay comparable with a compression that collects its own.
     The config is recorded as ``model.factorize_config`` and the report as
     ``model.factorize_report`` (both saved by :func:`save_factorized`).
     """
@@ -145,25 +192,26 @@ def compress(
     report = CompressionReport(config.method, config.ratio, config.grouped)
     report.params_before = count_parameters(model)
 
-    stats = None
-    if config.needs_gram or config.needs_fisher or calibration_batches is not None:
+    charged = 0.0  # collection time spent before this call, on this method's behalf
+    if stats is not None:
+        _check_stats(stats, targets, config)
+        charged = stats.seconds_for(config.needs_gram, config.needs_fisher)
+        report.calibration_examples, report.calibration_seconds = stats.examples, charged
+        report.notes.append(
+            f"calibration statistics collected once and reused; {charged:.1f} s of collection "
+            "charged (the passes this method needs)"
+            if config.needs_gram or config.needs_fisher
+            else "calibration statistics collected once and reused, for the report's output "
+            "errors only: this method reads no data, no collection time charged"
+        )
+    elif config.needs_gram or config.needs_fisher or calibration_batches is not None:
         if calibration_batches is None:
             what = "X^T X of its inputs" if config.needs_gram else "Fisher weights"
             raise ConfigError(
                 f"method {config.method} needs calibration data ({what}): pass calibration_batches, "
                 "e.g. methods.factorize.calibration_batches(tokenizer, 'task', task='sst2')"
             )
-        linears = {t.name: t.module for t in targets if t.type != EMBEDDING_TYPE}
-        emb = next((t.module for t in targets if t.type == EMBEDDING_TYPE), None)
-        stats = collect_statistics(
-            model,
-            calibration_batches,
-            linears,
-            emb,
-            gram=True,  # also for methods that do not need it: the report's output errors
-            fisher=config.needs_fisher,
-            progress=config.progress,
-        )
+        stats = calibrate(model, config, calibration_batches)
         report.calibration_examples, report.calibration_seconds = stats.examples, stats.seconds
 
     for unit in tqdm(units, desc=f"factorize ({config.method})", disable=not config.progress):
@@ -189,7 +237,7 @@ def compress(
     report.flops_per_token_before = sum(m["flops_per_token_before"] for m in report.modules)
     report.flops_per_token_after = sum(m["flops_per_token_after"] for m in report.modules)
     report.decode_flops = sum(m.get("decode_flops", 0) for m in report.modules)
-    report.seconds = time.perf_counter() - start
+    report.seconds = time.perf_counter() - start + charged
     model.factorize_config = config
     model.factorize_report = report
     logger.info("%s", report.summary())
