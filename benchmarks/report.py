@@ -97,8 +97,10 @@ NOTES["steps"] = (
     "keep `extras.dev_predictions`: the targets below call a difference better only when "
     "McNemar's exact test gives p < 0.05. `latency_ratio_*` are to the "
     "teacher, `extras.latency_ratio_b32_vs_n6` to the same model at N = 6, interleaved in one "
-    "run, 1 thread, while two other benchmarks ran on the machine's 2 cores: batch-1 ratios "
-    "are noisy (a model at N = 6 has the teacher's cost). `extras.distil_curve` holds the "
+    "run, 1 thread. The SST-2 `shared-g1-*` rows (both LayerNorm choices) were measured on "
+    "a quiet machine (other jobs paused, 2026-11-22 19:30 UTC); the other rows while two other "
+    "benchmarks ran on the 2 cores, where batch-1 ratios are noisy (a model at N = 6 has the "
+    "teacher's cost). `extras.distil_curve` holds the "
     "held-out fidelity during distillation."
 )
 COLUMNS = {  # the table of each benchmark, here and in the scripts' own printouts
