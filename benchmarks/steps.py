@@ -446,13 +446,11 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
         else:
             plans = {(n, s): step_plan(model.config, n, solver=s) for n, s in settings(args)}
         ref_ppl = None
+        speed = generation_speed(model, prompt, plans, args.gen_tokens, args.gen_repeats, L)
         for (n, s), plan in plans.items():
             ppl = perplexity(model, test, plan=plan)
             ref_ppl = ppl if (n == L and s == "euler") else ref_ppl
-            gen = None
-            if s != "heun":
-                generate(model, prompt[:1], 4, plan=plan)  # warm-up
-                gen = generate(model, prompt, args.gen_tokens, plan=plan)
+            tps, speedup = speed.get((n, s), (None, None))
             steps = plan.steps if plan is not None else model.steps
             rows.append(
                 OperatingPoint(
@@ -475,13 +473,39 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
                             steps, "heun" if s == "heun" else "euler"
                         ),
                         "train_steps": args.lm_steps,
-                        "tokens_per_second": gen.tokens_per_second if gen else None,
+                        "tokens_per_second": tps,
+                        "generation_speedup_vs_n6": speedup,
+                        "generation_repeats": args.gen_repeats,
                         "model_dir": str(folder),
                     },
                 ).to_dict()
             )
         print(markdown_table(rows[-len(plans) :], COLUMNS), flush=True)
     return rows
+
+
+def generation_speed(
+    model, prompt: torch.Tensor, plans: dict, new_tokens: int, repeats: int, layers: int
+) -> dict[tuple[int, str], tuple[float, float]]:
+    """Greedy generation speed of every Euler plan: ``(tokens/s, speed-up over N = layers)``,
+    medians over ``repeats`` rounds that run each plan once in turn, so every plan meets the
+    same machine load and each round's ratio compares like with like."""
+    import statistics
+
+    timed = {k: p for k, p in plans.items() if k[1] != "heun"}  # Heun cannot use the cache
+    for plan in timed.values():
+        generate(model, prompt[:1], 4, plan=plan)  # warm-up
+    tps: dict[tuple[int, str], list[float]] = {k: [] for k in timed}
+    ratios: dict[tuple[int, str], list[float]] = {k: [] for k in timed}
+    for _ in range(repeats):
+        this_round = {
+            k: generate(model, prompt, new_tokens, plan=p).tokens_per_second
+            for k, p in timed.items()
+        }
+        for k, v in this_round.items():
+            tps[k].append(v)
+            ratios[k].append(v / this_round[(layers, "euler")])
+    return {k: (statistics.median(tps[k]), statistics.median(ratios[k])) for k in timed}
 
 
 # ---------------------------------------------------------------------- initialisation
@@ -615,6 +639,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=400, help="WikiText-2 test blocks scored")
     p.add_argument("--gen-tokens", type=int, default=32)
+    p.add_argument(
+        "--gen-repeats",
+        type=int,
+        default=7,
+        help="decoders: rounds of generation timing (every N in turn; medians)",
+    )
     p.add_argument("--init-steps", type=int, default=150, help="part init: distillation steps")
     p.add_argument("--init-texts", type=int, default=256, help="part init: test paragraphs")
     p.add_argument("--runs", default="runs/steps")
@@ -631,6 +661,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.lm_steps = min(args.lm_steps, 4)
         args.eval_blocks = min(args.eval_blocks, 8)
         args.gen_tokens = min(args.gen_tokens, 4)
+        args.gen_repeats = min(args.gen_repeats, 2)
         args.init_steps = min(args.init_steps, 2)
         args.init_texts = min(args.init_texts, 16)
         if args.runs == "runs/steps":
