@@ -214,7 +214,8 @@ def _verdict(value: float | None, target: float, higher_is_better: bool, unit: s
     met = value >= target if higher_is_better else value <= target
     if met:
         return "met"
-    return f"missed by {abs(value - target):.2f}{unit}"
+    gap = abs(value - target)
+    return f"missed by {gap:.2f}{unit}" if gap >= 0.1 else f"missed by {gap:.3f}{unit}"
 
 
 def _better(a: dict, b: dict) -> str:
@@ -234,9 +235,10 @@ def _better(a: dict, b: dict) -> str:
         if test.better():
             return f"met ({counts})"
         return f"{'not significant' if diff > 0 else 'missed'} ({counts})"
-    return (
-        _verdict(diff, 1e-9, True, " points") + " (significance not tested: no predictions stored)"
+    plain = (
+        "met" if diff > 0 else "missed: a tie" if diff == 0 else f"missed: {-diff:.2f} points worse"
     )
+    return plain + " (significance not tested: no predictions stored)"
 
 
 def _mean(xs: list) -> float | None:

@@ -74,9 +74,9 @@ def test_steps_targets_met_and_missed(report):
 
     missed = report.steps_targets(_steps_rows(aware_a2=79.0, naive_a2=79.0, ratio_b32=0.6))
     assert "drop 6.00 | missed by 4.50 points |" in missed
-    assert f"(79.00) | +0.00 | missed by 0.00 points {untested} |" in missed  # a tie: not better
-    assert f"| -1.00 | missed by 1.00 points {untested} |" in missed
-    assert "| 0.600 | missed by 0.05 |" in missed
+    assert f"(79.00) | +0.00 | missed: a tie {untested} |" in missed  # a tie: not better
+    assert f"| -1.00 | missed: 1.00 points worse {untested} |" in missed
+    assert "| 0.600 | missed by 0.050 |" in missed
 
 
 def test_factorize_targets_average_only_complete_rows(report):
@@ -199,3 +199,9 @@ def test_decoder_summary_rows_per_model_and_cut(report):
     assert "| shared-g1-step-aware | 180.0 | - | 185.0 | - | 181.0 | - | 410 / 700 |" in text
     assert text.index("unshared (first)") < text.index("shared-g1-step-aware")
     assert report.decoder_summary([]) == ""
+
+
+def test_a_near_miss_is_not_printed_as_missed_by_zero(report):
+    assert report._verdict(0.5552, 0.55, False) == "missed by 0.005"
+    assert report._verdict(5.3, 0.0, True) == "met"
+    assert report._verdict(91.2, 96.5, True, " pp") == "missed by 5.30 pp"
