@@ -507,17 +507,15 @@ def decoder_summary(rows: list[dict]) -> str:
         mine = [r for r in dec if r["method"] == method]
         kinds = ["first", "drop-euler"] if method == "decoder-unshared" else ["euler"]
         for kind in kinds:
-            cells = []
-            for n in (6, 4, 3, 2):
-                got = _pick(mine, "wikitext2", f"N={n} {'euler' if n == 6 else kind}")
-                cells.append(f"{got['score']:.1f}" if got else "-")
-            for n in (3, 2):
-                got = _pick(mine, "wikitext2", f"N={n} heun")
-                cells.append(f"{got['score']:.1f}" if got else "-")
-            at = [_pick(mine, "wikitext2", f"N={n} {'euler' if n == 6 else kind}") for n in (6, 3)]
-            tps = [t["extras"].get("tokens_per_second") if t else None for t in at]
+            at = {
+                n: _pick(mine, "wikitext2", f"N={n} {'euler' if n == 6 else kind}")
+                for n in (6, 4, 3, 2)
+            }
+            heun = [_pick(mine, "wikitext2", f"N={n} heun") for n in (3, 2)]
+            cells = [f"{got['score']:.1f}" if got else "-" for got in [*at.values(), *heun]]
+            tps = [at[n]["extras"].get("tokens_per_second") if at[n] else None for n in (6, 3)]
             speed = f"{tps[0]:.0f} / {tps[1]:.0f}" if None not in tps else "-"
-            gain = at[1]["extras"].get("generation_speedup_vs_n6") if at[1] else None
+            gain = at[3]["extras"].get("generation_speedup_vs_n6") if at[3] else None
             speed += f" ({gain:.2f}x)" if gain else ""
             label = method.removeprefix("decoder-") + (f" ({kind})" if len(kinds) > 1 else "")
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {speed} |")

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -490,8 +491,6 @@ def generation_speed(
     """Greedy generation speed of every Euler plan: ``(tokens/s, speed-up over N = layers)``,
     medians over ``repeats`` rounds that run each plan once in turn, so every plan meets the
     same machine load and each round's ratio compares like with like."""
-    import statistics
-
     timed = {k: p for k, p in plans.items() if k[1] != "heun"}  # Heun cannot use the cache
     for plan in timed.values():
         generate(model, prompt[:1], 4, plan=plan)  # warm-up
