@@ -18,7 +18,11 @@ model at N = 6 and to the teacher, batch 1 and 32, measured interleaved in one r
 ``--train-limit`` below a task's training-set size the unshared pre-trained model is also
 fine-tuned on the same examples
 with the same recipe (``unshared-finetuned``): the fair reference for the shared models,
-since the teacher saw the whole training split.
+since the teacher saw the whole training split. The pre-trained model cut to its first N
+layers (``--cut-references``, default N = 3, i.e. a = 2) and fine-tuned with the same recipe
+and data (``unshared-cut-finetuned``) is what a user might do instead of sharing: the
+honest comparison for "dropping half the layers". ``--groups`` with no value measures only
+the teacher and the references.
 
 Decoders. A small GPT-2-style model (pre-LN, 6 x 256, an 8k byte-level BPE)
 trained from scratch on WikiText-2 valid (the data folder has no train split): unshared,
@@ -50,6 +54,7 @@ import torch
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
 from report import command_line
 
+from gearshift.constants import CONFIG_NAME
 from gearshift.data import compute_metrics, get_task, load_examples
 from gearshift.jobs import (
     TEACHER_RECIPES,
@@ -73,6 +78,7 @@ from gearshift.measure import (
     markdown_table,
     plot_tradeoff,
 )
+from gearshift.methods.slim.jobs import truncate_layers
 from gearshift.methods.steps import (
     generate,
     layer_evaluations,
@@ -82,7 +88,7 @@ from gearshift.methods.steps import (
     steps_from_sizes,
 )
 from gearshift.methods.steps.jobs import _test_text, finetune_steps, pretrain_decoder, share_model
-from gearshift.runtime import load_pretrained, load_tokenizer
+from gearshift.runtime import load_pretrained, load_tokenizer, save_model
 from gearshift.runtime.plan import ForwardPlan, Step
 from gearshift.train import TrainConfig
 
@@ -248,6 +254,16 @@ def _finetune(model: str, name: str, sizes: list[float], task, args) -> Path:
     return res.model_dir
 
 
+def cut_pretrained(n: int, args: argparse.Namespace) -> Path:
+    """The pre-trained model cut to its first ``n`` layers, saved once (no task head) under
+    ``<runs>/unshared-cut<n>/init``: the start of the ``unshared-cut-finetuned`` reference."""
+    folder = Path(args.runs) / f"unshared-cut{n}" / "init"
+    if not (folder / CONFIG_NAME).exists():
+        cut = truncate_layers(load_pretrained(MODEL), n)
+        save_model(cut, folder, load_tokenizer(MODEL), {"base_model": MODEL, "cut_layers": n})
+    return folder
+
+
 def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list[dict]:
     task = get_task(task_name)
     root = teacher_dir(task.name, MODEL)
@@ -350,6 +366,24 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                 teacher_score,
                 extras | _lat(lat, "unshared"),
             )
+        )
+    limited = bool(args.train_limit) and limits_training(task, args.train_limit)
+    for n in args.cut_references if args.reference else []:
+        if not 1 <= n < L:
+            continue
+        # what a user might do instead of sharing: keep the first n layers, fine-tune them
+        # with the shared models' recipe and data
+        best = _finetune(str(cut_pretrained(n, args)), f"unshared-cut{n}", [1.0], task, args)
+        model = load_pretrained(str(best)).eval()
+        lat = timer.ratios({"teacher": fns["teacher"], "cut": forward_fn(model)}, "teacher")
+        score, preds = scored(model)
+        extras = {"block_evaluations": n, "model_dir": str(best), **preds, **_lat(lat, "cut")}
+        setting = f"N={n}: first {n} layers of the pre-trained model, fine-tuned"
+        if limited:
+            extras["train_limit"] = args.train_limit
+            setting += f" on {args.train_limit} examples"
+        rows.append(
+            row("unshared-cut-finetuned", setting, model, None, score, teacher_score, extras)
         )
     for groups in args.groups:
         for mode in args.modes:
@@ -589,7 +623,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("part", choices=["encoders", "decoders", "init"])
     p.add_argument("--tasks", nargs="+", default=GLUE5)
-    p.add_argument("--groups", type=int, nargs="+", default=[1, 2])
+    p.add_argument(
+        "--groups",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="sharing: 1 = fully shared, 2 = two groups (no value: only teacher and references)",
+    )
     p.add_argument(
         "--modes", nargs="+", default=["naive", "step-aware"], choices=["naive", "step-aware"]
     )
@@ -626,7 +666,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-reference",
         dest="reference",
         action="store_false",
-        help="with --train-limit: skip fine-tuning the unshared model on the same examples",
+        help="skip the references fine-tuned like the shared models (unshared-finetuned, "
+        "unshared-cut-finetuned)",
+    )
+    p.add_argument(
+        "--cut-references",
+        type=int,
+        nargs="*",
+        default=[3],
+        help="encoders: also fine-tune the pre-trained model cut to its first N layers, like "
+        "the shared models (default: 3, the depth of a = 2)",
     )
     p.add_argument("--dev-limit", type=int)
     p.add_argument("--profile-limit", type=int, default=128, help="dev texts for FLOPs and latency")

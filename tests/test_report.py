@@ -61,6 +61,14 @@ def test_steps_targets_met_and_missed(report):
         "(on 100 examples), scores 86.50: the shared model at a = 1 sits 1.50 points" in with_fair
     )
     assert "What more distillation buys" not in with_fair
+    assert "not a target" not in with_fair
+
+    cut = _row("sst2", "unshared-cut-finetuned", "N=3: first 3 layers of the pre-trained", 85.5)
+    with_cut = report.steps_targets([*_steps_rows(84.0, 60.0, 0.52), cut])
+    assert (
+        "| (not a target) better than the pre-trained model's first 3 layers fine-tuned the "
+        f"same way (85.50) | -1.50 | missed: 1.50 points worse {untested} |" in with_cut
+    )
 
     longer = [
         _row("sst2", "shared-g1-step-aware-d1800", "N=6 euler", 86.5, groups=1),
@@ -173,11 +181,17 @@ def test_steps_summary_lists_every_variant_with_its_references(report):
     ]
     text = report.steps_summary(rows)
     assert (
-        "| sst2 | shared-g1-step-aware | 85.00 | - | 84.00 | - | - | - | 88.00 / - / 80.00 |"
+        "| sst2 | shared-g1-step-aware | 85.00 | - | 84.00 | - | - | - | 88.00 / - / - / 80.00 |"
         in text
     )
     assert "| sst2 | shared-g1-naive | 86.00 | - | 60.00 |" in text
-    assert "| mrpc | shared-g1-step-aware | - | - | 79.50 | - | - | - | 86.00 / - / - |" in text
+    assert "| mrpc | shared-g1-step-aware | - | - | 79.50 | - | - | - | 86.00 / - / - / - |" in text
+    cut = _row("mrpc", "unshared-cut-finetuned", "N=3: first 3 layers of the pre-trained", 82.0)
+    text = report.steps_summary([*rows, cut])
+    assert (
+        "| mrpc | shared-g1-step-aware | - | - | 79.50 | - | - | - | 86.00 / - / 82.00 / - |"
+        in (text)
+    )
     assert report.steps_summary([_row("rte", "teacher", "unshared, 6 layers", 60.0)]) == ""
 
 
