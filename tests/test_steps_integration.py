@@ -40,9 +40,17 @@ def test_share_finetune_and_eval_through_the_cli(tmp_path, capsys):
         "3",
         "--layerwise",
         "--no-progress",
+        "--eval-texts",
+        "4",
+        "--eval-every",
+        "2",
     ]
     assert main(args) == 0
     folder = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"]
+    logged = [json.loads(line) for line in (shared / "log.jsonl").read_text().splitlines()]
+    fidelity = [r for r in logged if r.get("kind") == "eval"]
+    assert [r["step"] for r in fidelity][:1] == [2]  # every 2 steps (and at the end)
+    assert all(0.0 < r["cos_a1"] <= 1.0 and r["mse_a2"] > 0.0 for r in fidelity)
     model = load_pretrained(folder)
     assert model.config.layer_to_block == [0, 0, 0, 1, 1, 1] and len(model.blocks) == 2
     teacher = load_pretrained("minilm-l6")

@@ -87,6 +87,14 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--text", default="wikitext2", help="'wikitext2' or a .txt file")
     p.add_argument("--task", help="add this task's training sentences (labels unused)")
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument(
+        "--eval-texts",
+        type=int,
+        default=0,
+        help="held-out WikiText-2 test passages: log the student's fidelity to the teacher "
+        "(cosine and MSE of the final states at a = 1 and 2) to OUTPUT/log.jsonl",
+    )
+    p.add_argument("--eval-every", type=int, default=100, help="steps between those checks")
     _train_args(p, lr=1e-4, steps=2000)
     p.set_defaults(func=cmd_share)
 
@@ -130,7 +138,12 @@ def add_cli(subparsers: Any) -> None:
 def cmd_share(args: argparse.Namespace) -> int:
     from .jobs import share_model
 
-    config = _config(args) if args.max_steps else None
+    if args.eval_texts < 0 or args.eval_every < 1:
+        raise SystemExit(
+            f"--eval-texts {args.eval_texts} / --eval-every {args.eval_every}: give a count of "
+            "0 or more passages and a positive number of steps"
+        )
+    config = _config(args, eval_every=args.eval_every) if args.max_steps else None
     out = share_model(
         args.model,
         args.output,
@@ -146,6 +159,7 @@ def cmd_share(args: argparse.Namespace) -> int:
         train_config=config,
         resume=args.resume,
         data_dir=args.data_dir,
+        eval_texts=args.eval_texts,
     )
     print(json.dumps({"model": str(out)}))
     return 0
