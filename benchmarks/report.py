@@ -95,6 +95,9 @@ NOTES["steps"] = (
     "first N layers and fine-tuned the same way (what a user might do instead of sharing). "
     "`teacher-drop-*` rows cut the fine-tuned teacher to N layer "
     "passes with no re-training (its first N layers, or Euler through every (6/N)-th layer). "
+    "`fidelity-*` rows (`steps.py fidelity`) score no task: the cosine x 100 of a shared "
+    "model's final hidden states to the teacher's on that task's dev inputs (wikitext2: test "
+    "text) before fine-tuning. "
     "`decoder-*` rows (task wikitext2) score perplexity, lower is better. Classification rows "
     "keep `extras.dev_predictions`: the targets below call a difference better only when "
     "McNemar's exact test gives p < 0.05. `latency_ratio_*` are to the "
@@ -514,7 +517,44 @@ def steps_targets(rows: list[dict]) -> str:
     """SST-2: each shared model at a = 2 (N = 3 Euler steps) against itself at a = 1, the
     naive model at a = 2 and the teacher cut to 3 layer passes; its layer latency at a = 2.
     Then every task's scores in one table (``steps_summary``)."""
-    return _steps_sst2(rows) + steps_summary(rows) + decoder_summary(rows)
+    return _steps_sst2(rows) + steps_summary(rows) + steps_fidelity(rows) + decoder_summary(rows)
+
+
+def steps_fidelity(rows: list[dict]) -> str:
+    """How good a copy of the teacher each shared model is (``steps.py fidelity``): cosine of
+    its final hidden states to the teacher's at N = 6 and 3, on WikiText-2 test text and
+    averaged over the task dev inputs measured, and the share of the teacher's variance
+    around its mean state it explains at N = 6."""
+    fid = [r for r in rows if r["method"].startswith("fidelity-")]
+    lines = []
+    for method in sorted({r["method"] for r in fid}, key=lambda m: ("mean-state" not in m, m)):
+        mine = [r for r in fid if r["method"] == method]
+        tasks = sorted({r["task"] for r in mine} - {"wikitext2"})
+
+        def cos(task: str, n: int, mine: list[dict] = mine, method: str = method) -> float | None:
+            got = _pick(mine, task, f"N={n}", method)
+            return got["score"] if got else None
+
+        wiki = [cos("wikitext2", n) for n in (6, 3)]
+        dev = [_mean([cos(t, n) for t in tasks]) for n in (6, 3)]
+        full = _pick(mine, "wikitext2", "N=6", method)
+        ev = full["extras"].get("explained_variance") if full else None
+        cells = [" / ".join("-" if x is None else f"{x:.1f}" for x in pair) for pair in (wiki, dev)]
+        cells.append("-" if ev is None else f"{100 * ev:.0f}%")
+        lines.append(f"| {method.removeprefix('fidelity-')} | " + " | ".join(cells) + " |")
+    return _table(
+        "How good a copy of MiniLM-L6 each shared model is before fine-tuning (`steps.py "
+        "fidelity`): cosine x 100 of its final hidden states to the teacher's (real tokens); "
+        "the teacher's mean state given to every token is the floor; explained variance is "
+        "1 - MSE / the mean state's MSE:",
+        [
+            "model",
+            "WikiText-2 test, N=6 / N=3",
+            "task dev inputs (mean), N=6 / N=3",
+            "explained variance, N=6",
+        ],
+        lines,
+    )
 
 
 def decoder_summary(rows: list[dict]) -> str:
@@ -556,15 +596,16 @@ def _steps_sst2(rows: list[dict]) -> str:
     cut = _cut_reference(sst, "sst2")
     groups = sorted({r["extras"]["groups"] for r in sst if r["method"].startswith("shared-g")})
     lines = []
-    for g, ln in [(g, ln) for g in groups for ln in ("", "-ln")]:
-        aware = _pick(sst, "sst2", "N=3 euler", f"shared-g{g}-step-aware{ln}")
-        full = _pick(sst, "sst2", "N=6 euler", f"shared-g{g}-step-aware{ln}")
+    for g, ln, pg in [(g, ln, pg) for g in groups for ln in ("", "-ln") for pg in ("", "-pg")]:
+        aware = _pick(sst, "sst2", "N=3 euler", f"shared-g{g}-step-aware{ln}{pg}")
+        full = _pick(sst, "sst2", "N=6 euler", f"shared-g{g}-step-aware{ln}{pg}")
         naive = _pick(sst, "sst2", "N=3 euler", f"shared-g{g}-naive{ln}")
         naive_full = _pick(sst, "sst2", "N=6 euler", f"shared-g{g}-naive{ln}")
         if aware is None or full is None:
             continue
         sharing = "fully shared" if g == 1 else f"{g} groups"
         sharing += ", per-layer LayerNorms" if ln else ""
+        sharing += ", a step size drawn per group" if pg else ""
         a2, a1 = aware["score"], full["score"]
         lines += [
             f"SST-2, {sharing}, step-aware, at a = 2 (N = 3 Euler steps): {a2:.2f}; "
@@ -614,19 +655,18 @@ def _steps_sst2(rows: list[dict]) -> str:
                     f"{limit} examples), scores {fair['score']:.2f}: the shared model at a = 1 "
                     f"sits {fair['score'] - a1:.2f} points below it."
                 )
-            for mode in ("step-aware", "naive"):
+            for mode in ("step-aware", "naive") if not pg else ("step-aware",):
+                stem = f"shared-g{g}-{mode}{ln}" + (pg if mode == "step-aware" else "")
                 longer = sorted(
                     {
                         r["method"]
                         for r in sst
-                        if r["method"].startswith(f"shared-g{g}-{mode}{ln}-d")
-                        and r["method"][len(f"shared-g{g}-{mode}{ln}-d") :].isdigit()
+                        if r["method"].startswith(f"{stem}-d")
+                        and r["method"][len(f"{stem}-d") :].isdigit()
                     },
                     key=lambda m: int(m.rsplit("-d", 1)[1]),
                 )
-                base = [
-                    _pick(sst, "sst2", f"N={n} euler", f"shared-g{g}-{mode}{ln}") for n in (6, 3)
-                ]
+                base = [_pick(sst, "sst2", f"N={n} euler", stem) for n in (6, 3)]
                 for method in longer:
                     got = [_pick(sst, "sst2", f"N={n} euler", method) for n in (6, 3)]
                     if None in got or None in base:

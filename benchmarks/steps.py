@@ -35,6 +35,13 @@ Initialisation (``init``). The shared block from its layers' mean or from one of
 WikiText-2 test text at N = 6 and 3, right after sharing and after a short distillation
 (with the encoders' LayerNorm choice).
 
+Fidelity (``fidelity``). How good a copy of MiniLM-L6 each distilled shared model already in
+``runs/steps/`` is (nothing is trained): cosine and MSE of its final hidden states to the
+teacher's on real tokens, at N = 6, 4, 3, 2, on WikiText-2 test text and on each task's dev
+inputs, beside two floors: the teacher's mean state given to every token, and the shared
+model as initialised (its layers' mean, no distillation). ``explained_variance`` is
+1 - MSE / (the mean state's MSE).
+
 Every stage trains into ``runs/steps/`` and resumes there; rows go to
 ``benchmarks/results/steps.json`` (written after every model, rows of settings not run
 this time are kept), plots to ``benchmarks/results/steps_<task>.png``.
@@ -145,14 +152,26 @@ def limits_training(task, limit: int) -> bool:
 
 
 def variant_name(
-    groups: int, mode: str, layer_norms: bool = False, distil_steps: int | None = None
+    groups: int,
+    mode: str,
+    layer_norms: bool = False,
+    distil_steps: int | None = None,
+    per_group: bool = False,
 ) -> str:
-    """``shared-g<G>-<mode>``, ``-ln`` with per-layer norms, ``-d<steps>`` when distilled for
-    other than the default DISTIL_STEPS (so a longer run gets its own folder and rows)."""
+    """``shared-g<G>-<mode>``, ``-ln`` with per-layer norms, ``-pg`` when a step-aware model
+    of several groups draws a step size per group, ``-d<steps>`` when distilled for other
+    than the default DISTIL_STEPS (so a longer run gets its own folder and rows)."""
     name = f"shared-g{groups}-{mode}" + ("-ln" if layer_norms else "")
+    if per_group and groups > 1 and mode == "step-aware":
+        name += "-pg"
     if distil_steps is not None and distil_steps != DISTIL_STEPS:
         name += f"-d{distil_steps}"
     return name
+
+
+def encoder_variant(groups: int, mode: str, args: argparse.Namespace) -> str:
+    """The name (and ``runs/steps/`` folder) of an encoder variant under ``args``."""
+    return variant_name(groups, mode, args.layer_norms, args.distil_steps, args.per_group_steps)
 
 
 def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfig:
@@ -172,7 +191,7 @@ def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfi
 
 def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
-    name = variant_name(groups, mode, args.layer_norms, args.distil_steps)
+    name = encoder_variant(groups, mode, args)
     out = Path(args.runs) / name
     cfg = distil_config(args, out, args.distil_steps)
     start = time.perf_counter()
@@ -191,6 +210,7 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
         train_config=cfg,
         resume=True,
         eval_texts=8 if args.quick else 64,
+        per_group_steps=args.per_group_steps,
     )
     print(
         f"[steps] {name}: distilled ({args.distil_steps} steps) "
@@ -203,11 +223,7 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
 def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]:
     """The held-out fidelity logged during a variant's distillation (``eval`` entries of its
     ``log.jsonl``): step, cosine and MSE to the teacher's final states at a = 1 and 2."""
-    log = (
-        Path(args.runs)
-        / variant_name(groups, mode, args.layer_norms, args.distil_steps)
-        / "log.jsonl"
-    )
+    log = Path(args.runs) / encoder_variant(groups, mode, args) / "log.jsonl"
     if not log.is_file():
         return []
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -217,8 +233,7 @@ def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]
 
 def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
-    name = variant_name(groups, mode, args.layer_norms, args.distil_steps)
-    return _finetune(str(folder), name, sizes, task, args)
+    return _finetune(str(folder), encoder_variant(groups, mode, args), sizes, task, args)
 
 
 def _finetune(model: str, name: str, sizes: list[float], task, args) -> Path:
@@ -245,6 +260,7 @@ def _finetune(model: str, name: str, sizes: list[float], task, args) -> Path:
         train_limit=args.train_limit,
         dev_limit=args.dev_limit,
         resume=True,
+        per_group_steps=args.per_group_steps,
     )
     print(
         f"[steps] {name} {task.name}: fine-tuned, dev {res.metric} "
@@ -404,6 +420,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                 extras = {
                     "groups": groups,
                     "training": mode,
+                    "per_group_steps": args.per_group_steps and groups > 1,
                     "layer_norms": args.layer_norms,
                     "solver": s,
                     "n_steps": n,
@@ -422,7 +439,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                     extras["latency_ratio_b32_vs_n6"] = lat[32][f"{n}-{s}"] / lat[32][f"{L}-euler"]
                 rows.append(
                     row(
-                        f"{variant_name(groups, mode, args.layer_norms, args.distil_steps)}",
+                        encoder_variant(groups, mode, args),
                         f"N={n} {s}",
                         model,
                         plan,
@@ -446,7 +463,11 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
     variants = [(None, "naive")] + [(g, m) for g in args.groups for m in args.modes]
     rows: list[dict] = []
     for groups, mode in variants:
-        name = "unshared" if groups is None else variant_name(groups, mode)
+        name = (
+            "unshared"
+            if groups is None
+            else variant_name(groups, mode, per_group=args.per_group_steps)
+        )
         out = Path(args.runs) / "decoder" / name
         cfg = TrainConfig(
             output_dir=str(out),
@@ -467,6 +488,7 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
             args.block_size,
             train_config=cfg,
             resume=True,
+            per_group_steps=args.per_group_steps,
         )
         print(f"[steps] decoder {name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
         model = load_pretrained(str(folder)).eval()
@@ -542,6 +564,22 @@ def generation_speed(
 
 
 # ---------------------------------------------------------------------- initialisation
+def cosine_row(task: str, method: str, n: int, cos: float, command: str, extras: dict) -> dict:
+    """A row that scores the cosine (x 100) of a model's hidden states to the teacher's at N
+    steps (parts init and fidelity)."""
+    return OperatingPoint(
+        task=task,
+        model=MODEL,
+        method=method,
+        setting=f"N={n}",
+        metric="cosine",
+        score=cos * 100,
+        reference_score=100.0,
+        command=command,
+        extras=extras,
+    ).to_dict()
+
+
 def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
     """Mean against one chosen layer as the shared block's start: the cosine of the shared
     model's final hidden states to the unshared MiniLM-L6's on WikiText-2 test text, at N =
@@ -589,16 +627,13 @@ def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
             for n in (6, 3):
                 after = cosine(tuned, n)
                 rows.append(
-                    OperatingPoint(
-                        task="wikitext2",
-                        model=MODEL,
-                        method=f"shared-g{groups}-init-{init}{ln}",
-                        setting=f"N={n}",
-                        metric="cosine",
-                        score=after * 100,
-                        reference_score=100.0,
-                        command=command,
-                        extras={
+                    cosine_row(
+                        "wikitext2",
+                        f"shared-g{groups}-init-{init}{ln}",
+                        n,
+                        after,
+                        command,
+                        {
                             "cosine_at_init": before[n],
                             "cosine_after_distillation": after,
                             "distil_steps": args.init_steps,
@@ -606,7 +641,7 @@ def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
                             "init": init,
                             "layer_norms": args.layer_norms,
                         },
-                    ).to_dict()
+                    )
                 )
             print(
                 f"[steps] init g{groups} {init}: cosine to the teacher at N=6 "
@@ -616,12 +651,83 @@ def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
     return rows
 
 
+def fidelity_rows(args: argparse.Namespace, command: str) -> list[dict]:
+    """Cosine and MSE of each distilled shared model's final hidden states to the unshared
+    MiniLM-L6's (real tokens), at each of ``--n-steps``, on WikiText-2 test text and each task's dev
+    inputs; floors: the teacher's mean state for every token, the mean-initialised model."""
+    from gearshift.data.raw import pack_sentences, text_features
+    from gearshift.methods.steps import make_shared
+
+    teacher = load_pretrained(MODEL, head_kind=None).eval()
+    tok = load_tokenizer(MODEL)
+    n_texts = args.fidelity_texts
+    feats, collate = text_features(tok, pack_sentences(_test_text(None))[:n_texts], 128)
+    sources = {"wikitext2": [collate(feats[i : i + 32]) for i in range(0, len(feats), 32)]}
+    for name in args.tasks:
+        texts = dev_texts(get_task(name), n_texts)
+        chunks = [texts[i : i + 32] for i in range(0, len(texts), 32)]
+        sources[get_task(name).name] = [make_batch(tok, c, len(c)) for c in chunks]
+
+    def inputs(b: dict) -> dict:
+        return {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
+
+    ln = "-ln" if args.layer_norms else ""
+    models = {
+        f"shared-g{g}-init-mean{ln}": make_shared(
+            teacher, groups=g, init="mean", layer_norms=args.layer_norms
+        ).eval()
+        for g in args.groups
+    }
+    for g in args.groups:
+        for mode in args.modes:
+            name = encoder_variant(g, mode, args)
+            folder = Path(args.runs) / name / "model"
+            if (folder / CONFIG_NAME).exists():
+                models[name] = load_pretrained(str(folder), head_kind=None).eval()
+            else:
+                print(f"[steps] fidelity: no distilled {name} in {folder}, skipped", flush=True)
+    rows = []
+
+    def point(task: str, method: str, n: int, cos: float, mse: float, extras: dict) -> dict:
+        extras = {"mse": mse, "texts": n_texts, **extras}
+        return cosine_row(task, f"fidelity-{method}", n, cos, command, extras)
+
+    with torch.inference_mode():
+        for source, batches in sources.items():
+            refs = [(b, teacher(**inputs(b)).last_hidden_state) for b in batches]
+            states = torch.cat([t[b["attention_mask"].bool()] for b, t in refs])
+            mean = states.mean(0)
+            floor = float((states - mean).pow(2).mean())
+            cos = float(torch.cosine_similarity(states, mean[None], dim=-1).mean())
+            rows.append(
+                point(source, "teacher-mean-state", 6, cos, floor, {"explained_variance": 0.0})
+            )
+            for name, model in models.items():
+                for n in args.n_steps:
+                    plan = step_plan(model.config, n)
+                    got = torch.cat(
+                        [
+                            model(**inputs(b), plan=plan).last_hidden_state[
+                                b["attention_mask"].bool()
+                            ]
+                            for b, _ in refs
+                        ]
+                    )
+                    cos = float(torch.cosine_similarity(got, states, dim=-1).mean())
+                    mse = float((got - states).pow(2).mean())
+                    extras = {"explained_variance": 1 - mse / floor}
+                    rows.append(point(source, name, n, cos, mse, extras))
+            shown = 1 + len(args.n_steps) * len(models)
+            print(markdown_table(rows[-shown:], COLUMNS), flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("part", choices=["encoders", "decoders", "init"])
+    p.add_argument("part", choices=["encoders", "decoders", "init", "fidelity"])
     p.add_argument("--tasks", nargs="+", default=GLUE5)
     p.add_argument(
         "--groups",
@@ -634,6 +740,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--modes", nargs="+", default=["naive", "step-aware"], choices=["naive", "step-aware"]
     )
     p.add_argument("--step-sizes", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    p.add_argument(
+        "--per-group-steps",
+        action="store_true",
+        help="step-aware models of several groups draw a step size per group, so mixed plans "
+        "(N = 3 over two groups of three: steps 1.5, 1.5, 3) are trained too (variants *-pg)",
+    )
     p.add_argument(
         "--layer-norms",
         action="store_true",
@@ -695,6 +807,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--init-steps", type=int, default=150, help="part init: distillation steps")
     p.add_argument("--init-texts", type=int, default=256, help="part init: test paragraphs")
+    p.add_argument(
+        "--fidelity-texts",
+        type=int,
+        default=128,
+        help="part fidelity: WikiText-2 test passages and dev inputs per task",
+    )
     p.add_argument("--runs", default="runs/steps")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny budgets everywhere")
@@ -712,6 +830,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.gen_repeats = min(args.gen_repeats, 2)
         args.init_steps = min(args.init_steps, 2)
         args.init_texts = min(args.init_texts, 16)
+        args.fidelity_texts = min(args.fidelity_texts, 16)
         if args.runs == "runs/steps":
             args.runs = "runs/steps-quick"
         if args.out == RESULTS:
@@ -728,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
             sink.add(decoder_rows(args, command))
         elif args.part == "init":
             sink.add(init_rows(args, command))
+        elif args.part == "fidelity":
+            sink.add(fidelity_rows(args, command))
         else:
             for task in args.tasks:
                 rows = encoder_rows(task, args, command)

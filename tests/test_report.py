@@ -80,6 +80,18 @@ def test_steps_targets_met_and_missed(report):
         "a = 1 (+1.50) and 85.00 at a = 2 (+1.00)." in more
     )
 
+    per_group = [
+        _row("sst2", "shared-g1-step-aware-pg", "N=6 euler", 85.5, groups=1, distil_steps=600),
+        _row("sst2", "shared-g1-step-aware-pg", "N=3 euler", 85.0, groups=1),
+    ]
+    with_pg = report.steps_targets([*_steps_rows(84.0, 60.0, 0.52), *per_group])
+    assert (
+        "fully shared, a step size drawn per group, step-aware, at a = 2 (N = 3 Euler steps): 85.00"
+        in (with_pg)
+    )
+    assert "| within 1.5 points of itself at a = 1 | drop 0.50 | met |" in with_pg
+    assert f"naive model at a = 2 (60.00) | +25.00 | met {untested} |" in with_pg
+
     missed = report.steps_targets(_steps_rows(aware_a2=79.0, naive_a2=79.0, ratio_b32=0.6))
     assert "drop 6.00 | missed by 4.50 points |" in missed
     assert f"(79.00) | +0.00 | missed: a tie {untested} |" in missed  # a tie: not better
@@ -193,6 +205,24 @@ def test_steps_summary_lists_every_variant_with_its_references(report):
         in (text)
     )
     assert report.steps_summary([_row("rte", "teacher", "unshared, 6 layers", 60.0)]) == ""
+
+
+def test_steps_fidelity_averages_the_task_texts(report):
+    rows = [
+        _row("wikitext2", "fidelity-teacher-mean-state", "N=6", 30.0, explained_variance=0.0),
+        _row("wikitext2", "fidelity-shared-g1-naive-ln", "N=6", 55.0, explained_variance=0.32),
+        _row("wikitext2", "fidelity-shared-g1-naive-ln", "N=3", 38.0),
+        _row("sst2", "fidelity-shared-g1-naive-ln", "N=6", 50.0),
+        _row("mrpc", "fidelity-shared-g1-naive-ln", "N=6", 40.0),
+        _row("sst2", "fidelity-shared-g1-naive-ln", "N=3", 36.0),
+        _row("sst2", "shared-g1-naive-ln", "N=6 euler", 80.0),  # a score row: not fidelity
+    ]
+    text = report.steps_fidelity(rows)
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert lines[1] == "| teacher-mean-state | 30.0 / - | - / - | 0% |"  # the floor first
+    # mrpc has no N=3 row: the N=3 mean is over the tasks that have one
+    assert lines[2] == "| shared-g1-naive-ln | 55.0 / 38.0 | 45.0 / 36.0 | 32% |"
+    assert report.steps_fidelity(rows[-1:]) == ""
 
 
 def test_decoder_summary_rows_per_model_and_cut(report):

@@ -16,6 +16,7 @@ from gearshift.methods.steps import (
     collate_blocks,
     decoder_config,
     distil_shared,
+    draw_group_sizes,
     generate,
     held_out_fidelity,
     lm_blocks,
@@ -25,6 +26,7 @@ from gearshift.methods.steps import (
     step_aware_loss,
     step_plan,
     step_sizes,
+    steps_for_group_sizes,
     steps_for_size,
     steps_from_sizes,
 )
@@ -294,6 +296,52 @@ def test_step_aware_loss_draws_from_the_set():
     a2 = fn(model, b)
     assert a1[1] == a2[1] and torch.equal(a1[0], a2[0])
     assert not torch.equal(at2, plain)
+
+
+def test_group_step_sizes_make_the_mixed_plans_inference_uses():
+    cfg = tiny(groups=2).config  # two groups of three layers
+    sizes = lambda steps: [st.step_size for st in steps]  # noqa: E731
+    mixed = steps_for_group_sizes(cfg, (1.5, 3.0))
+    assert sizes(mixed) == [1.5, 1.5, 3.0] == sizes(step_plan(cfg, 3).steps)
+    assert [st.block for st in mixed] == [0, 0, 1]
+    for a in (1.0, 1.5, 2.0, 3.0):  # equal sizes: exactly the one-draw steps
+        assert steps_for_group_sizes(cfg, (a, a)) == steps_for_size(cfg, a)
+    with pytest.raises(ConfigError, match="3 step sizes for 2 groups"):
+        steps_for_group_sizes(cfg, (1.0, 2.0, 3.0))
+
+
+def test_per_group_draws_mix_sizes_and_leave_one_group_unchanged():
+    two = tiny(groups=2).config
+    torch.manual_seed(0)
+    one_draw = {draw_group_sizes(two, [1, 1.5, 3]) for _ in range(40)}
+    assert all(len(set(d)) == 1 for d in one_draw)  # one size for the whole model
+    torch.manual_seed(0)
+    per_group = {draw_group_sizes(two, [1, 1.5, 3], per_group=True) for _ in range(40)}
+    assert any(len(set(d)) == 2 for d in per_group) and len(per_group) == 9  # every pair
+    # with one group the two rules are the same draw: same sizes, same RNG use after
+    full = tiny(groups=1).config
+    got = []
+    for per in (False, True):
+        torch.manual_seed(3)
+        got.append(([draw_group_sizes(full, [1, 2, 3], per) for _ in range(10)], torch.rand(1)))
+    assert got[0][0] == got[1][0] and torch.equal(got[0][1], got[1][1])
+
+
+def test_per_group_step_aware_training_runs_mixed_plans():
+    teacher = tiny(seed=3)
+    student = make_shared(teacher, groups=2)
+    module = ShareDistillation(student, teacher, (1.0, 3.0), layerwise=True, per_group=True)
+    ids, mask = batch()
+    torch.manual_seed(0)
+    logged = [module({"input_ids": ids, "attention_mask": mask})[1]["a"] for _ in range(12)]
+    assert 2.0 in logged  # (1, 3) or (3, 1): the mean step size is logged
+    assert {(1.0, 3.0), (3.0, 1.0)} <= set(module._plans)
+    model = tiny_decoder(groups=2)
+    b = collate_blocks(lm_blocks(CharTokenizer(), ["some text here"] * 20, block_size=8)[:4])
+    fn = step_aware_loss([1, 3], per_group=True)
+    torch.manual_seed(0)
+    drawn = {fn(model, b)[1]["a"] for _ in range(12)}
+    assert drawn == {1.0, 2.0, 3.0}
 
 
 # ---------------------------------------------------------------------- making shared models

@@ -22,9 +22,11 @@ from .share import (
     INITS,
     ShareDistillation,
     distil_shared,
+    draw_group_sizes,
     group_layers,
     held_out_fidelity,
     make_shared,
+    steps_for_group_sizes,
     steps_for_size,
 )
 from .solver import (
@@ -61,6 +63,8 @@ __all__ = [
     "step_aware_loss",
     "step_plan",
     "step_sizes",
+    "draw_group_sizes",
+    "steps_for_group_sizes",
     "steps_for_size",
     "steps_from_sizes",
     "train_tokenizer",

@@ -36,6 +36,12 @@ def _sizes(p: argparse.ArgumentParser, what: str) -> None:
         help=f"step-aware {what}: each batch runs at a step size drawn from these "
         "(e.g. 1 1.5 2 3); the default 1 is naive training",
     )
+    p.add_argument(
+        "--per-group-steps",
+        action="store_true",
+        help="each group of shared layers draws its own step size, so mixed plans (two "
+        "groups of three layers at N = 3: steps 1.5, 1.5, 3) are trained too",
+    )
 
 
 def _config(args: argparse.Namespace, **kw: Any):
@@ -160,6 +166,7 @@ def cmd_share(args: argparse.Namespace) -> int:
         resume=args.resume,
         data_dir=args.data_dir,
         eval_texts=args.eval_texts,
+        per_group_steps=args.per_group_steps,
     )
     print(json.dumps({"model": str(out)}))
     return 0
@@ -188,6 +195,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         args.train_limit,
         args.dev_limit,
         args.resume,
+        per_group_steps=args.per_group_steps,
     )
     print(json.dumps({"model": str(res.model_dir), res.metric: res.score}))
     return 0
@@ -206,6 +214,7 @@ def cmd_decoder(args: argparse.Namespace) -> int:
         _config(args),
         resume=args.resume,
         data_dir=args.data_dir,
+        per_group_steps=args.per_group_steps,
     )
     print(json.dumps({"model": str(out)}))
     return 0

@@ -34,7 +34,7 @@ from gearshift.runtime.config import HeadConfig, ModelConfig
 from gearshift.runtime.model import Transformer
 from gearshift.runtime.plan import ForwardPlan
 
-from .share import group_layers, steps_for_size
+from .share import draw_group_sizes, group_layers, steps_for_group_sizes
 
 
 def decoder_config(
@@ -161,18 +161,26 @@ def collate_blocks(features: Sequence[dict[str, list[int]]]) -> dict[str, torch.
     }
 
 
-def step_aware_loss(step_sizes: Sequence[float]) -> Callable[[Any, dict], tuple]:
+def step_aware_loss(
+    step_sizes: Sequence[float], per_group: bool = False
+) -> Callable[[Any, dict], tuple]:
     """A Trainer ``loss_fn``: each batch runs at one step size drawn (with torch's RNG, so an
-    exact resume replays it) from ``step_sizes``; the model's own task/LM loss is returned.
-    ``(1,)`` is ordinary training."""
+    exact resume replays it) from ``step_sizes`` (``per_group``: one per group of shared
+    layers, :func:`draw_group_sizes`); the model's own task/LM loss is returned. ``(1,)`` is
+    ordinary training."""
     sizes = [float(a) for a in step_sizes]
     if not sizes or any(not a > 0 for a in sizes):
         raise ConfigError(f"step sizes {list(step_sizes)} must be positive numbers")
 
     def loss_fn(model: Any, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         inner = getattr(model, "module", model)
-        a = sizes[int(torch.randint(len(sizes), ()).item())]
-        plan = None if a == 1.0 else ForwardPlan(steps=steps_for_size(inner.config, a))
+        drawn = draw_group_sizes(inner.config, sizes, per_group)
+        plan = (
+            None
+            if set(drawn) == {1.0}
+            else ForwardPlan(steps=steps_for_group_sizes(inner.config, drawn))
+        )
+        a = drawn[0] if len(set(drawn)) == 1 else sum(drawn) / len(drawn)
         device = next(inner.parameters()).device
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
         out = model(**inputs, labels=batch["labels"].to(device), plan=plan)

@@ -47,12 +47,14 @@ def share_model(
     resume: bool = False,
     data_dir: str | None = None,
     eval_texts: int = 0,
+    per_group_steps: bool = False,
 ) -> Path:
     """Make a shared copy of ``model_name`` and distil it on raw text; returns the folder of
     the result (``<output_dir>/model``). Without ``train_config`` the shared model is saved
     as initialised, with no distillation. ``eval_texts > 0``: that many held-out passages of
     WikiText-2 *test* (the training text is its valid split) measure the student's fidelity
-    to the teacher at a = 1 and 2 every ``train_config.eval_every`` steps (``log.jsonl``)."""
+    to the teacher at a = 1 and 2 every ``train_config.eval_every`` steps (``log.jsonl``).
+    ``per_group_steps``: each group of shared layers draws its own step size per batch."""
     teacher = load_pretrained(model_name, head_kind=None).eval()
     tokenizer = load_tokenizer(model_name)
     student = make_shared(teacher, groups=groups, init=init, layer_norms=layer_norms)
@@ -81,6 +83,7 @@ def share_model(
         config,
         step_sizes=step_sizes,
         layerwise=layerwise,
+        per_group=per_group_steps,
         tokenizer=tokenizer,
         extra=extra,
         resume=resume,
@@ -98,9 +101,11 @@ def finetune_steps(
     train_limit: int | None = None,
     dev_limit: int | None = None,
     resume: bool = False,
+    per_group_steps: bool = False,
 ):
     """Fine-tune (the shared) ``model_name`` on a task; with ``step_sizes`` each batch runs
-    at a step size drawn from the set. Model selection scores dev at step 1."""
+    at a step size drawn from the set (``per_group_steps``: one per group of shared layers).
+    Model selection scores dev at step 1."""
     from gearshift.jobs import finetune
 
     return finetune(
@@ -111,8 +116,15 @@ def finetune_steps(
         train_limit,
         dev_limit,
         resume=resume,
-        loss_fn=step_aware_loss(step_sizes) if tuple(step_sizes) != (1.0,) else None,
-        extra={"step_aware": {"step_sizes": [float(a) for a in step_sizes]}},
+        loss_fn=(
+            step_aware_loss(step_sizes, per_group_steps) if tuple(step_sizes) != (1.0,) else None
+        ),
+        extra={
+            "step_aware": {
+                "step_sizes": [float(a) for a in step_sizes],
+                "per_group_steps": per_group_steps,
+            }
+        },
     )
 
 
@@ -127,6 +139,7 @@ def pretrain_decoder(
     model_kwargs: dict[str, Any] | None = None,
     resume: bool = False,
     data_dir: str | None = None,
+    per_group_steps: bool = False,
 ) -> Path:
     """Pre-train a small GPT-2-style decoder from scratch on WikiText-2's validation text
     (the data folder has no train split; perplexity is measured on its test split), unshared
@@ -154,6 +167,7 @@ def pretrain_decoder(
         "decoder": {
             "groups": groups,
             "step_sizes": [float(a) for a in step_sizes],
+            "per_group_steps": per_group_steps,
             "text": "wikitext2 valid",
             "block_size": block_size,
             "tokenizer": tokenizer_name or "byte-level BPE 8192, trained on the same text",
@@ -163,7 +177,7 @@ def pretrain_decoder(
         model,
         blocks,
         config,
-        loss_fn=step_aware_loss(step_sizes),
+        loss_fn=step_aware_loss(step_sizes, per_group_steps),
         collate_fn=collate_blocks,
         save_model_fn=lambda m, path: save_model(m, path, tokenizer, meta),
     )

@@ -126,6 +126,37 @@ def steps_for_size(config: ModelConfig, a: float) -> list:
     return make_steps(config, n_steps=n)
 
 
+def steps_for_group_sizes(config: ModelConfig, sizes: Sequence[float]) -> list:
+    """The steps when each group of shared layers runs at its own step size: ``sizes[g]``
+    gives group g ``max(1, round(L_g / sizes[g]))`` equal steps. Equal sizes give exactly
+    :func:`steps_for_size`'s steps."""
+    groups = shared_groups(config.layer_to_block)
+    if len(sizes) != len(groups):
+        raise ConfigError(f"{len(sizes)} step sizes for {len(groups)} groups of shared layers")
+    if len(set(sizes)) == 1:
+        return steps_for_size(config, float(sizes[0]))
+    out: list[float] = []
+    for (_, _, length), a in zip(groups, sizes):
+        n = max(1, round(length / float(a)))
+        out += [length / n] * n
+    return make_steps(config, sizes=out)
+
+
+def draw_group_sizes(
+    config: ModelConfig, step_sizes: Sequence[float], per_group: bool = False
+) -> tuple[float, ...]:
+    """This batch's step size for each group of shared layers, drawn with torch's RNG (so an
+    exact resume replays it) from ``step_sizes``: one draw for the whole model, or with
+    ``per_group`` one per group, so that mixed plans (two groups of three layers at N = 3:
+    steps of 1.5, 1.5 and 3) are trained too. With one group both are the same draw."""
+    n_groups = len(shared_groups(config.layer_to_block))
+    draws = n_groups if per_group else 1
+    picks = [
+        float(step_sizes[int(torch.randint(len(step_sizes), ()).item())]) for _ in range(draws)
+    ]
+    return tuple(picks) if per_group else tuple(picks * n_groups)
+
+
 class ShareDistillation(nn.Module):
     """The module the Trainer trains: the shared student and its loss against the teacher.
 
@@ -138,6 +169,7 @@ class ShareDistillation(nn.Module):
         teacher: Transformer,
         step_sizes: Sequence[float] = (1.0,),
         layerwise: bool = False,
+        per_group: bool = False,
     ) -> None:
         super().__init__()
         if student.config.num_layers != teacher.config.num_layers:
@@ -151,7 +183,8 @@ class ShareDistillation(nn.Module):
         self._teacher = (teacher.eval().requires_grad_(False),)  # not a submodule: not trained
         self.step_sizes = [float(a) for a in step_sizes]
         self.layerwise = layerwise
-        self._plans = {a: steps_for_size(student.config, a) for a in self.step_sizes}
+        self.per_group = per_group
+        self._plans: dict[tuple[float, ...], list] = {}
 
     @property
     def teacher(self) -> Transformer:
@@ -168,9 +201,12 @@ class ShareDistillation(nn.Module):
         device = next(self.student.parameters()).device
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
         mask = inputs.get("attention_mask")
-        # one draw per batch from torch's RNG, so the Trainer's RNG checkpoint replays it
-        a = self.step_sizes[int(torch.randint(len(self.step_sizes), ()).item())]
-        steps = self._plans[a]
+        # drawn from torch's RNG, so the Trainer's RNG checkpoint replays it
+        sizes = draw_group_sizes(self.student.config, self.step_sizes, self.per_group)
+        if sizes not in self._plans:
+            self._plans[sizes] = steps_for_group_sizes(self.student.config, sizes)
+        steps = self._plans[sizes]
+        a = sizes[0] if len(set(sizes)) == 1 else sum(sizes) / len(sizes)
         with torch.no_grad():
             ref = self.teacher(**inputs, output_hidden_states=self.layerwise)
         out = self.student(
@@ -247,6 +283,7 @@ def distil_shared(
     *,
     step_sizes: Sequence[float] = (1.0,),
     layerwise: bool = False,
+    per_group: bool = False,
     tokenizer: Any = None,
     extra: dict[str, Any] | None = None,
     resume: bool = False,
@@ -256,11 +293,13 @@ def distil_shared(
     """Distil ``teacher`` into the shared ``student`` on ``features`` (raw text); the final
     student is saved as a gearshift model folder at ``<output_dir>/model``. With
     ``eval_batches`` (held-out text), :func:`held_out_fidelity` at a = 1 and 2 is logged every
-    ``config.eval_every`` steps (and at the end)."""
-    module = ShareDistillation(student, teacher, step_sizes, layerwise)
+    ``config.eval_every`` steps (and at the end). ``per_group``: each group of shared layers
+    draws its own step size per batch (:func:`draw_group_sizes`)."""
+    module = ShareDistillation(student, teacher, step_sizes, layerwise, per_group)
     meta = {
         "shared": {
             "step_sizes": list(module.step_sizes),
+            "per_group_steps": per_group,
             "layerwise": layerwise,
             **(extra or {}),
         }
