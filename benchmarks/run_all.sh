@@ -28,6 +28,7 @@ for part in ${parts[@]}; do
     steps)     "$py" benchmarks/steps.py init
                "$py" benchmarks/steps.py encoders --tasks sst2 --train-limit 16000
                "$py" benchmarks/steps.py encoders --tasks mrpc rte stsb cola
+               "$py" benchmarks/steps.py fidelity
                "$py" benchmarks/steps.py decoders ;;
     *) echo "unknown part $part (teachers plugins factorize slim steps)" >&2; exit 2 ;;
   esac
