@@ -92,7 +92,8 @@ NOTES["steps"] = (
     "were distilled longer. `N=3 euler` is a = 2. `unshared-finetuned` is the unshared "
     "pre-trained model fine-tuned exactly like the shared ones (the fair reference where the "
     "teacher saw more data); `unshared-cut-finetuned` is the pre-trained model cut to its "
-    "first N layers and fine-tuned the same way (what a user might do instead of sharing). "
+    "first N layers and fine-tuned the same way (what a user might do instead of sharing); "
+    "`scratch-finetuned` the same architecture from random weights fine-tuned the same way. "
     "`teacher-drop-*` rows cut the fine-tuned teacher to N layer "
     "passes with no re-training (its first N layers, or Euler through every (6/N)-th layer). "
     "`fidelity-*` rows (`steps.py fidelity`) score no task: the cosine x 100 of a shared "
@@ -654,6 +655,13 @@ def _steps_sst2(rows: list[dict]) -> str:
                     f"The fair reference, the unshared model fine-tuned like the shared ones (on "
                     f"{limit} examples), scores {fair['score']:.2f}: the shared model at a = 1 "
                     f"sits {fair['score'] - a1:.2f} points below it."
+                )
+            scratch = next((r for r in sst if r["method"] == "scratch-finetuned"), None)
+            if scratch is not None:
+                lines.append(
+                    f"The same architecture from random weights, fine-tuned like them, scores "
+                    f"{scratch['score']:.2f}: the shared model at a = 1 is "
+                    f"{a1 - scratch['score']:+.2f} points from it (what it kept of pre-training)."
                 )
             for mode in ("step-aware", "naive") if not pg else ("step-aware",):
                 stem = f"shared-g{g}-{mode}{ln}" + (pg if mode == "step-aware" else "")

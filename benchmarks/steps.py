@@ -21,8 +21,10 @@ with the same recipe (``unshared-finetuned``): the fair reference for the shared
 since the teacher saw the whole training split. The pre-trained model cut to its first N
 layers (``--cut-references``, default N = 3, i.e. a = 2) and fine-tuned with the same recipe
 and data (``unshared-cut-finetuned``) is what a user might do instead of sharing: the
-honest comparison for "dropping half the layers". ``--groups`` with no value measures only
-the teacher and the references.
+honest comparison for "dropping half the layers". ``--scratch-reference`` adds the same
+architecture from a random initialisation fine-tuned the same way (``scratch-finetuned``):
+what fine-tuning alone reaches, so the shared models' gain over it is what they kept from
+pre-training. ``--groups`` with no value measures only the teacher and the references.
 
 Decoders. A small GPT-2-style model (pre-LN, 6 x 256, an 8k byte-level BPE)
 trained from scratch on WikiText-2 valid (the data folder has no train split): unshared,
@@ -88,6 +90,7 @@ from gearshift.measure import (
 from gearshift.methods.slim.jobs import truncate_layers
 from gearshift.methods.steps import (
     generate,
+    init_weights,
     layer_evaluations,
     lm_blocks,
     perplexity,
@@ -270,6 +273,18 @@ def _finetune(model: str, name: str, sizes: list[float], task, args) -> Path:
     return res.model_dir
 
 
+def scratch_model(args: argparse.Namespace) -> Path:
+    """MiniLM-L6's architecture and tokenizer with random weights (GPT-2-style init, seed 42),
+    saved once under ``<runs>/scratch/init``: the start of the ``scratch-finetuned``
+    reference."""
+    folder = Path(args.runs) / "scratch" / "init"
+    if not (folder / CONFIG_NAME).exists():
+        torch.manual_seed(42)
+        model = init_weights(load_pretrained(MODEL))
+        save_model(model, folder, load_tokenizer(MODEL), {"base_model": MODEL, "random_init": 42})
+    return folder
+
+
 def cut_pretrained(n: int, args: argparse.Namespace) -> Path:
     """The pre-trained model cut to its first ``n`` layers, saved once (no task head) under
     ``<runs>/unshared-cut<n>/init``: the start of the ``unshared-cut-finetuned`` reference."""
@@ -384,23 +399,27 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
             )
         )
     limited = bool(args.train_limit) and limits_training(task, args.train_limit)
-    for n in args.cut_references if args.reference else []:
-        if not 1 <= n < L:
-            continue
-        # what a user might do instead of sharing: keep the first n layers, fine-tune them
-        # with the shared models' recipe and data
-        best = _finetune(str(cut_pretrained(n, args)), f"unshared-cut{n}", [1.0], task, args)
+
+    def reference(method: str, name: str, start: Path, layers: int, setting: str) -> dict:
+        """``start`` fine-tuned like the shared models (their recipe and data), scored."""
+        best = _finetune(str(start), name, [1.0], task, args)
         model = load_pretrained(str(best)).eval()
-        lat = timer.ratios({"teacher": fns["teacher"], "cut": forward_fn(model)}, "teacher")
+        lat = timer.ratios({"teacher": fns["teacher"], name: forward_fn(model)}, "teacher")
         score, preds = scored(model)
-        extras = {"block_evaluations": n, "model_dir": str(best), **preds, **_lat(lat, "cut")}
-        setting = f"N={n}: first {n} layers of the pre-trained model, fine-tuned"
+        extras = {"block_evaluations": layers, "model_dir": str(best), **preds, **_lat(lat, name)}
         if limited:
             extras["train_limit"] = args.train_limit
             setting += f" on {args.train_limit} examples"
-        rows.append(
-            row("unshared-cut-finetuned", setting, model, None, score, teacher_score, extras)
-        )
+        return row(method, setting, model, None, score, teacher_score, extras)
+
+    for n in args.cut_references if args.reference else []:
+        if 1 <= n < L:  # what a user might do instead of sharing: keep the first n layers
+            setting = f"N={n}: first {n} layers of the pre-trained model, fine-tuned"
+            cut = cut_pretrained(n, args)
+            rows.append(reference("unshared-cut-finetuned", f"unshared-cut{n}", cut, n, setting))
+    if args.reference and args.scratch_reference:
+        setting = "random init, 6 layers, fine-tuned"
+        rows.append(reference("scratch-finetuned", "scratch", scratch_model(args), L, setting))
     for groups in args.groups:
         for mode in args.modes:
             folder = make_variant(groups, mode, args)
@@ -780,6 +799,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         help="skip the references fine-tuned like the shared models (unshared-finetuned, "
         "unshared-cut-finetuned)",
+    )
+    p.add_argument(
+        "--scratch-reference",
+        action="store_true",
+        help="encoders: also fine-tune the architecture from random weights, like the shared "
+        "models (what fine-tuning alone reaches)",
     )
     p.add_argument(
         "--cut-references",

@@ -62,6 +62,13 @@ def test_steps_targets_met_and_missed(report):
     )
     assert "What more distillation buys" not in with_fair
     assert "not a target" not in with_fair
+    assert "random weights" not in with_fair
+    scratch = _row("sst2", "scratch-finetuned", "random init, 6 layers, fine-tuned", 78.0)
+    with_scratch = report.steps_targets([*_steps_rows(84.0, 60.0, 0.52), scratch])
+    assert (
+        "fine-tuned like them, scores 78.00: the shared model at a = 1 is +7.00 points"
+        in with_scratch
+    )
 
     cut = _row("sst2", "unshared-cut-finetuned", "N=3: first 3 layers of the pre-trained", 85.5)
     with_cut = report.steps_targets([*_steps_rows(84.0, 60.0, 0.52), cut])
