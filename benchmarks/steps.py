@@ -85,6 +85,7 @@ from gearshift.measure import (
     forward_fn,
     make_batch,
     markdown_table,
+    model_inputs,
     plot_tradeoff,
 )
 from gearshift.methods.slim.jobs import truncate_layers
@@ -616,7 +617,7 @@ def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
         plan = step_plan(model.config, n)
         sims = []
         for b in batches:
-            inputs = {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
+            inputs = model_inputs(b)
             keep = b["attention_mask"].bool()
             h = model(**inputs, plan=plan).last_hidden_state[keep]
             t = teacher(**inputs).last_hidden_state[keep]
@@ -680,15 +681,13 @@ def fidelity_rows(args: argparse.Namespace, command: str) -> list[dict]:
     teacher = load_pretrained(MODEL, head_kind=None).eval()
     tok = load_tokenizer(MODEL)
     n_texts = args.fidelity_texts
-    feats, collate = text_features(tok, pack_sentences(_test_text(None))[:n_texts], 128)
+    passages = pack_sentences(_test_text(None))[:n_texts]
+    feats, collate = text_features(tok, passages, args.max_length)
     sources = {"wikitext2": [collate(feats[i : i + 32]) for i in range(0, len(feats), 32)]}
     for name in args.tasks:
         texts = dev_texts(get_task(name), n_texts)
         chunks = [texts[i : i + 32] for i in range(0, len(texts), 32)]
-        sources[get_task(name).name] = [make_batch(tok, c, len(c)) for c in chunks]
-
-    def inputs(b: dict) -> dict:
-        return {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
+        sources[get_task(name).name] = [make_batch(tok, c, len(c), args.max_length) for c in chunks]
 
     ln = "-ln" if args.layer_norms else ""
     models = {
@@ -713,7 +712,7 @@ def fidelity_rows(args: argparse.Namespace, command: str) -> list[dict]:
 
     with torch.inference_mode():
         for source, batches in sources.items():
-            refs = [(b, teacher(**inputs(b)).last_hidden_state) for b in batches]
+            refs = [(b, teacher(**model_inputs(b)).last_hidden_state) for b in batches]
             states = torch.cat([t[b["attention_mask"].bool()] for b, t in refs])
             mean = states.mean(0)
             floor = float((states - mean).pow(2).mean())
@@ -726,7 +725,7 @@ def fidelity_rows(args: argparse.Namespace, command: str) -> list[dict]:
                     plan = step_plan(model.config, n)
                     got = torch.cat(
                         [
-                            model(**inputs(b), plan=plan).last_hidden_state[
+                            model(**model_inputs(b), plan=plan).last_hidden_state[
                                 b["attention_mask"].bool()
                             ]
                             for b, _ in refs

@@ -34,7 +34,7 @@ from gearshift.runtime.config import HeadConfig, ModelConfig
 from gearshift.runtime.model import Transformer
 from gearshift.runtime.plan import ForwardPlan
 
-from .share import draw_group_sizes, group_layers, steps_for_group_sizes
+from .share import draw_group_sizes, group_layers, logged_size, steps_for_group_sizes
 
 
 def decoder_config(
@@ -180,7 +180,7 @@ def step_aware_loss(
             if set(drawn) == {1.0}
             else ForwardPlan(steps=steps_for_group_sizes(inner.config, drawn))
         )
-        a = drawn[0] if len(set(drawn)) == 1 else sum(drawn) / len(drawn)
+        a = logged_size(drawn)
         device = next(inner.parameters()).device
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
         out = model(**inputs, labels=batch["labels"].to(device), plan=plan)

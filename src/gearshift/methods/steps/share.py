@@ -157,6 +157,12 @@ def draw_group_sizes(
     return tuple(picks) if per_group else tuple(picks * n_groups)
 
 
+def logged_size(sizes: Sequence[float]) -> float:
+    """The step size a training log records for per-group ``sizes``: the drawn size when
+    every group has it, else their mean."""
+    return sizes[0] if len(set(sizes)) == 1 else sum(sizes) / len(sizes)
+
+
 class ShareDistillation(nn.Module):
     """The module the Trainer trains: the shared student and its loss against the teacher.
 
@@ -206,7 +212,7 @@ class ShareDistillation(nn.Module):
         if sizes not in self._plans:
             self._plans[sizes] = steps_for_group_sizes(self.student.config, sizes)
         steps = self._plans[sizes]
-        a = sizes[0] if len(set(sizes)) == 1 else sum(sizes) / len(sizes)
+        a = logged_size(sizes)
         with torch.no_grad():
             ref = self.teacher(**inputs, output_hidden_states=self.layerwise)
         out = self.student(
