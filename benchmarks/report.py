@@ -518,7 +518,13 @@ def steps_targets(rows: list[dict]) -> str:
     """SST-2: each shared model at a = 2 (N = 3 Euler steps) against itself at a = 1, the
     naive model at a = 2 and the teacher cut to 3 layer passes; its layer latency at a = 2.
     Then every task's scores in one table (``steps_summary``)."""
-    return _steps_sst2(rows) + steps_summary(rows) + steps_fidelity(rows) + decoder_summary(rows)
+    return (
+        _steps_sst2(rows)
+        + steps_summary(rows)
+        + steps_fidelity(rows)
+        + steps_init(rows)
+        + decoder_summary(rows)
+    )
 
 
 def steps_fidelity(rows: list[dict]) -> str:
@@ -554,6 +560,34 @@ def steps_fidelity(rows: list[dict]) -> str:
             "task dev inputs (mean), N=6 / N=3",
             "explained variance, N=6",
         ],
+        lines,
+    )
+
+
+def steps_init(rows: list[dict]) -> str:
+    """Where the shared block starts (``steps.py init``): per sharing and init (mean of the
+    group's layers, or its first, middle or last layer), the cosine x 100 of the shared
+    model's final hidden states to the teacher's at N = 6 and 3, as initialised and after
+    the same short naive distillation."""
+    init = [r for r in rows if "-init-" in r["method"] and r["task"] == "wikitext2"]
+    lines = []
+    for method in sorted({r["method"] for r in init}):
+        got = [_pick(init, "wikitext2", f"N={n}", method) for n in (6, 3)]
+        if None in got:
+            continue
+        before = [g["extras"].get("cosine_at_init") for g in got]
+        after = [g["score"] for g in got]
+        cells = [
+            " / ".join("-" if x is None else f"{100 * x:.1f}" for x in before),
+            " / ".join(f"{x:.1f}" for x in after),
+            str(got[0]["extras"].get("distil_steps", "-")),
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return _table(
+        "The shared block's start (`steps.py init`): cosine x 100 of the shared model's final "
+        "hidden states to the teacher's on WikiText-2 test text, as initialised and after the "
+        "same short naive distillation:",
+        ["model", "at init, N=6 / N=3", "after distillation, N=6 / N=3", "distillation steps"],
         lines,
     )
 

@@ -232,6 +232,26 @@ def test_steps_fidelity_averages_the_task_texts(report):
     assert report.steps_fidelity(rows[-1:]) == ""
 
 
+def test_steps_init_compares_each_start_before_and_after_distillation(report):
+    def init(method, n, after, before):
+        return _row("wikitext2", method, f"N={n}", after, cosine_at_init=before, distil_steps=150)
+
+    rows = [
+        init("shared-g1-init-mean-ln", 6, 52.0, 0.32),
+        init("shared-g1-init-mean-ln", 3, 40.0, 0.30),
+        init("shared-g1-init-last-ln", 6, 45.0, 0.01),
+        init("shared-g1-init-last-ln", 3, 33.5, 0.02),
+        init("shared-g1-init-first-ln", 6, 44.0, 0.17),  # no N=3 row: left out
+        _row("wikitext2", "fidelity-shared-g1-naive-ln", "N=6", 55.0),
+    ]
+    lines = [line for line in report.steps_init(rows).splitlines() if line.startswith("| ")]
+    assert lines[1:] == [
+        "| shared-g1-init-last-ln | 1.0 / 2.0 | 45.0 / 33.5 | 150 |",
+        "| shared-g1-init-mean-ln | 32.0 / 30.0 | 52.0 / 40.0 | 150 |",
+    ]
+    assert report.steps_init(rows[-1:]) == ""
+
+
 def test_decoder_summary_rows_per_model_and_cut(report):
     def dec(method, setting, ppl, tps=None):
         return _row("wikitext2", method, setting, ppl, tokens_per_second=tps)
