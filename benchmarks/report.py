@@ -569,7 +569,13 @@ def steps_init(rows: list[dict]) -> str:
     group's layers, or its first, middle or last layer), the cosine x 100 of the shared
     model's final hidden states to the teacher's at N = 6 and 3, as initialised and after
     the same short naive distillation."""
-    init = [r for r in rows if "-init-" in r["method"] and r["task"] == "wikitext2"]
+    init = [
+        r
+        for r in rows
+        if r["method"].startswith("shared-")
+        and "-init-" in r["method"]
+        and r["task"] == "wikitext2"
+    ]
     lines = []
     for method in sorted({r["method"] for r in init}):
         got = [_pick(init, "wikitext2", f"N={n}", method) for n in (6, 3)]

@@ -243,13 +243,15 @@ def test_steps_init_compares_each_start_before_and_after_distillation(report):
         init("shared-g1-init-last-ln", 3, 33.5, 0.02),
         init("shared-g1-init-first-ln", 6, 44.0, 0.17),  # no N=3 row: left out
         _row("wikitext2", "fidelity-shared-g1-naive-ln", "N=6", 55.0),
+        _row("wikitext2", "fidelity-shared-g1-init-mean-ln", "N=6", 33.0),  # the fidelity floor
+        _row("wikitext2", "fidelity-shared-g1-init-mean-ln", "N=3", 30.0),
     ]
     lines = [line for line in report.steps_init(rows).splitlines() if line.startswith("| ")]
     assert lines[1:] == [
         "| shared-g1-init-last-ln | 1.0 / 2.0 | 45.0 / 33.5 | 150 |",
         "| shared-g1-init-mean-ln | 32.0 / 30.0 | 52.0 / 40.0 | 150 |",
     ]
-    assert report.steps_init(rows[-1:]) == ""
+    assert report.steps_init(rows[-3:]) == ""
 
 
 def test_decoder_summary_rows_per_model_and_cut(report):
