@@ -517,7 +517,8 @@ def steps_summary(rows: list[dict]) -> str:
 def steps_targets(rows: list[dict]) -> str:
     """SST-2: each shared model at a = 2 (N = 3 Euler steps) against itself at a = 1, the
     naive model at a = 2 and the teacher cut to 3 layer passes; its layer latency at a = 2.
-    Then every task's scores in one table (``steps_summary``)."""
+    Then every task's scores in one table (``steps_summary``), the fidelity and init tables
+    and the decoders."""
     return (
         _steps_sst2(rows)
         + steps_summary(rows)

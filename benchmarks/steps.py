@@ -611,17 +611,17 @@ def init_rows(args: argparse.Namespace, command: str) -> list[dict]:
     tok = load_tokenizer(MODEL)
     feats, collate = text_features(tok, _test_text(None)[: args.init_texts], args.max_length)
     batches = [collate(feats[i : i + 32]) for i in range(0, len(feats), 32)]
+    with torch.inference_mode():  # the teacher's states once, not once per model and N
+        refs = [teacher(**model_inputs(b)).last_hidden_state for b in batches]
 
     @torch.inference_mode()
     def cosine(model, n: int) -> float:
         plan = step_plan(model.config, n)
         sims = []
-        for b in batches:
-            inputs = model_inputs(b)
+        for b, t in zip(batches, refs, strict=True):
             keep = b["attention_mask"].bool()
-            h = model(**inputs, plan=plan).last_hidden_state[keep]
-            t = teacher(**inputs).last_hidden_state[keep]
-            sims.append(torch.nn.functional.cosine_similarity(h, t, dim=-1))
+            h = model(**model_inputs(b), plan=plan).last_hidden_state[keep]
+            sims.append(torch.nn.functional.cosine_similarity(h, t[keep], dim=-1))
         return float(torch.cat(sims).mean())
 
     rows = []
