@@ -349,7 +349,13 @@ def parse_args(argv):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--tasks", nargs="+", default=GLUE5)
-    p.add_argument("--widths", nargs="+", default=["A", "B"], choices=list(WIDTHS))
+    p.add_argument(
+        "--widths",
+        nargs="*",
+        default=["A", "B"],
+        choices=list(WIDTHS),
+        help="COST-EFF target widths to run; none (``--widths`` alone) runs only --baselines",
+    )
     p.add_argument(
         "--baselines",
         nargs="+",

@@ -44,6 +44,13 @@ inputs, beside two floors: the teacher's mean state given to every token, and th
 model as initialised (its layers' mean, no distillation). ``explained_variance`` is
 1 - MSE / (the mean state's MSE).
 
+Layer latency (``latency``). The issue's latency target on its own, for a quiet machine
+(nothing is trained; time does not depend on the weights): each sharing in ``--groups``, made
+from MiniLM-L6 (mean init), at N = each of ``--n-steps`` Euler steps and at N = 0 (embeddings
+and final norm only), timed interleaved at batch 1 and 32 on the first task's dev texts.
+The layers' latency at N steps is T(N) - T(0); rows give it and the whole model's as ratios
+to N = 6.
+
 Every stage trains into ``runs/steps/`` and resumes there; rows go to
 ``benchmarks/results/steps.json`` (written after every model, rows of settings not run
 this time are kept), plots to ``benchmarks/results/steps_<task>.png``.
@@ -740,12 +747,70 @@ def fidelity_rows(args: argparse.Namespace, command: str) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------- layer latency
+def latency_rows(args: argparse.Namespace, command: str) -> list[dict]:
+    """Layer latency at N steps against N = 6, whole model and layers only (T(N) - T(0)),
+    batch 1 and 32, every plan of a sharing timed interleaved in one run (untrained shared
+    models: the cost of a step does not depend on the weights)."""
+    from gearshift.methods.steps import make_shared
+
+    base = load_pretrained(MODEL, head_kind=None).eval()
+    tok = load_tokenizer(MODEL)
+    task = get_task(args.tasks[0])
+    timer = Timer(tok, dev_texts(task, args.profile_limit), args)
+    L = base.config.num_layers
+    rows = []
+    ln = "-ln" if args.layer_norms else ""
+    for groups in args.groups:
+        model = make_shared(base, groups=groups, init="mean", layer_norms=args.layer_norms).eval()
+        plans = {n: step_plan(model.config, n) for n in args.n_steps}
+        plans[0] = ForwardPlan(steps=[])  # embeddings and final norm: what no step changes
+        fns = {f"N={n}": forward_fn(model, p) for n, p in plans.items()}
+        ms = {}
+        for size, batch in timer.batches.items():
+            cmp = compare_latency(
+                fns,
+                batch,
+                warmup=1 if args.quick else 3,
+                repeats=args.latency_repeats,
+                threads=args.threads,
+                reference=f"N={L}",
+            )
+            ms[size] = {name: st.median_ms for name, st in cmp.stats.items()}
+        for n in args.n_steps:
+            extras: dict[str, Any] = {"groups": groups, "layer_norms": args.layer_norms}
+            for size, m in ms.items():
+                layers = (m[f"N={n}"] - m["N=0"]) / (m[f"N={L}"] - m["N=0"])
+                extras[f"layer_ratio_b{size}"] = layers
+                extras[f"model_ratio_b{size}"] = m[f"N={n}"] / m[f"N={L}"]
+                extras[f"median_ms_b{size}"] = m[f"N={n}"]
+                extras[f"embeddings_ms_b{size}"] = m["N=0"]
+            extras["step_sizes"] = [st.step_size for st in plans[n].steps]
+            rows.append(
+                OperatingPoint(
+                    task=task.name,
+                    model=MODEL,
+                    method=f"latency-g{groups}{ln}",
+                    setting=f"N={n} euler",
+                    metric="layer latency ratio to N=6, batch 1",
+                    score=extras["layer_ratio_b1"],
+                    reference_score=1.0,
+                    flops_128=flops_at_length(model, 128, plan=plans[n]),
+                    params=count_parameters(model),
+                    command=command,
+                    extras=extras,
+                ).to_dict()
+            )
+        print(markdown_table(rows[-len(args.n_steps) :], COLUMNS), flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("part", choices=["encoders", "decoders", "init", "fidelity"])
+    p.add_argument("part", choices=["encoders", "decoders", "init", "fidelity", "latency"])
     p.add_argument("--tasks", nargs="+", default=GLUE5)
     p.add_argument(
         "--groups",
@@ -873,6 +938,8 @@ def main(argv: list[str] | None = None) -> int:
             sink.add(init_rows(args, command))
         elif args.part == "fidelity":
             sink.add(fidelity_rows(args, command))
+        elif args.part == "latency":
+            sink.add(latency_rows(args, command))
         else:
             for task in args.tasks:
                 rows = encoder_rows(task, args, command)

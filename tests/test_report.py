@@ -278,3 +278,49 @@ def test_a_near_miss_is_not_printed_as_missed_by_zero(report):
     assert report._verdict(0.5552, 0.55, False) == "missed by 0.005"
     assert report._verdict(5.3, 0.0, True) == "met"
     assert report._verdict(91.2, 96.5, True, " pp") == "missed by 5.30 pp"
+
+
+def test_rows_of_a_rebuilt_teacher_are_named_and_measured_against_their_own(report):
+    def row(task, method, setting, score, ref, date):
+        r = _row(task, method, setting, score)
+        r["reference_score"], r["date"] = ref, date
+        return r
+
+    old, new = "2026-11-22T10:00:00+00:00", "2026-11-23T05:00:00+00:00"
+    data = [
+        row("sst2", "teacher", "full", 88.0, 88.0, new),  # the rebuilt teacher
+        row("sst2", "svd", "ratio 4, per-layer, no fine-tuning", 80.0, 90.0, old),
+        row("sst2", "fwsvd", "ratio 4, per-layer, no fine-tuning", 80.0, 88.0, new),
+        row("sst2", "fidelity-x", "N=6", 50.0, 100.0, new),  # another metric: not counted
+    ]
+    data[-1]["metric"] = "cosine"
+    text = report.teacher_generations(data)
+    assert "- sst2: rows measured against teachers scoring 90.00 (1 rows, 2026-11-22)" in text
+    assert "and 88.00 (1 rows, 2026-11-23); the teacher row is the latest (88.00)" in text
+    assert "100.00" not in text
+    assert report.teacher_generations(data[:1] + data[2:]) == ""  # one teacher: no note
+    # the drop is taken from each row's own teacher: svd lost 10 points, fwsvd 8
+    table = report.factorize_targets(data[:3])
+    assert "| svd | 10.00 |" in table and "| fwsvd | 8.00 |" in table
+
+
+def test_steps_latency_takes_the_layers_time_and_checks_the_target(report):
+    def row(groups, n, b1, b32):
+        extras = {
+            "layer_ratio_b1": b1,
+            "layer_ratio_b32": b32,
+            "model_ratio_b1": b1 + 0.05,
+            "model_ratio_b32": b32 + 0.02,
+            "embeddings_ms_b1": 0.5,
+            "embeddings_ms_b32": 3.0,
+        }
+        return _row("sst2", f"latency-g{groups}-ln", f"N={n} euler", b1, **extras)
+
+    data = [row(1, 6, 1.0, 1.0), row(1, 3, 0.51, 0.50), row(2, 3, 0.56, 0.49), row(2, 6, 1, 1)]
+    text = report.steps_latency(data)
+    assert text.index("| latency-g1-ln | N=6 euler |") < text.index("| latency-g1-ln | N=3 euler")
+    assert "| latency-g1-ln | N=3 euler | 0.510 | 0.500 | 0.560 | 0.520 | 0.50 / 3.0 |" in text
+    assert "a = 1, latency-g1-ln, batch 1 | 0.510 | met |" in text
+    assert "a = 1, latency-g2-ln, batch 1 | 0.560 | missed by 0.010 |" in text
+    assert "a = 1, latency-g2-ln, batch 32 | 0.490 | met |" in text
+    assert report.steps_latency([_row("sst2", "shared-g1", "N=3 euler", 80.0)]) == ""
