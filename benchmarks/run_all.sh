@@ -29,7 +29,9 @@ for part in ${parts[@]}; do
                "$py" benchmarks/steps.py encoders --tasks sst2 --train-limit 16000
                "$py" benchmarks/steps.py encoders --tasks mrpc rte stsb cola
                "$py" benchmarks/steps.py fidelity
-               "$py" benchmarks/steps.py decoders ;;
+               "$py" benchmarks/steps.py decoders
+               # then, with nothing else running:
+               "$py" benchmarks/steps.py latency --tasks sst2 --latency-repeats 50 ;;
     *) echo "unknown part $part (teachers plugins factorize slim steps)" >&2; exit 2 ;;
   esac
 done
