@@ -38,8 +38,12 @@ NOTES = {
     "length-grouped batches, best dev checkpoint by epoch). Teachers are cached outside the "
     "repository and rebuilt by the script when missing. Latency ratios are 1 by definition. "
     "Epochs: SST-2 1, CoLA 3, MRPC 3, STS-B 3, RTE 5, CoNLL-2003 3 (entity F1). CoLA is under-trained (its dev Matthews "
-    "rose every epoch: -2.9, 16.8, 24.8); all-MiniLM-L6-v2 is a sentence-similarity model and "
-    "CoLA needs more epochs than this session's CPU budget allowed.",
+    "rose every epoch: -2.9, 16.8, 24.8 for the first teacher); all-MiniLM-L6-v2 is a sentence-similarity model and "
+    "CoLA needs more epochs than this session's CPU budget allowed. SST-2, MRPC, STS-B and "
+    "CoLA were rebuilt on 2026-11-23 after the benchmark machine was reset (rows dated "
+    "2026-11-23; CoLA's epochs: -2.1, 18.6, 24.8); RTE and CoNLL-2003 are the first teachers. "
+    "The first teachers scored SST-2 88.65, MRPC 86.94, STS-B 86.17, CoLA 24.83: "
+    "docs/foundation.md (Teachers) says why they differ and which rows used which.",
 }
 
 
