@@ -358,9 +358,10 @@ def parse_args(argv):
     )
     p.add_argument(
         "--baselines",
-        nargs="+",
+        nargs="*",
         default=["deebert", "static", "truncated"],
         choices=["deebert", "static", "truncated"],
+        help="baselines to run; none (``--baselines`` alone) runs only the COST-EFF widths",
     )
     p.add_argument("--ablation", action="store_true", help="also width A with last-exit importance")
     p.add_argument("--iterations", type=int, default=3)
