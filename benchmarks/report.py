@@ -211,10 +211,6 @@ def coverage(name: str, rows: list[dict]) -> str:
 GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
 
 
-def _is_teacher(row: dict) -> bool:
-    return row["method"] == "teacher"
-
-
 def _reference(row: dict, teacher: dict | None) -> float | None:
     """The teacher score ``row`` was measured against: its own ``reference_score`` where it
     has one (rows outlive a teacher that is rebuilt), else the task's teacher row's score."""
@@ -229,12 +225,12 @@ def teacher_generations(rows: list[dict]) -> str:
     scored in the teacher's metric count (not fidelity or perplexity rows)."""
     lines = []
     for task in sorted({r["task"] for r in rows}):
-        teacher = next((r for r in rows if r["task"] == task and _is_teacher(r)), None)
+        teacher = next((r for r in rows if r["task"] == task and r["method"] == "teacher"), None)
         if teacher is None:
             continue
         groups: dict[float, list[str]] = {}
         for r in rows:
-            if r["task"] != task or _is_teacher(r) or r.get("metric") != teacher["metric"]:
+            if r["task"] != task or r is teacher or r.get("metric") != teacher["metric"]:
                 continue
             ref = r.get("reference_score")
             if ref is not None:

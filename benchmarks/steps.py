@@ -141,10 +141,10 @@ class Timer:
         self.batches = {size: make_batch(tokenizer, texts, size) for size in (1, 32)}
         self.args = args
 
-    def ratios(self, fns: dict[str, Any], reference: str) -> dict[int, dict[str, float]]:
-        out = {}
-        for size, batch in self.batches.items():
-            cmp = compare_latency(
+    def compare(self, fns: dict[str, Any], reference: str) -> dict[int, Any]:
+        """Per batch size, the interleaved :class:`LatencyComparison` of ``fns``."""
+        return {
+            size: compare_latency(
                 fns,
                 batch,
                 warmup=1 if self.args.quick else 3,
@@ -152,8 +152,11 @@ class Timer:
                 threads=self.args.threads,
                 reference=reference,
             )
-            out[size] = cmp.ratios
-        return out
+            for size, batch in self.batches.items()
+        }
+
+    def ratios(self, fns: dict[str, Any], reference: str) -> dict[int, dict[str, float]]:
+        return {size: cmp.ratios for size, cmp in self.compare(fns, reference).items()}
 
 
 def limits_training(task, limit: int) -> bool:
@@ -766,17 +769,10 @@ def latency_rows(args: argparse.Namespace, command: str) -> list[dict]:
         plans = {n: step_plan(model.config, n) for n in args.n_steps}
         plans[0] = ForwardPlan(steps=[])  # embeddings and final norm: what no step changes
         fns = {f"N={n}": forward_fn(model, p) for n, p in plans.items()}
-        ms = {}
-        for size, batch in timer.batches.items():
-            cmp = compare_latency(
-                fns,
-                batch,
-                warmup=1 if args.quick else 3,
-                repeats=args.latency_repeats,
-                threads=args.threads,
-                reference=f"N={L}",
-            )
-            ms[size] = {name: st.median_ms for name, st in cmp.stats.items()}
+        ms = {
+            size: {name: st.median_ms for name, st in cmp.stats.items()}
+            for size, cmp in timer.compare(fns, f"N={L}").items()
+        }
         for n in args.n_steps:
             extras: dict[str, Any] = {"groups": groups, "layer_norms": args.layer_norms}
             for size, m in ms.items():
