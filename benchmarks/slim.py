@@ -9,7 +9,7 @@ Per task, from its MiniLM-L6 teacher (benchmarks/teachers.py):
 - ``cost-eff-A`` / ``cost-eff-B``: the pipeline (assistant -> iterative joint pruning ->
   recovery) at two target widths: A = the paper's shape scaled to MiniLM (2 heads, FFN 128,
   embedding rank 64), B = 6 heads, FFN 512, rank 128; thresholds swept (entropy and
-  patience). With ``--ablation``, A again with importance from the last exit only;
+  patience; regression: patience at several tolerances). With ``--ablation``, A again with importance from the last exit only;
 - ``deebert``: exits trained on the frozen teacher, thresholds swept;
 - ``static-A``: pruning to width A with the last exit only (no early exit);
 - ``truncated-L``: the teacher cut to its first L layers and fine-tuned (L = 1, 2, 3).
@@ -182,7 +182,8 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
 
     def curve(name: str, model: MultiExitModel, extras: dict) -> None:
         """The sweep on dev; latency (batched exit) and counted FLOPs at --latency-thresholds
-        (classification) or patience 1, 2 (regression): how latency follows the exit share."""
+        (classification) or patience 1 at --latency-tolerances (regression): how latency
+        follows the exit share."""
         start = time.perf_counter()
         name += suffix
         extras = extras | {"exit_pool": model.exit_config.pool}
@@ -190,7 +191,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         if task.kind == "classification":
             timed = [Entropy(t) for t in args.latency_thresholds]
         else:
-            timed = [Patience(1, tolerance=0.1), Patience(2, tolerance=0.1)]
+            timed = [Patience(1, tolerance=t) for t in args.latency_tolerances]
         measured = {}
         for crit in timed:
             measured[crit.describe()] = (
@@ -380,6 +381,13 @@ def parse_args(argv):
         nargs="+",
         default=[0.05, 0.3, 0.6],
         help="entropy thresholds timed at batch 1 and 32 (batched exit), FLOPs counted",
+    )
+    p.add_argument(
+        "--latency-tolerances",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.5, 1.0],
+        help="regression tasks: patience 1 at these tolerances timed and FLOPs counted",
     )
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)

@@ -461,3 +461,31 @@ def test_regression_exits_replay_and_sweep_like_the_head():
         online = model(ids, mask, criterion=crit)
         assert torch.equal(sim.exit_layer, online.exit_step)
         assert torch.allclose(sim.logits, online.logits, atol=TOL)
+
+
+def test_regression_sweep_widens_the_tolerance():
+    from types import SimpleNamespace
+
+    from gearshift.methods.slim.jobs import REGRESSION_TOLERANCES, criteria_for
+
+    reg = SimpleNamespace(kind="regression")
+    crits = criteria_for(reg, [0.1, 0.3], num_layers=4)
+    assert {(c.patience, c.tolerance) for c in crits} == {
+        (t, tol) for tol in REGRESSION_TOLERANCES for t in (1, 2, 3)
+    }
+    assert len({c.describe() for c in crits}) == len(crits)  # each row named apart
+    cls = criteria_for(SimpleNamespace(kind="classification"), [0.1, 0.3], num_layers=4)
+    assert [c.describe() for c in cls] == [
+        "entropy < 0.1",
+        "entropy < 0.3",
+        "patience 1",
+        "patience 2",
+        "patience 3",
+    ]
+    # a wider tolerance never keeps a row running longer: the exit layers only fall
+    model = multi(kind="regression")
+    ids, mask = batch(n=16, seed=5)
+    recorded = torch.stack(model.forward_all(ids, mask).exit_logits, dim=1)
+    layers = [simulate(Patience(1, tolerance=t), recorded).exit_layer for t in (0.0, 0.05, 1e9)]
+    assert bool((layers[1] <= layers[0]).all()) and bool((layers[2] <= layers[1]).all())
+    assert layers[2].tolist() == [1] * 16  # any two predictions agree: leave at exit 1

@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .jobs import REGRESSION_TOLERANCES
 from .train import SlimConfig
 
 DEFAULT_THRESHOLDS = [0.0, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
@@ -55,7 +56,15 @@ def add_cli(subparsers: Any) -> None:
         type=float,
         nargs="+",
         default=DEFAULT_THRESHOLDS,
-        help="entropy thresholds swept on dev (regression tasks: patience 1..L-1)",
+        help="entropy thresholds swept on dev (classification; patience 1..L-1 is swept too)",
+    )
+    p.add_argument(
+        "--tolerances",
+        type=float,
+        nargs="+",
+        default=list(REGRESSION_TOLERANCES),
+        help="regression tasks: patience 1..L-1 swept at each tolerance (how far apart two "
+        "successive exits' predictions may be and still agree, in label units)",
     )
     p.add_argument("--data-dir")
     p.add_argument("--json", help="also write the sweep to this file")
@@ -101,6 +110,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
         train_limit=args.train_limit,
         dev_limit=args.dev_limit,
         thresholds=args.thresholds,
+        tolerances=args.tolerances,
         data_dir=args.data_dir,
         progress=not args.no_progress,
     )

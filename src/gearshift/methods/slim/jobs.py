@@ -32,23 +32,40 @@ def task_and_teacher(model_dir: str, task_name: str | None):
     return task, teacher.eval(), tokenizer
 
 
-def criteria_for(task: Any, thresholds: Sequence[float], num_layers: int) -> list[Criterion]:
-    """Entropy thresholds (classification); patience 1..L-1 (regression, and classification
-    too, as the PABEE comparison)."""
-    patience = [Patience(t) for t in range(1, num_layers)]
+# How far apart two successive regression exits may be and still "agree" (label units; STS-B
+# spans 0-5). Patience alone barely moves a regression model off its last layer (patience 1
+# at tolerance 0.1 still runs 4.5 of 6 layers on STS-B), so the sweep widens the tolerance.
+REGRESSION_TOLERANCES = (0.1, 0.25, 0.5, 1.0)
+
+
+def criteria_for(
+    task: Any,
+    thresholds: Sequence[float],
+    num_layers: int,
+    tolerances: Sequence[float] = REGRESSION_TOLERANCES,
+) -> list[Criterion]:
+    """Entropy thresholds (classification); patience 1..L-1 (classification too, as the PABEE
+    comparison), for regression at each of ``tolerances``."""
     if task.kind == "regression":
-        return [Patience(t, tolerance=0.1) for t in range(1, num_layers)]
-    return [Entropy(t) for t in thresholds] + patience
+        return [Patience(t, tolerance=tol) for tol in tolerances for t in range(1, num_layers)]
+    return [Entropy(t) for t in thresholds] + [Patience(t) for t in range(1, num_layers)]
 
 
 def evaluate_exits(
-    model: MultiExitModel, task: Any, tokenizer: Any, thresholds, dev_limit=None, data_dir=None
+    model: MultiExitModel,
+    task: Any,
+    tokenizer: Any,
+    thresholds,
+    dev_limit=None,
+    data_dir=None,
+    tolerances: Sequence[float] = REGRESSION_TOLERANCES,
 ) -> list[dict]:
     from gearshift.jobs import TaskData
 
     dev = TaskData.load(task, tokenizer, "dev", dev_limit, data_dir=data_dir)
     recorded = record_exits(model, dev)
-    rows = sweep(model, recorded, task, criteria_for(task, thresholds, model.num_exits))
+    criteria = criteria_for(task, thresholds, model.num_exits, tolerances)
+    rows = sweep(model, recorded, task, criteria)
     full = sweep(model, recorded, task, [Criterion()])[0]
     full["criterion"] = "no early exit"
     return [full] + rows
@@ -64,6 +81,7 @@ def slim_job(
     thresholds: Sequence[float] = (0.1,),
     data_dir: str | None = None,
     progress: bool = True,
+    tolerances: Sequence[float] = REGRESSION_TOLERANCES,
 ) -> dict[str, Any]:
     """Run the pipeline on the teacher in ``model_dir`` and sweep the final model's exits."""
     from gearshift.jobs import TaskData
@@ -80,7 +98,9 @@ def slim_job(
     final = load_multi_exit(stages[-1].model_dir)
     return {
         "stages": [{"name": s.name, "model": str(s.model_dir), "widths": s.widths} for s in stages],
-        "sweep": evaluate_exits(final, task, tokenizer, thresholds, dev_limit, data_dir),
+        "sweep": evaluate_exits(
+            final, task, tokenizer, thresholds, dev_limit, data_dir, tolerances
+        ),
     }
 
 
