@@ -195,10 +195,11 @@ def command_line(script: str, argv: list[str] | None) -> str:
 
 
 def coverage(name: str, rows: list[dict]) -> str:
-    """Which of the benchmark's tasks have rows yet (computed from the rows)."""
+    """Which of the benchmark's tasks have rows yet (computed from the rows; a teacher row,
+    written when a task's run starts, does not count as the task measured)."""
     if name not in EXPECTED_TASKS:
         return ""
-    have = sorted({r["task"] for r in rows})
+    have = sorted({r["task"] for r in rows if r["method"] != "teacher"})
     missing = [t for t in EXPECTED_TASKS[name] if t not in have]
     if not missing:
         return f"Tasks measured: {', '.join(have)} (all).\n"

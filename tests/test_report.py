@@ -328,3 +328,12 @@ def test_steps_latency_takes_the_layers_time_and_checks_the_target(report):
     assert "a = 1, latency-g2-ln, batch 1 | 0.560 | missed by 0.010 |" in text
     assert "a = 1, latency-g2-ln, batch 32 | 0.490 | met |" in text
     assert report.steps_latency([_row("sst2", "shared-g1", "N=3 euler", 80.0)]) == ""
+
+
+def test_coverage_does_not_count_a_task_with_only_its_teacher_row(report):
+    rows = [_row(t, "cost-eff-A", "no early exit", 80.0) for t in ("sst2", "stsb", "cola")]
+    rows += [_row(t, "teacher", "full", 85.0) for t in ("mrpc", "rte")]
+    text = report.coverage("slim", rows)
+    assert text.startswith("**Incomplete**") and "still to run: mrpc, rte" in text
+    rows += [_row(t, "cost-eff-A", "no early exit", 80.0) for t in ("mrpc", "rte")]
+    assert report.coverage("slim", rows).startswith("Tasks measured: cola, mrpc, rte, sst2")
