@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 
 import pytest
@@ -455,6 +456,12 @@ def test_write_and_read_results(tmp_path):
     # Overwriting replaces the file whole.
     write_results(path, rows[:1], "one")
     assert len(json.loads(path.read_text())["rows"]) == 1
+    old = os.umask(0o022)
+    try:
+        write_results(path, rows, "one")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # as any file the user writes, not 0600
     (results / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         read_results(results)

@@ -27,7 +27,6 @@ from gearshift.train import (
     TrainConfig,
     Trainer,
     TrainResult,
-    atomic_directory,
     find_checkpoint,
 )
 from gearshift.train import checkpoint as ckpt
@@ -447,22 +446,6 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     assert ckpt.read_trainer_state(d)["global_step"] == 3  # the first save (epoch end)
     assert (d / OPTIMIZER_NAME).is_file() and (d / WEIGHTS_NAME).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "log.jsonl"]
-
-
-def test_atomic_directory(tmp_path):
-    final = tmp_path / "out"
-    with atomic_directory(final) as tmp:
-        (tmp / "a").write_text("1")
-    assert (final / "a").read_text() == "1"
-    with pytest.raises(RuntimeError), atomic_directory(final) as tmp:
-        (tmp / "a").write_text("2")
-        raise RuntimeError("midway")
-    assert (final / "a").read_text() == "1"
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    with atomic_directory(final) as tmp:
-        (tmp / "b").write_text("3")
-    assert [p.name for p in final.iterdir()] == ["b"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_find_checkpoint_recovers_interrupted_swap(tmp_path):

@@ -16,13 +16,14 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gearshift.atomic import write_json_atomic
 
 logger = logging.getLogger("gearshift.measure")
 
@@ -126,15 +127,7 @@ def write_results(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": benchmark_name, "rows": [_row_dict(r) for r in rows]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, payload, indent=2)
     return path
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gearshift import backbones
+from gearshift.atomic import atomic_directory
 from gearshift.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 from gearshift.errors import ArtifactError
 from gearshift.paths import resolve_model_name
@@ -204,22 +203,9 @@ def load_tokenizer(name_or_path: str):
 # ---------------------------------------------------------------------- gearshift folders
 def write_folder_atomically(folder: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_dir)`` then move the result to ``folder`` in one rename."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_directory(folder) as tmp:
         write(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def save_model(

@@ -1,6 +1,8 @@
 """The training loop every gearshift method uses (built on Hugging Face Accelerate)."""
 
-from .checkpoint import atomic_directory, find_checkpoint
+from gearshift.atomic import atomic_directory
+
+from .checkpoint import find_checkpoint
 from .config import TrainConfig
 from .loop import Callback, EarlyStopping, EpochSampler, Trainer, TrainResult
 from .losses import hidden_mse, kd_kl, regression_mse, soft_ce

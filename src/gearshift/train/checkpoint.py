@@ -29,8 +29,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +39,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_model, save_file, save_model
 
+from gearshift.atomic import write_json_atomic
 from gearshift.constants import (
     RNG_STATE_NAME,
     TRAINER_STATE_NAME,
@@ -58,59 +57,7 @@ STATE_FORMAT = "gearshift-trainer-state"
 STATE_VERSION = 1
 
 
-# --------------------------------------------------------------------------- atomic writes
-def _side_name(final: Path, kind: str) -> Path:
-    return final.parent / f".{final.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def replace_directory(src: Path, final: Path) -> None:
-    """Move the complete folder ``src`` to ``final``, replacing any existing ``final``.
-
-    POSIX cannot rename a folder over a non-empty one, so the old folder is first moved
-    aside (``.<name>.old-*``) and deleted after the new one is in place.
-    """
-    src, final = Path(src), Path(final)
-    old = None
-    if final.exists():
-        old = _side_name(final, "old")
-        os.replace(final, old)
-    os.replace(src, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def atomic_directory(final: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder that replaces ``final`` when the block succeeds.
-
-    If the block raises, the temporary folder is deleted and ``final`` is left untouched.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        replace_directory(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
+# --------------------------------------------------------------------------- crash repair
 def recover_directory(final: Path) -> None:
     """Put back ``final`` if a crash left it moved aside (``.<name>.old-*``) by a swap."""
     final = Path(final)
@@ -148,7 +95,7 @@ def find_checkpoint(output_dir: str | Path) -> Path | None:
     """The complete checkpoint folder of ``output_dir``, or None.
 
     When ``checkpoint/`` is missing but a complete ``.checkpoint.*`` sibling survived a
-    crash in the middle of :func:`replace_directory`, it is moved into place first.
+    crash in the middle of :func:`gearshift.atomic.replace_directory`, it is moved into place first.
     """
     output_dir = Path(output_dir)
     final = output_dir / CHECKPOINT_DIR

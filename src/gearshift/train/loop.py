@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
+from gearshift.atomic import atomic_directory, replace_directory, write_text_atomic
 from gearshift.constants import OPTIMIZER_NAME, TRAINER_STATE_NAME, WEIGHTS_NAME
 from gearshift.errors import ArtifactError, ConfigError, DataError
 
@@ -719,7 +720,7 @@ class Trainer:
     def save_model(self, path: str | Path) -> None:
         """Write the plain model with ``save_model_fn`` to ``path`` atomically (main process)."""
         if self.is_main_process:
-            with ckpt.atomic_directory(path) as tmp:
+            with atomic_directory(path) as tmp:
                 self.save_model_fn(self.model, tmp)
         self.accelerator.wait_for_everyone()
 
@@ -788,11 +789,7 @@ class Trainer:
         if not self.is_main_process:
             return
         path = self.output_dir / ckpt.LOG_NAME
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for rec in self.history:
-                fh.write(json.dumps(rec) + "\n")
-        tmp.replace(path)
+        write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in self.history))
         self._log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def _open_progress(self) -> None:
@@ -928,7 +925,7 @@ class Trainer:
                 )
                 self._call("on_save_checkpoint", tmp)
                 ckpt.write_trainer_state(tmp, self._trainer_state())  # last: marks complete
-                ckpt.replace_directory(tmp, final)
+                replace_directory(tmp, final)
         except BaseException:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
