@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from report import AE_STEPS, ae_steps_of, command_line
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
-from report import command_line
 
 from gearshift.data import get_task
 from gearshift.jobs import (
@@ -91,7 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calibration", choices=["task", "text"], default="task")
     p.add_argument("--calibration-examples", type=int, default=256)
     p.add_argument(
-        "--ae-steps", type=int, default=None, help="autoencoder steps (default: the config's)"
+        "--ae-steps",
+        type=int,
+        default=None,
+        help=f"autoencoder steps per matrix or group (default {AE_STEPS}, the benchmark's "
+        f"protocol on 2 cores, 40 with --quick; the library's default is "
+        f"{FactorizeConfig.ae_steps})",
     )
     p.add_argument(
         "--ae-refine-steps",
@@ -144,6 +149,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.measure_texts = min(args.measure_texts, 8)
         args.latency_repeats = min(args.latency_repeats, 3)
         args.finetune_examples = min(args.finetune_examples, 200)
+    args.ae_steps = args.ae_steps or AE_STEPS
     if args.out is None:
         args.out = (
             HERE.parent / "runs" / "factorize-quick" / "factorize.json" if args.quick else RESULTS
@@ -268,6 +274,27 @@ def factorize_config(
     return FactorizeConfig(**kw)
 
 
+def recorded(
+    sink: ResultsSink,
+    task: str,
+    method: str,
+    mode: str,
+    setting: str,
+    config: FactorizeConfig,
+    finetune: bool = False,
+) -> bool:
+    """Whether ``sink`` holds this setting's row, measured the way ``config`` would measure
+    it now (autoencoders: the same step counts)."""
+    key = (task, row_method(method, mode, finetune), setting)
+    for row in sink.rows:
+        if ResultsSink.key(row) == key:
+            return not method.startswith("ae") or ae_steps_of(row) == (
+                config.ae_steps,
+                config.ae_refine_steps,
+            )
+    return False
+
+
 def row_for(
     task,
     measure: Measure,
@@ -281,9 +308,16 @@ def row_for(
     command: str,
     extra: dict | None = None,
     costs_from: str = "",
+    *,
+    config: FactorizeConfig,
 ) -> dict:
     units = report.units
     sizes = sorted({u.get("rank", u.get("code_size")) for u in units})
+    ae = (
+        {"ae_steps": config.ae_steps, "ae_refine_steps": config.ae_refine_steps}
+        if method.startswith("ae")
+        else {}
+    )
     return OperatingPoint(
         task=task.name,
         model=MODEL,
@@ -309,6 +343,7 @@ def row_for(
             "ranks_or_code_sizes": sizes,
             "notes": report.notes,
             "costs_measured_on": costs_from,  # FLOPs/latency of an identically shaped model
+            **ae,
             **(extra or {}),
         },
     ).to_dict()
@@ -348,9 +383,9 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         for method in args.methods:
             for mode in args.modes:
                 setting = f"ratio {ratio:g}, {mode}, no fine-tuning"
-                if args.resume and sink.has(task.name, row_method(method, mode), setting):
-                    continue
                 config = factorize_config(method, ratio, mode == "grouped", args)
+                if args.resume and recorded(sink, task.name, method, mode, setting, config):
+                    continue
                 if stats is None:
                     stats = calibrate(teacher, config, cal, fisher=True)
                 model = copy.deepcopy(teacher)
@@ -378,6 +413,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
                         fid,
                         command,
                         costs_from=measure.cost_source,
+                        config=config,
                     )
                 )
                 print(
@@ -439,9 +475,9 @@ def run_finetune(
                     f"ratio {ratio:g}, {mode}, compress pre-trained then fine-tune "
                     f"({args.finetune_examples} examples, {args.finetune_epochs:g} epoch)"
                 )
-                if args.resume and sink.has(task.name, row_method(method, mode, True), setting):
-                    continue
                 config = factorize_config(method, ratio, mode == "grouped", args)
+                if args.resume and recorded(sink, task.name, method, mode, setting, config, True):
+                    continue
                 model, report = compressed_pretrained(config, cal, args)
                 torch.manual_seed(42)  # the fresh head's draw, the same for every method
                 model.set_head(task.kind, task.num_labels, labels)
@@ -481,6 +517,7 @@ def run_finetune(
                         None,
                         command,
                         costs_from=measure.cost_source,
+                        config=config,
                         extra={
                             "finetune_seconds": time.perf_counter() - start,
                             "finetune_examples": args.finetune_examples,

@@ -131,3 +131,65 @@ def test_factorize_command_line(tmp_path, capsys):
     model = load_factorized(out)
     assert isinstance(model.blocks[0].ffn.inp, LowRankLinear)
     assert model.factorize_config.ratio == 4.0
+
+
+def test_benchmark_resume_reruns_autoencoder_rows_of_other_step_counts(tmp_path):
+    """benchmarks/factorize.py --resume skips a recorded setting only when it was measured
+    the same way: autoencoder rows trained with another step count are measured again."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from gearshift.measure import ResultsSink
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "gearshift_bench_fact", bench / "factorize.py"
+        )
+        fact = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fact)
+        from report import LIBRARY_AE_STEPS
+    finally:
+        sys.path.remove(str(bench))
+
+    def row(method, command, **extras):
+        return {
+            "task": "rte",
+            "model": "minilm-l6",
+            "method": method,
+            "setting": "ratio 2, per-layer, no fine-tuning",
+            "metric": "accuracy",
+            "score": 50.0,
+            "command": command,
+            "extras": {"factorize_method": method, **extras},
+        }
+
+    old = "python benchmarks/factorize.py --tasks rte"
+    sink = ResultsSink(tmp_path / "f.json", "factorize")
+    sink.add(
+        [
+            row("svd", old),
+            row("ae", old + " --ae-steps 300"),
+            row("ae-act", old),  # before the default: the library's 1000 + 1000 refining
+        ]
+    )
+    args = fact.parse_args(["--tasks", "rte"])
+    assert args.ae_steps == fact.AE_STEPS == 300
+    assert fact.parse_args(["--quick"]).ae_steps == 40
+    from gearshift.methods.factorize import FactorizeConfig
+
+    assert FactorizeConfig.ae_steps == LIBRARY_AE_STEPS
+    setting = "ratio 2, per-layer, no fine-tuning"
+
+    def done(method):
+        config = fact.factorize_config(method, 2.0, False, args)
+        return fact.recorded(sink, "rte", method, "per-layer", setting, config)
+
+    assert done("svd") and done("ae")
+    assert not done("ae-act")  # 1000 steps recorded, 300 asked: measured again
+    assert fact.ae_steps_of(sink.rows[2]) == (1000, 1000)
+    assert not done("svdllm")  # never recorded
+    sink.add(row("ae-act", old, ae_steps=300, ae_refine_steps=300))
+    assert done("ae-act")
