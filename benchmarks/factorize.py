@@ -94,9 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ae-steps",
         type=int,
         default=None,
-        help=f"autoencoder steps per matrix or group (default {AE_STEPS}, the benchmark's "
-        f"protocol on 2 cores, 40 with --quick; the library's default is "
-        f"{FactorizeConfig.ae_steps})",
+        help=f"autoencoder steps per matrix or group (default {AE_STEPS}, the library's; "
+        "40 with --quick)",
     )
     p.add_argument(
         "--ae-refine-steps",

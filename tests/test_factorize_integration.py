@@ -171,12 +171,12 @@ def test_benchmark_resume_reruns_autoencoder_rows_of_other_step_counts(tmp_path)
     sink.add(
         [
             row("svd", old),
-            row("ae", old + " --ae-steps 300"),
-            row("ae-act", old),  # before the default: the library's 1000 + 1000 refining
+            row("ae", old + " --ae-steps 300"),  # the first RTE rows: 300 steps by hand
+            row("ae-act", old),  # no flag: the library's 1000 + 1000 refining
         ]
     )
     args = fact.parse_args(["--tasks", "rte"])
-    assert args.ae_steps == fact.AE_STEPS == 300
+    assert args.ae_steps == fact.AE_STEPS == 1000
     assert fact.parse_args(["--quick"]).ae_steps == 40
     from gearshift.methods.factorize import FactorizeConfig
 
@@ -187,9 +187,10 @@ def test_benchmark_resume_reruns_autoencoder_rows_of_other_step_counts(tmp_path)
         config = fact.factorize_config(method, 2.0, False, args)
         return fact.recorded(sink, "rte", method, "per-layer", setting, config)
 
-    assert done("svd") and done("ae")
-    assert not done("ae-act")  # 1000 steps recorded, 300 asked: measured again
+    assert done("svd") and done("ae-act")
+    assert not done("ae")  # 300 steps recorded, 1000 asked: measured again
+    assert fact.ae_steps_of(sink.rows[1]) == (300, 0)
     assert fact.ae_steps_of(sink.rows[2]) == (1000, 1000)
     assert not done("svdllm")  # never recorded
-    sink.add(row("ae-act", old, ae_steps=300, ae_refine_steps=300))
-    assert done("ae-act")
+    sink.add(row("ae", old, ae_steps=1000, ae_refine_steps=0))
+    assert done("ae")
