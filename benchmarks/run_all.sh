@@ -21,7 +21,7 @@ for part in ${parts[@]}; do
                "$py" benchmarks/plugin_profile.py ;;
                # then, with nothing else running: benchmarks/plugins.py --retime --threads 1
     factorize) "$py" benchmarks/factorize.py --resume --threads 1 --work-threads 1 \
-                 --latency-repeats 10 --measure-texts 128 --ae-steps 300 --with-finetune \
+                 --latency-repeats 10 --measure-texts 128 --with-finetune \
                  --tasks rte mrpc stsb cola sst2 ;;
     slim)      "$py" benchmarks/slim.py --tasks sst2 --ablation
                "$py" benchmarks/slim.py --tasks mrpc rte stsb cola ;;
