@@ -64,7 +64,8 @@ NOTES["factorize"] = (
     "Offline compression of the MiniLM-L6 teachers, no fine-tuning, at stored-parameter "
     "ratios 2, 4, 10 of the compressed modules (every Linear of every layer and the word "
     "embedding). Autoencoders trained 1000 steps per matrix or group (the benchmark's "
-    "default `--ae-steps`; rows of other counts are named under the targets). FLOPs and latency are measured once per model shape and task and reused "
+    "default `--ae-steps`; rows of other counts are named under the targets). FLOPs and "
+    "latency are measured once per model shape and task and reused "
     "for identically shaped models (`extras.costs_measured_on`); latency with 1 thread while "
     "a second benchmark ran on the other core. Compression time: rows of RTE and the "
     "first MRPC rows include a 20 s X^T X pass that svd, ae and fwsvd do not need; later "
@@ -925,11 +926,13 @@ def factorize_targets(rows: list[dict]) -> str:
                 f"above the strongest baseline ({best_other}, drop {others[best_other]:.2f}) "
                 f"| 4 | {verdict} |"
             )
+    autoencoders = [
+        r for r in base if r.get("extras", {}).get("factorize_method", "").startswith("ae")
+    ]
     other = [
-        f"{r['task']} {r['method']} ({r['setting'].split(',')[0]}: {ae_steps_of(r)[0]} steps)"
-        for r in base
-        if r.get("extras", {}).get("factorize_method", "").startswith("ae")
-        and ae_steps_of(r)[0] != AE_STEPS
+        f"{r['task']} {r['method']} ({r['setting'].split(',')[0]}: {steps} steps)"
+        for r in autoencoders
+        if (steps := ae_steps_of(r)[0]) != AE_STEPS
     ]
     if other:
         lines += [

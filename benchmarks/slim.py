@@ -9,7 +9,8 @@ Per task, from its MiniLM-L6 teacher (benchmarks/teachers.py):
 - ``cost-eff-A`` / ``cost-eff-B``: the pipeline (assistant -> iterative joint pruning ->
   recovery) at two target widths: A = the paper's shape scaled to MiniLM (2 heads, FFN 128,
   embedding rank 64), B = 6 heads, FFN 512, rank 128; thresholds swept (entropy and
-  patience; regression: patience at several tolerances). With ``--ablation``, A again with importance from the last exit only;
+  patience; regression: patience at several tolerances). With ``--ablation``, A again with
+  importance from the last exit only;
 - ``deebert``: exits trained on the frozen teacher, thresholds swept;
 - ``static-A``: pruning to width A with the last exit only (no early exit);
 - ``truncated-L``: the teacher cut to its first L layers and fine-tuned (L = 1, 2, 3).

@@ -48,9 +48,11 @@ def replace_directory(src: Path, final: Path) -> None:
 
 
 def _ordinary_permissions(folder: Path) -> None:
-    """Give every file and folder under ``folder`` the umask's permissions: some writers
-    (safetensors' ``save_file``) create owner-only files. gearshift folders hold data only."""
+    """Give ``folder`` and everything under it the umask's permissions: ``mkdtemp`` and some
+    writers (safetensors' ``save_file``) create owner-only ones. gearshift folders hold data
+    only."""
     files, dirs = _mode(0o666), _mode(0o777)
+    os.chmod(folder, dirs)
     for root, subdirs, names in os.walk(folder):
         for d in subdirs:
             os.chmod(os.path.join(root, d), dirs)
@@ -70,7 +72,6 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        os.chmod(tmp, _mode(0o777))
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

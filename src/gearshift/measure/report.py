@@ -124,11 +124,8 @@ def write_results(
     The JSON goes to a temporary file in the same folder, then replaces ``path`` in one
     rename, so a reader never sees a half-written file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": benchmark_name, "rows": [_row_dict(r) for r in rows]}
-    write_json_atomic(path, payload, indent=2)
-    return path
+    return write_json_atomic(path, payload, indent=2)
 
 
 def read_results(directory: str | os.PathLike = RESULTS_DIR) -> list[OperatingPoint]:

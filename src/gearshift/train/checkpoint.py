@@ -95,7 +95,8 @@ def find_checkpoint(output_dir: str | Path) -> Path | None:
     """The complete checkpoint folder of ``output_dir``, or None.
 
     When ``checkpoint/`` is missing but a complete ``.checkpoint.*`` sibling survived a
-    crash in the middle of :func:`gearshift.atomic.replace_directory`, it is moved into place first.
+    crash in the middle of :func:`gearshift.atomic.replace_directory`, it is moved into
+    place first.
     """
     output_dir = Path(output_dir)
     final = output_dir / CHECKPOINT_DIR
