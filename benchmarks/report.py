@@ -427,14 +427,17 @@ def slim_targets(rows: list[dict]) -> str:
 SLIM_BASELINES = {  # curve name -> which methods form it (first-token "-cls" runs excluded)
     "multi-exit (no pruning)": lambda m: m == "multi-exit",
     "deebert (frozen backbone)": lambda m: m == "deebert",
-    "static pruning": lambda m: m.startswith("static-") and not m.endswith("-cls"),
+    "static pruning": lambda m: re.fullmatch(r"static-[A-Z]+", m) is not None,
     "truncated + fine-tuned": lambda m: m.startswith("truncated-"),
-    "cost-eff, last-exit importance": lambda m: m.startswith("cost-eff-last-exit-"),
+    "cost-eff, last-exit importance": lambda m: (
+        re.fullmatch(r"cost-eff-last-exit-[A-Z]+", m) is not None
+    ),
 }
 
 
 def _is_cost_eff(method: str) -> bool:
-    """COST-EFF with the joint (all-exit) importance, any width: ``cost-eff-<WIDTH>``."""
+    """COST-EFF with the joint (all-exit) importance, any width: ``cost-eff-<WIDTH>``. Runs
+    under a scaled schedule (``-steps<K>x``) are not: the baselines ran the default one."""
     rest = method.removeprefix("cost-eff-")
     return method.startswith("cost-eff-") and rest.isalpha() and rest.isupper()
 

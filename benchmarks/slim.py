@@ -23,6 +23,9 @@ follows the share of rows that leave early). Rows go to benchmarks/results/slim.
 every model; runs (resumable) to runs/slim/<task>/ (models with exits: runs/slim/<task>/mean-exits/).
 Exits read the mean of the real tokens by default (``--exit-pool first``: the paper's first
 token; those methods are named ``*-cls``): benchmarks/exit_probe.py shows why.
+``--schedule-scale K`` multiplies every distillation stage's steps (assistant, pruning,
+recovery; DeeBERT's exits) by K; those models are run and named apart (``*-steps<K>x``), so
+a longer schedule is measured beside the default one, not instead of it.
 """
 
 from __future__ import annotations
@@ -77,13 +80,26 @@ COLUMNS = REPORT_COLUMNS["slim"]
 B1_EXAMPLES = 32  # dev examples timed one by one for the batch-1 latency ratio
 
 
+def schedule(args: argparse.Namespace) -> dict[str, int]:
+    """Steps of each distillation stage: the flags times ``--schedule-scale``."""
+    k = args.schedule_scale
+    return {
+        "ta_steps": round(args.ta_steps * k),
+        "steps_per_iteration": round(args.steps_per_iteration * k),
+        "recovery_steps": round(args.recovery_steps * k),
+    }
+
+
+def schedule_tag(args: argparse.Namespace) -> str:
+    """The suffix of method names and run folders under a scaled schedule (none at 1)."""
+    return "" if args.schedule_scale == 1 else f"-steps{args.schedule_scale:g}x"
+
+
 def slim_config(args: argparse.Namespace, **kw: Any) -> SlimConfig:
     base = dict(
         exit_pool=args.exit_pool,
         iterations=args.iterations,
-        ta_steps=args.ta_steps,
-        steps_per_iteration=args.steps_per_iteration,
-        recovery_steps=args.recovery_steps,
+        **schedule(args),
         batch_size=32,
         calibration_batches=args.calibration_batches,
     )
@@ -117,6 +133,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
     # models with exits depend on what the exits read; first-token runs keep the old folders
     exits_out = out if args.exit_pool == "first" else out / f"{args.exit_pool}-exits"
     suffix = "-cls" if args.exit_pool == "first" else ""  # method names of first-token exits
+    tag = schedule_tag(args)  # a scaled schedule's models and rows are kept apart
     meta = {
         "task": {"name": task.name, "kind": task.kind, "label_names": list(task.label_names or [])},
         "teacher": folder,
@@ -186,8 +203,8 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         (classification) or patience 1 at --latency-tolerances (regression): how latency
         follows the exit share."""
         start = time.perf_counter()
-        name += suffix
-        extras = extras | {"exit_pool": model.exit_config.pool}
+        name += tag + suffix
+        extras = extras | {"exit_pool": model.exit_config.pool, "schedule": schedule(args)}
         rows = evaluate_exits(model, task, tok, THRESHOLDS, args.dev_limit)
         if task.kind == "classification":
             timed = [Entropy(t) for t in args.latency_thresholds]
@@ -240,13 +257,13 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         )
         for name, importance in variants:
             cfg = slim_config(args, importance=importance, **widths)
-            ta_dir = exits_out / "cost-eff-A" / "ta" / "model"
+            ta_dir = exits_out / f"cost-eff-A{tag}" / "ta" / "model"
             stages = run_slim(
                 teacher,
                 train.features,
                 train.collator,
                 cfg,
-                exits_out / f"{name}-{label}",
+                exits_out / f"{name}-{label}{tag}",
                 tok,
                 meta,
                 progress=not args.quick,
@@ -265,7 +282,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         d = deebert_job(
             folder,
             task.name,
-            exits_out / "deebert",
+            exits_out / f"deebert{tag}",
             slim_config(args, heads=12, ffn=1536),
             args.train_limit,
             progress=not args.quick,
@@ -279,7 +296,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
             train.features,
             train.collator,
             cfg,
-            out / "static-A",
+            out / f"static-A{tag}",
             tok,
             meta,
             progress=not args.quick,
@@ -289,12 +306,12 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         sink.add(
             [
                 point(
-                    "static-A",
+                    f"static-A{tag}",
                     "no exits",
                     score,
                     dev_flops(model.base.config),
                     count_parameters(model.base),
-                    {"widths": stages[-1].widths},
+                    {"widths": stages[-1].widths, "schedule": schedule(args)},
                     latency(model.base),
                 )
             ]
@@ -370,6 +387,12 @@ def parse_args(argv):
     p.add_argument("--ta-steps", type=int, default=300)
     p.add_argument("--steps-per-iteration", type=int, default=150)
     p.add_argument("--recovery-steps", type=int, default=300)
+    p.add_argument(
+        "--schedule-scale",
+        type=float,
+        default=1.0,
+        help="multiply every distillation stage's steps; the models are named *-steps<K>x",
+    )
     p.add_argument("--calibration-batches", type=int, default=8)
     p.add_argument("--truncate", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--truncated-epochs", type=float)
@@ -403,6 +426,8 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
+    if args.schedule_scale <= 0:
+        p.error(f"--schedule-scale must be above 0 (got {args.schedule_scale:g}); 1 is the default")
     if args.quick:
         args.iterations, args.ta_steps, args.steps_per_iteration, args.recovery_steps = 1, 2, 1, 1
         args.calibration_batches = 1

@@ -141,3 +141,28 @@ def random_batch(family: str, batch: int = 3, length: int = 11, seed: int = 1):
         tt[:, length // 2 :] = 1
         out["token_type_ids"] = tt * mask
     return out
+
+
+@pytest.fixture
+def load_benchmark():
+    """A loader of a script under benchmarks/ as a module (``load_benchmark("slim")``), with
+    benchmarks/ on sys.path while it imports (the scripts import report.py as a sibling)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str):
+        sys.path.insert(0, str(bench))
+        try:
+            spec = importlib.util.spec_from_file_location(
+                f"gearshift_bench_{name}", bench / f"{name}.py"
+            )
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(bench))
+        return module
+
+    return load

@@ -133,26 +133,13 @@ def test_factorize_command_line(tmp_path, capsys):
     assert model.factorize_config.ratio == 4.0
 
 
-def test_benchmark_resume_reruns_autoencoder_rows_of_other_step_counts(tmp_path):
+def test_benchmark_resume_reruns_autoencoder_rows_of_other_step_counts(tmp_path, load_benchmark):
     """benchmarks/factorize.py --resume skips a recorded setting only when it was measured
     the same way: autoencoder rows trained with another step count are measured again."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from gearshift.measure import ResultsSink
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "gearshift_bench_fact", bench / "factorize.py"
-        )
-        fact = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(fact)
-        from report import LIBRARY_AE_STEPS
-    finally:
-        sys.path.remove(str(bench))
+    fact = load_benchmark("factorize")
+    library_ae_steps = load_benchmark("report").LIBRARY_AE_STEPS
 
     def row(method, command, **extras):
         return {
@@ -180,7 +167,7 @@ def test_benchmark_resume_reruns_autoencoder_rows_of_other_step_counts(tmp_path)
     assert fact.parse_args(["--quick"]).ae_steps == 40
     from gearshift.methods.factorize import FactorizeConfig
 
-    assert FactorizeConfig.ae_steps == LIBRARY_AE_STEPS
+    assert FactorizeConfig.ae_steps == library_ae_steps
     setting = "ratio 2, per-layer, no fine-tuning"
 
     def done(method):

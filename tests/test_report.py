@@ -190,6 +190,12 @@ def test_slim_curves_compare_best_scores_over_shared_budgets(report):
     )
     latency = report.slim_latency(rows)
     assert "| rte | cost-eff-A | entropy < 0.1 | 0.080 | 0.160 | 2.00 |" in latency
+    # a longer schedule is measured apart: it joins neither the COST-EFF curve nor a baseline
+    longer = [
+        pt("cost-eff-A-steps4x", "entropy < 0.1", 99.0, 40),
+        pt("static-A-steps4x", "no exits", 98.0, 40),
+    ]
+    assert report.slim_curves(rows + longer) == report.slim_curves(rows)
 
 
 def test_steps_summary_lists_every_variant_with_its_references(report):

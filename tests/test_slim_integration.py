@@ -81,3 +81,22 @@ def test_slim_cli_runs_every_stage_and_sweeps(tmp_path, capsys):
     assert again["sweep"] == rows
     with torch.no_grad():
         assert model.exits[0].out.weight.shape == (2, 384)
+
+
+def test_benchmark_schedule_scale_names_its_models_apart(load_benchmark):
+    """benchmarks/slim.py --schedule-scale K multiplies every stage's steps and tags the
+    models, so a longer schedule lands beside the default rows, not over them."""
+    slim = load_benchmark("slim")
+    default = slim.parse_args([])
+    assert slim.schedule_tag(default) == ""
+    assert slim.schedule(default) == {
+        "ta_steps": 300,
+        "steps_per_iteration": 150,
+        "recovery_steps": 300,
+    }
+    longer = slim.parse_args(["--schedule-scale", "4"])
+    assert slim.schedule_tag(longer) == "-steps4x"
+    cfg = slim.slim_config(longer, heads=2, ffn=128, word_rank=64)
+    assert (cfg.ta_steps, cfg.steps_per_iteration, cfg.recovery_steps) == (1200, 600, 1200)
+    with pytest.raises(SystemExit):
+        slim.parse_args(["--schedule-scale", "0"])

@@ -186,22 +186,11 @@ def test_decoder_pretrains_and_scores_perplexity(tmp_path, capsys):
     assert [s.step_size for s in plan.steps] == [3.0, 3.0]
 
 
-def test_layer_latency_benchmark_times_every_n_against_six(tmp_path):
+def test_layer_latency_benchmark_times_every_n_against_six(tmp_path, load_benchmark):
     """benchmarks/steps.py latency: the layers' time is the model's minus its time with no
     steps; N = 6 is the reference (ratio exactly 1), and N = 3 over two groups of three layers
     takes the plan inference uses (1.5, 1.5 in the first group, 3 in the second)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("gearshift_bench_steps", bench / "steps.py")
-        steps = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(steps)
-    finally:
-        sys.path.remove(str(bench))
+    steps = load_benchmark("steps")
     out = tmp_path / "steps.json"
     argv = ["latency", "--quick", "--tasks", "rte", "--groups", "2", "--n-steps", "6", "3"]
     assert steps.main(argv + ["--out", str(out), "--runs", str(tmp_path)]) == 0
