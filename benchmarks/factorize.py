@@ -120,7 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="skip settings already recorded in the results file (rows are written one by one)",
+        help="skip settings already recorded in the results file (rows are written one by one) "
+        "the same way: autoencoders at the same steps, no-fine-tuning rows on the same teacher",
     )
     p.add_argument(
         "--finetune-examples", type=int, default=2000, help="training examples per fine-tuning run"
@@ -273,6 +274,14 @@ def factorize_config(
     return FactorizeConfig(**kw)
 
 
+def on_teacher(row: dict, teacher_score: float) -> bool:
+    """Whether a no-fine-tuning row compressed the teacher that now scores ``teacher_score``.
+    A rebuilt teacher scores differently, and its rows are measured again (a rebuild that
+    lands on the same score is, with seeded training, the same model)."""
+    ref = row.get("reference_score")
+    return ref is None or abs(ref - teacher_score) < 1e-6
+
+
 def recorded(
     sink: ResultsSink,
     task: str,
@@ -281,12 +290,16 @@ def recorded(
     setting: str,
     config: FactorizeConfig,
     finetune: bool = False,
+    teacher_score: float | None = None,
 ) -> bool:
     """Whether ``sink`` holds this setting's row, measured the way ``config`` would measure
-    it now (autoencoders: the same step counts)."""
+    it now (autoencoders: the same step counts; no fine-tuning: the same teacher, known by
+    ``teacher_score``)."""
     key = (task, row_method(method, mode, finetune), setting)
     for row in sink.rows:
         if ResultsSink.key(row) == key:
+            if not finetune and teacher_score is not None and not on_teacher(row, teacher_score):
+                return False
             return not method.startswith("ae") or ae_steps_of(row) == (
                 config.ae_steps,
                 config.ae_refine_steps,
@@ -383,7 +396,9 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
             for mode in args.modes:
                 setting = f"ratio {ratio:g}, {mode}, no fine-tuning"
                 config = factorize_config(method, ratio, mode == "grouped", args)
-                if args.resume and recorded(sink, task.name, method, mode, setting, config):
+                if args.resume and recorded(
+                    sink, task.name, method, mode, setting, config, False, measure.teacher_score
+                ):
                     continue
                 if stats is None:
                     stats = calibrate(teacher, config, cal, fisher=True)

@@ -181,3 +181,8 @@ def test_benchmark_resume_reruns_autoencoder_rows_of_other_step_counts(tmp_path,
     assert not done("svdllm")  # never recorded
     sink.add(row("ae", old, ae_steps=1000, ae_refine_steps=0))
     assert done("ae")
+    # a rebuilt teacher (another dev score): its no-fine-tuning rows are measured again
+    svd = fact.factorize_config("svd", 2.0, False, args)
+    sink.rows[0]["reference_score"] = 59.93
+    assert fact.recorded(sink, "rte", "svd", "per-layer", setting, svd, False, 59.93)
+    assert not fact.recorded(sink, "rte", "svd", "per-layer", setting, svd, False, 56.68)
