@@ -16,8 +16,10 @@ per layer and grouped (one module type across all layers), it measures:
   teacher at batch 1 and 32 (interleaved in the same run), compression wall time.
 
 ``--with-finetune`` adds the paper's protocol: compress the *pre-trained* minilm-l6 (raw-text
-calibration; fwsvd is skipped, it needs a trained head), then fine-tune the compressed form
-on ``--finetune-examples`` training examples. It is expensive.
+calibration; fwsvd's Fisher row weights come from the fine-tuned teacher's task gradients,
+the pre-trained model having no task head), then fine-tune the compressed form on
+``--finetune-examples`` training examples, beside the uncompressed pre-trained model
+fine-tuned the same way (``uncompressed+finetune``, the reference). It is expensive.
 
 Teachers are never trained here: a task whose teacher is not finished is skipped (train it
 with benchmarks/teachers.py). Rows go to benchmarks/results/factorize.json (rows of tasks
@@ -361,11 +363,13 @@ def row_for(
     ).to_dict()
 
 
-def run_task(task_name: str, args: argparse.Namespace, command: str, sink: ResultsSink) -> None:
+def run_task(task_name: str, args: argparse.Namespace, command: str, sink: ResultsSink) -> bool:
+    """Measure every setting of one task (``--resume``: those not recorded); False when the
+    task has no finished teacher."""
     task = get_task(task_name)
     folder = teacher_folder(task.name, args)
     if folder is None:
-        return []
+        return False
     print(f"[factorize] {task.name}: teacher {folder}", flush=True)
     teacher = load_pretrained(str(folder)).eval()
     tokenizer = load_tokenizer(str(folder))
@@ -442,17 +446,23 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
                 del model
     if args.with_finetune:
         run_finetune(task, measure, args, command, sink)
+    return True
 
 
-def compressed_pretrained(config: FactorizeConfig, cal, args: argparse.Namespace):
+def compressed_pretrained(
+    config: FactorizeConfig, cal, args: argparse.Namespace, stats=None, task: str = ""
+):
     """The pre-trained MiniLM-L6 compressed by ``config`` (raw-text calibration): the same
-    for every task, so it is compressed once and cached (with its report) in the cache dir."""
+    for every task, so it is compressed once and cached (with its report) in the cache dir.
+    ``stats`` (with ``task``): statistics collected elsewhere, fwsvd's Fisher weights from a
+    task's teacher; that model is the task's own."""
     from gearshift.methods.factorize.compress import CompressionReport
     from gearshift.methods.factorize.model import save_factorized
 
     key = (
         f"{config.method}-{'grouped' if config.grouped else 'per-layer'}-{config.ratio:g}"
         f"-cal{args.calibration_examples}-ae{config.ae_steps}-{config.ae_refine_steps}"
+        + (f"-fisher-{task}" if stats is not None else "")
     )
     folder = cache_dir() / "factorize-pretrained" / key
     if (folder / "gearshift.json").is_file():
@@ -461,7 +471,7 @@ def compressed_pretrained(config: FactorizeConfig, cal, args: argparse.Namespace
         meta = json.loads((folder / "gearshift.json").read_text())
         return load_factorized(folder).train(), CompressionReport(**meta["report"])
     model = load_pretrained(MODEL, head_kind=None)
-    model, report = compress(model, config, cal)
+    model, report = compress(model, config, None if stats is not None else cal, stats=stats)
     save_factorized(model, folder, extra={"report": report.to_dict()})
     return model, report
 
@@ -469,53 +479,92 @@ def compressed_pretrained(config: FactorizeConfig, cal, args: argparse.Namespace
 def run_finetune(
     task, measure: Measure, args: argparse.Namespace, command: str, sink: ResultsSink
 ) -> None:
-    """The paper's protocol: compress pre-trained minilm-l6, then fine-tune the compressed form."""
+    """The paper's protocol: compress pre-trained minilm-l6, then fine-tune the compressed form.
+    The reference is the uncompressed pre-trained model fine-tuned the same way
+    (``uncompressed+finetune``): the teacher had a full fine-tuning run, these a short one."""
+    from gearshift.jobs import finetune
     from gearshift.methods.factorize.finetune import finetune_compressed
     from gearshift.train import TrainConfig
 
     tokenizer = load_tokenizer(MODEL)
-    cal = calibration_batches(tokenizer, "text", None, args.calibration_examples)
     labels = list(task.label_names) if task.label_names else None
+    protocol = f"({args.finetune_examples} examples, {args.finetune_epochs:g} epoch)"
+
+    def with_task_head(model):
+        torch.manual_seed(42)  # the fresh head's draw, the same for every method
+        model.set_head(task.kind, task.num_labels, labels)
+        _init_head(model)
+        return model
+
+    def tune(model, name: str, tune_fn):
+        out = cache_dir() / "factorize-finetune" / task.name / name
+        train_cfg = TrainConfig(
+            output_dir=str(out),
+            epochs=args.finetune_epochs,
+            batch_size=32,
+            learning_rate=1e-4,
+            warmup_ratio=0.06,
+            seed=42,
+            progress=False,
+        )
+        start = time.perf_counter()
+        res = tune_fn(
+            with_task_head(model),
+            task_name=task.name,
+            output_dir=out,
+            train_config=train_cfg,
+            train_limit=args.finetune_examples,
+            dev_limit=args.dev_limit,
+            tokenizer=tokenizer,
+        )
+        extra = {
+            "finetune_seconds": time.perf_counter() - start,
+            "finetune_examples": args.finetune_examples,
+        }
+        return res, extra
+
+    reference = f"uncompressed pre-trained then fine-tune {protocol}"
+    key = (task.name, "uncompressed+finetune", reference)
+    if not (args.resume and any(ResultsSink.key(r) == key for r in sink.rows)):
+        res, extra = tune(load_pretrained(MODEL, head_kind=None), "uncompressed", finetune)
+        costs = measure.costs(load_pretrained(str(res.model_dir)).eval(), latency=False)
+        sink.add(
+            OperatingPoint(
+                task=task.name,
+                model=MODEL,
+                method="uncompressed+finetune",
+                setting=reference,
+                metric=task.main_metric,
+                score=res.score,
+                reference_score=measure.teacher_score,
+                command=command,
+                **costs,  # the teacher's shape: latency ratio 1 by definition
+                extras={"protocol": "finetune", **extra},
+            ).to_dict()
+        )
+        print(
+            f"[factorize] {task.name} uncompressed + fine-tune: {task.main_metric} {res.score:.2f}",
+            flush=True,
+        )
+    cal = calibration_batches(tokenizer, "text", None, args.calibration_examples)
+    fisher = None  # fwsvd's row weights: the fine-tuned teacher's gradients on task examples
     for ratio in args.ratios:
         for method in args.methods:
-            if method == "fwsvd":
-                print(
-                    "[factorize] fine-tune protocol: fwsvd skipped (Fisher needs a trained head)",
-                    flush=True,
-                )
-                continue
             for mode in args.modes:
-                setting = (
-                    f"ratio {ratio:g}, {mode}, compress pre-trained then fine-tune "
-                    f"({args.finetune_examples} examples, {args.finetune_epochs:g} epoch)"
-                )
+                setting = f"ratio {ratio:g}, {mode}, compress pre-trained then fine-tune {protocol}"
                 config = factorize_config(method, ratio, mode == "grouped", args)
                 if args.resume and recorded(sink, task.name, method, mode, setting, config, True):
                     continue
-                model, report = compressed_pretrained(config, cal, args)
-                torch.manual_seed(42)  # the fresh head's draw, the same for every method
-                model.set_head(task.kind, task.num_labels, labels)
-                _init_head(model)
-                out = cache_dir() / "factorize-finetune" / task.name / f"{method}-{mode}-{ratio:g}"
-                train_cfg = TrainConfig(
-                    output_dir=str(out),
-                    epochs=args.finetune_epochs,
-                    batch_size=32,
-                    learning_rate=1e-4,
-                    warmup_ratio=0.06,
-                    seed=42,
-                    progress=False,
-                )
-                start = time.perf_counter()
-                res = finetune_compressed(
-                    model,
-                    tokenizer,
-                    task.name,
-                    out,
-                    train_cfg,
-                    train_limit=args.finetune_examples,
-                    dev_limit=args.dev_limit,
-                )
+                if method == "fwsvd":
+                    if fisher is None:
+                        task_cal = calibration_batches(
+                            tokenizer, "task", task, args.calibration_examples
+                        )
+                        fisher = calibrate(measure.teacher, config, task_cal, fisher=True)
+                    model, report = compressed_pretrained(config, None, args, fisher, task.name)
+                else:
+                    model, report = compressed_pretrained(config, cal, args)
+                res, extra = tune(model, f"{method}-{mode}-{ratio:g}", finetune_compressed)
                 tuned = load_factorized(res.model_dir)
                 costs = measure.costs(tuned, label=f"{row_method(method, mode, True)}, {setting}")
                 sink.add(
@@ -532,10 +581,7 @@ def run_finetune(
                         command,
                         costs_from=measure.cost_source,
                         config=config,
-                        extra={
-                            "finetune_seconds": time.perf_counter() - start,
-                            "finetune_examples": args.finetune_examples,
-                        },
+                        extra=extra,
                     )
                 )
                 print(
@@ -550,15 +596,14 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line(__file__, argv)
     sink = ResultsSink(args.out, "factorize")
     with fixed_threads(args.work_threads):
-        for task in args.tasks:
-            run_task(task, args, command, sink)
-    rows = sink.new
-    if not rows:
-        print(
-            "[factorize] nothing measured: no task has a finished teacher (or pass --teacher), "
-            "or --resume found every setting recorded"
-        )
+        found = [run_task(task, args, command, sink) for task in args.tasks]
+    if not any(found):
+        print("[factorize] nothing measured: no task has a finished teacher (or pass --teacher)")
         return 1
+    rows = [r for r in sink.new if r["method"] != "teacher"]
+    if not rows:
+        print(f"[factorize] --resume found every setting recorded in {args.out}")
+        return 0
     for task in sorted({r["task"] for r in rows}):
         task_rows = [r for r in sink.rows if r["task"] == task]
         plot_tradeoff(

@@ -186,3 +186,44 @@ def test_benchmark_resume_reruns_autoencoder_rows_of_other_step_counts(tmp_path,
     sink.rows[0]["reference_score"] = 59.93
     assert fact.recorded(sink, "rte", "svd", "per-layer", setting, svd, False, 59.93)
     assert not fact.recorded(sink, "rte", "svd", "per-layer", setting, svd, False, 56.68)
+
+
+def test_benchmark_finetune_protocol_has_an_uncompressed_reference(
+    tmp_path, monkeypatch, capsys, load_benchmark, minilm, tokenizer
+):
+    """benchmarks/factorize.py --with-finetune: the compressed pre-trained model fine-tuned,
+    beside the uncompressed pre-trained model fine-tuned the same way; fwsvd takes its Fisher
+    weights from the task's teacher (its compressed model is the task's own); --resume then
+    finds every setting recorded."""
+    import json
+
+    from gearshift.runtime import save_model
+
+    monkeypatch.setenv("GEARSHIFT_CACHE", str(tmp_path / "cache"))
+    teacher = save_model(
+        minilm, tmp_path / "teacher", tokenizer, {"task": {"name": "rte", "kind": "classification"}}
+    )
+    fact = load_benchmark("factorize")
+    out = tmp_path / "f.json"
+    argv = ["--quick", "--teacher", str(teacher), "--tasks", "rte", "--methods", "svd", "fwsvd"]
+    argv += ["--modes", "per-layer", "--with-finetune", "--finetune-examples", "64"]
+    argv += ["--out", str(out)]
+    assert fact.main(argv) == 0
+    rows = {(r["method"], r["setting"]): r for r in json.loads(out.read_text())["rows"]}
+    protocol = "(64 examples, 1 epoch)"
+    ref = rows["uncompressed+finetune", f"uncompressed pre-trained then fine-tune {protocol}"]
+    tuned = rows[
+        "svd+finetune", f"ratio 2, per-layer, compress pre-trained then fine-tune {protocol}"
+    ]
+    untuned = rows["svd", "ratio 2, per-layer, no fine-tuning"]
+    assert ref["params"] == rows["teacher", "full"]["params"] > tuned["params"]
+    assert tuned["params"] == untuned["params"] and tuned["extras"]["protocol"] == "finetune"
+    assert ref["extras"]["finetune_examples"] == 64
+    fw = rows[
+        "fwsvd+finetune", f"ratio 2, per-layer, compress pre-trained then fine-tune {protocol}"
+    ]
+    assert fw["params"] == tuned["params"]
+    cached = sorted(p.name for p in (tmp_path / "cache" / "factorize-pretrained").iterdir())
+    assert [n for n in cached if n.startswith("fwsvd")][0].endswith("-fisher-rte")
+    assert fact.main(argv + ["--resume"]) == 0
+    assert "--resume found every setting recorded" in capsys.readouterr().out

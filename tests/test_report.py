@@ -133,6 +133,38 @@ def test_factorize_targets_average_only_complete_rows(report):
     assert "| 4 | missed |" in report.factorize_targets(data)
 
 
+def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
+    protocol = "fine-tune (2000 examples, 1 epoch)"
+
+    def tuned(task, method, ratio, score):
+        mode = "grouped" if "grouped" in method else "per-layer"
+        setting = f"ratio {ratio}, {mode}, compress pre-trained then {protocol}"
+        return _row(task, f"{method}+finetune", setting, score)
+
+    data = [_row(t, "teacher", "full", 90.0) for t in ("sst2", "rte")]
+    data += [
+        _row("sst2", "uncompressed+finetune", f"uncompressed pre-trained then {protocol}", 80.0),
+        _row("rte", "uncompressed+finetune", f"uncompressed pre-trained then {protocol}", 60.0),
+    ]
+    for task, ref in (("sst2", 80.0), ("rte", 60.0)):
+        data += [
+            tuned(task, "svd", 4, ref - 6),
+            tuned(task, "fwsvd", 4, ref - 4),
+            tuned(task, "ae-grouped", 4, ref - 2),
+        ]
+    data.append(tuned("sst2", "svd", 10, 50.0))  # no rte row at ratio 10: not averaged
+    text = report.factorize_targets(data)
+    assert "drop from the uncompressed pre-trained model fine-tuned the same way" in text
+    assert "(reference: rte 60.00, sst2 80.00)" in text
+    assert "| svd | 6.00 | - |" in text and "| ae-grouped | 2.00 | - |" in text
+    assert "| grouped autoencoder above truncated SVD and FWSVD, fine-tuned | 4 | holds |" in text
+    data = [r for r in data if not (r["method"] == "ae-grouped+finetune" and r["task"] == "rte")]
+    data.append(tuned("rte", "ae-grouped", 4, 50.0))
+    assert "fine-tuned | 4 | does not hold (ae-grouped drop 6.00; svd 6.00, fwsvd 4.00) |" in (
+        report.factorize_targets(data)
+    )
+
+
 def test_command_line_quotes_arguments(report):
     line = report.command_line("/x/benchmarks/steps.py", ["encoders", "--tasks", "sst2", "a b"])
     assert line == "python benchmarks/steps.py encoders --tasks sst2 'a b'"
