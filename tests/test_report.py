@@ -211,14 +211,15 @@ def test_slim_curves_compare_best_scores_over_shared_budgets(report):
         pt("multi-exit", "entropy < 0.5", 69.0, 600),
     ]
     text = report.slim_curves(rows)
-    assert "| rte | static pruning | 40-40 | +1.00 | met |" in text
+    assert "| rte | static pruning | 40-40 | +1.00 | +1.00 | met |" in text
     # at 90 MFLOPs COST-EFF's best is 66 (A at 40) against 60; at 150: 68 against 60
-    assert "| rte | truncated + fine-tuned | 90-150 | +6.00 | met |" in text
-    assert "| rte | multi-exit (no pruning) | no shared budget | - | - |" in text
-    assert "| rte | deebert (frozen backbone) | - | - | not measured |" in text
+    assert "| rte | truncated + fine-tuned | 90-150 | +6.00 | +7.00 | met |" in text
+    assert "| rte | multi-exit (no pruning) | no shared budget | - | - | - |" in text
+    assert "| rte | deebert (frozen backbone) | - | - | - | not measured |" in text
     rows.append(pt("deebert", "entropy < 0.2", 67.0, 30))
-    assert "| rte | deebert (frozen backbone) | 30-30 | -3.00 | below by 3.00 at 30 MFLOPs |" in (
-        report.slim_curves(rows)
+    assert (
+        "| rte | deebert (frozen backbone) | 30-30 | -3.00 | -3.00 | below by 3.00 at 30 MFLOPs |"
+        in (report.slim_curves(rows))
     )
     latency = report.slim_latency(rows)
     assert "| rte | cost-eff-A | entropy < 0.1 | 0.080 | 0.160 | 2.00 |" in latency
