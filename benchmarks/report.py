@@ -435,10 +435,22 @@ SLIM_BASELINES = {  # curve name -> which methods form it (first-token "-cls" ru
 }
 
 
-def _is_cost_eff(method: str) -> bool:
-    """COST-EFF with the joint (all-exit) importance, any width: ``cost-eff-<WIDTH>``. Runs
-    under a scaled schedule (``-steps<K>x``) are not: the baselines ran the default one."""
-    rest = method.removeprefix("cost-eff-")
+SCHEDULE_TAG = re.compile(r"-steps([0-9.]+)x$")
+
+
+def _schedule(method: str) -> str:
+    """The distillation schedule a slim run used: ``""`` (the default) or its tag
+    (``"-steps4x"``: every stage four times as long; benchmarks/slim.py --schedule-scale)."""
+    found = SCHEDULE_TAG.search(method)
+    return found.group(0) if found else ""
+
+
+def _is_cost_eff(method: str, schedule: str = "") -> bool:
+    """COST-EFF with the joint (all-exit) importance, any width, on ``schedule``:
+    ``cost-eff-<WIDTH><schedule>``."""
+    if _schedule(method) != schedule:
+        return False
+    rest = method.removesuffix(schedule).removeprefix("cost-eff-")
     return method.startswith("cost-eff-") and rest.isalpha() and rest.isupper()
 
 
@@ -489,37 +501,65 @@ def slim_curves(rows: list[dict]) -> str:
     rows = [r for r in rows if r.get("flops_dynamic")]
     tasks = [t for t in EXPECTED_TASKS["slim"] if any(r["task"] == t for r in rows)]
     lines = []
+    schedules = sorted(
+        {_schedule(r["method"]) for r in rows if _is_cost_eff(r["method"], _schedule(r["method"]))}
+    )
     for task in tasks:
-        mine = [r for r in rows if r["task"] == task and _is_cost_eff(r["method"])]
-        if not mine:
-            continue
-        for name, member in SLIM_BASELINES.items():
-            base = [r for r in rows if r["task"] == task and member(r["method"])]
-            if not base:
-                lines.append(f"| {task} | {name} | - | - | - | not measured |")
+        for sched in schedules:
+            mine = [r for r in rows if r["task"] == task and _is_cost_eff(r["method"], sched)]
+            if not mine:
                 continue
-            lo = max(min(r["flops_dynamic"] for r in mine), min(r["flops_dynamic"] for r in base))
-            hi = min(max(r["flops_dynamic"] for r in mine), max(r["flops_dynamic"] for r in base))
-            budgets = sorted(
-                {r["flops_dynamic"] for r in mine + base if lo <= r["flops_dynamic"] <= hi}
-            )
-            if not budgets:
-                lines.append(f"| {task} | {name} | no shared budget | - | - | - |")
-                continue
-            gaps = [(_frontier(mine, b) - _frontier(base, b), b) for b in budgets]
-            worst, at = min(gaps)
-            mean = sum(g for g, _ in gaps) / len(gaps)
-            span = f"{lo / 1e6:.0f}-{hi / 1e6:.0f}"
-            verdict = "met" if worst >= 0 else f"below by {-worst:.2f} at {at / 1e6:.0f} MFLOPs"
-            lines.append(f"| {task} | {name} | {span} | {worst:+.2f} | {mean:+.2f} | {verdict} |")
+            label = sched.removeprefix("-steps") if sched else "default"
+            for name, member in SLIM_BASELINES.items():
+                # the cut teacher has its own recipe (the teacher's), whatever the schedule
+                same = (
+                    (lambda m: m.startswith("truncated-"))
+                    if name.startswith("truncated")
+                    else (lambda m, sched=sched: _schedule(m) == sched)
+                )
+                base = [
+                    r
+                    for r in rows
+                    if r["task"] == task
+                    and same(r["method"])
+                    and member(r["method"].removesuffix(sched))
+                ]
+                if not base:
+                    if not sched:
+                        lines.append(f"| {task} | {label} | {name} | - | - | - | not measured |")
+                    continue
+                lo = max(
+                    min(r["flops_dynamic"] for r in mine), min(r["flops_dynamic"] for r in base)
+                )
+                hi = min(
+                    max(r["flops_dynamic"] for r in mine), max(r["flops_dynamic"] for r in base)
+                )
+                budgets = sorted(
+                    {r["flops_dynamic"] for r in mine + base if lo <= r["flops_dynamic"] <= hi}
+                )
+                if not budgets:
+                    lines.append(f"| {task} | {label} | {name} | no shared budget | - | - | - |")
+                    continue
+                gaps = [(_frontier(mine, b) - _frontier(base, b), b) for b in budgets]
+                worst, at = min(gaps)
+                mean = sum(g for g, _ in gaps) / len(gaps)
+                span = f"{lo / 1e6:.0f}-{hi / 1e6:.0f}"
+                verdict = "met" if worst >= 0 else f"below by {-worst:.2f} at {at / 1e6:.0f} MFLOPs"
+                lines.append(
+                    f"| {task} | {label} | {name} | {span} | {worst:+.2f} | {mean:+.2f} | {verdict} |"
+                )
     return _table(
         "COST-EFF (joint importance, every width and threshold) against each baseline, over "
         "the FLOPs budgets both reach: the smallest margin of COST-EFF's best score over the "
         "baseline's best at the same budget (negative: the baseline is better there), and the "
         "mean margin over the budgets either curve has a point at (a step where one curve's "
-        "point sits just below the other's in FLOPs shows in the smallest margin alone).",
+        "point sits just below the other's in FLOPs shows in the smallest margin alone). "
+        "Each schedule (default, or every distillation stage K times as long: `Kx`) is "
+        "compared with the baselines trained on the same schedule; the cut-and-fine-tuned "
+        "teacher keeps the teacher's recipe under every schedule.",
         [
             "task",
+            "schedule",
             "baseline",
             "shared budgets (MFLOPs)",
             "smallest margin",
