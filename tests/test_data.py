@@ -21,6 +21,7 @@ from gearshift.data import (
     TaskSpec,
     align_word_labels,
     compute_metrics,
+    constant_score,
     encode_examples,
     get_task,
     iter_texts,
@@ -828,6 +829,19 @@ def test_token_classification_metrics_use_seqeval_entities():
 def test_text_task_has_no_metrics():
     with pytest.raises(DataError, match="no metrics"):
         compute_metrics("wikitext2", [1.0], [1.0])
+
+
+def test_constant_score_is_the_best_constant_prediction():
+    refs = [1, 1, 1, 0]
+    assert constant_score("sst2", refs) == pytest.approx(75.0)  # the majority class
+    # MRPC's F1 of always answering "paraphrase": precision 3/4, recall 1
+    assert constant_score("mrpc", refs) == pytest.approx(100 * 2 * 0.75 / 1.75)
+    assert constant_score("cola", refs) == 0.0  # Matthews of a constant
+    assert constant_score("stsb", [0.5, 3.0, 4.5]) == 0.0  # a constant has no correlation
+    with pytest.raises(DataError, match="no constant-prediction floor"):
+        constant_score("conll2003", [[0, 1]])
+    with pytest.raises(DataError, match="no references"):
+        constant_score("sst2", [])
 
 
 def test_pack_sentences_uses_long_paragraphs_in_full():

@@ -128,9 +128,17 @@ def test_factorize_targets_average_only_complete_rows(report):
     assert "| grouped autoencoder above truncated SVD and FWSVD | 4 | holds |" in text
     assert "ae-act, drop 1.00) above the strongest baseline (svdllm, drop 2.00) | 4 | met |" in text
 
+    # the share of the teacher's margin over a constant prediction: sst2 floor 50 (margin
+    # 30); rte floor 59 (teacher 60), where svdllm (58) and ae-act (59) keep nothing (0)
+    text = report.factorize_targets(data, floors={"sst2": 50.0, "rte": 59.0})
+    assert "| svdllm | - | 46.7% |" in text  # (28/30 + 0) / 2
+    assert "| ae-act | - | 48.3% |" in text  # (29/30 + 0) / 2
+    assert "constant kept (ae-act 48.3%; svdllm 46.7%) | 4 | met |" in text
+    assert "constant" not in report.factorize_targets(data, floors={})  # no data: no table
+
     data = [r for r in data if r["method"] != "ae-act"]
     data += rows("sst2", 80.0, {("ae-act", 4): 70.0}) + rows("rte", 60.0, {("ae-act", 4): 50.0})
-    assert "| 4 | missed |" in report.factorize_targets(data)
+    assert "| 4 | missed |" in report.factorize_targets(data, floors={})
 
 
 def test_factorize_finetune_protocol_drops_from_its_own_reference(report):

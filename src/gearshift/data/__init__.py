@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         make_collator,
         make_dataloader,
     )
-    from gearshift.data.metrics import compute_metrics
+    from gearshift.data.metrics import compute_metrics, constant_score
 
 _LAZY = {
     "align_word_labels": "gearshift.data.encode",
@@ -51,6 +51,7 @@ _LAZY = {
     "make_collator": "gearshift.data.encode",
     "make_dataloader": "gearshift.data.encode",
     "compute_metrics": "gearshift.data.metrics",
+    "constant_score": "gearshift.data.metrics",
 }
 
 
@@ -72,6 +73,7 @@ __all__ = [
     "TaskSpec",
     "align_word_labels",
     "compute_metrics",
+    "constant_score",
     "encode_examples",
     "find_task",
     "get_task",

@@ -70,6 +70,31 @@ def compute_metrics(task: str | TaskSpec, predictions: Any, references: Any) -> 
     return {name: 100.0 * float(scores[name]()) for name in spec.metrics}
 
 
+def constant_score(task: str | TaskSpec, references: Any) -> float:
+    """The best main-metric score (points) that one constant prediction gets on ``references``.
+
+    The floor a model must clear to carry any information: the majority class's accuracy,
+    the F1 of always answering the positive class, 0 for Matthews correlation and for the
+    correlations of a regression task (a constant has none). Classification tries every
+    class; token classification has no such floor and is refused.
+    """
+    spec = get_task(task)
+    main = spec.main_metric
+    if spec.kind == "classification":
+        refs = np.asarray(references).reshape(-1).astype(np.int64)
+        if len(refs) == 0:
+            raise DataError(f"{spec.name}: no references to score a constant prediction on")
+        return max(
+            compute_metrics(spec, np.full_like(refs, c), refs)[main] for c in range(spec.num_labels)
+        )
+    if spec.kind == "regression":
+        return 0.0
+    raise DataError(
+        f"task {spec.name!r} ({spec.kind}) has no constant-prediction floor; "
+        "use it with classification or regression tasks"
+    )
+
+
 def _class_ids(predictions: Any, references: Any) -> tuple[np.ndarray, np.ndarray]:
     """Return (predicted ids, reference ids) as 1-D int arrays of equal length."""
     preds = np.asarray(predictions)
