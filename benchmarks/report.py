@@ -925,6 +925,18 @@ def constant_floors(tasks: list[str]) -> dict[str, float]:
     return floors
 
 
+def _ratio_table(
+    methods: list[str], ratios: list[int], table: dict[tuple[str, int], float | None], fmt: str
+) -> list[str]:
+    """A markdown table, a method per line and a ratio per column ("-": no value)."""
+    lines = ["| method | " + " | ".join(f"ratio {k}" for k in ratios) + " |"]
+    lines.append("|---|" + "---|" * len(ratios))
+    for m in methods:
+        cells = ["-" if table[m, k] is None else fmt.format(table[m, k]) for k in ratios]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def factorize_targets(rows: list[dict], floors: dict[str, float] | None = None) -> str:
     """Per ratio, no fine-tuning, averaged over the tasks measured: every method's score
     drop from the teacher, and the share of the teacher's margin over a constant prediction
@@ -981,27 +993,21 @@ def factorize_targets(rows: list[dict], floors: dict[str, float] | None = None) 
     lines = [
         f"Mean score drop from the teacher with no fine-tuning, over {', '.join(tasks)} "
         "(lower is better; computed from the rows above):\n",
-        "| method | " + " | ".join(f"ratio {k}" for k in ratios) + " |",
-        "|---|" + "---|" * len(ratios),
+        *_ratio_table(methods, ratios, table, "{:.2f}"),
     ]
-    for m in methods:
-        cells = ["-" if table[m, k] is None else f"{table[m, k]:.2f}" for k in ratios]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if any(v is not None for v in kept_table.values()):
+        closest = min(tasks, key=lambda t: teachers[t]["score"] - floors[t])
         lines += [
             "",
             "The same rows as the share of the teacher's margin over one constant prediction "
             "that each keeps, averaged over the tasks (higher is better; 0 at or below the "
             "constant, which a model that has lost everything still scores: "
             + ", ".join(f"{t} {floors[t]:.2f}" for t in tasks)
-            + "). A drop hides that a row at the constant has lost everything: on MRPC "
-            "always answering 'paraphrase' is only 4.9 F1 below the teacher.\n",
-            "| method | " + " | ".join(f"ratio {k}" for k in ratios) + " |",
-            "|---|" + "---|" * len(ratios),
+            + f"). A drop hides that a row at the constant has lost everything: on {closest} "
+            f"the constant is only {teachers[closest]['score'] - floors[closest]:.2f} below "
+            "the teacher.\n",
+            *_ratio_table(methods, ratios, kept_table, "{:.1%}"),
         ]
-        for m in methods:
-            cells = ["-" if kept_table[m, k] is None else f"{kept_table[m, k]:.1%}" for k in ratios]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "| claim | ratio | verdict |", "|---|---|---|"]
     for k in ratios:
         ae = table.get(("ae-grouped", k))
@@ -1103,12 +1109,8 @@ def factorize_finetune_table(rows: list[dict]) -> list[str]:
         f"{', '.join(tasks)} (reference: "
         + ", ".join(f"{t} {refs[t]['score']:.2f}" for t in tasks)
         + "):\n",
-        "| method | " + " | ".join(f"ratio {k}" for k in ratios) + " |",
-        "|---|" + "---|" * len(ratios),
+        *_ratio_table(methods, ratios, table, "{:.2f}"),
     ]
-    for m in methods:
-        cells = ["-" if table[m, k] is None else f"{table[m, k]:.2f}" for k in ratios]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     verdicts = []
     for k in ratios:
         ae, svd, fw = (table.get((m, k)) for m in ("ae-grouped", "svd", "fwsvd"))
