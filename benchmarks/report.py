@@ -1070,9 +1070,28 @@ def factorize_targets(rows: list[dict], floors: dict[str, float] | None = None) 
 
 
 def factorize_finetune_table(rows: list[dict]) -> list[str]:
-    """The paper's protocol (compress pre-trained, then fine-tune): per method and ratio, the
-    mean drop from the uncompressed pre-trained model fine-tuned the same way, over the tasks
-    that have that reference; the paper's claim checked again on these rows."""
+    """The paper's protocol (compress pre-trained, then fine-tune), one table per fine-tuning
+    schedule (e.g. "fine-tune (2000 examples, 3 epochs)"): per method and ratio, the mean
+    drop from the uncompressed pre-trained model fine-tuned the same way, over the tasks that
+    have that reference; the paper's claim checked again on these rows."""
+    prefix = "uncompressed pre-trained then "
+    schedules = sorted(
+        {
+            r["setting"].removeprefix(prefix)
+            for r in rows
+            if r["method"] == "uncompressed+finetune" and r["setting"].startswith(prefix)
+        }
+    )
+    lines = []
+    for schedule in schedules:
+        lines += _finetune_table(
+            [r for r in rows if r["setting"].endswith(f"then {schedule}")], schedule
+        )
+    return lines
+
+
+def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
+    """``factorize_finetune_table`` for the rows of one fine-tuning schedule."""
     refs = {r["task"]: r for r in rows if r["method"] == "uncompressed+finetune"}
     tuned = [r for r in rows if r["method"].endswith("+finetune") and r["task"] in refs]
     tuned = [r for r in tuned if r["setting"].startswith("ratio ")]
@@ -1101,7 +1120,6 @@ def factorize_finetune_table(rows: list[dict]) -> list[str]:
         return _mean([refs[r["task"]]["score"] - r["score"] for r in got])
 
     table = {(m, k): drop(m, k) for m in methods for k in ratios}
-    protocol = refs[tasks[0]]["setting"].removeprefix("uncompressed pre-trained then ")
     lines = [
         "",
         f"The paper's protocol (compress the pre-trained model, then {protocol}): mean score "

@@ -166,6 +166,18 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     assert "(reference: rte 60.00, sst2 80.00)" in text
     assert "| svd | 6.00 | - |" in text and "| ae-grouped | 2.00 | - |" in text
     assert "| grouped autoencoder above truncated SVD and FWSVD, fine-tuned | 4 | holds |" in text
+    # another fine-tuning schedule gets its own table, against its own references
+    longer = "fine-tune (2000 examples, 3 epochs)"
+    other = [
+        _row("sst2", "uncompressed+finetune", f"uncompressed pre-trained then {longer}", 88.0),
+        _row(
+            "sst2", "svd+finetune", f"ratio 4, per-layer, compress pre-trained then {longer}", 85.0
+        ),
+    ]
+    both = report.factorize_targets(data + other)
+    assert text.rstrip("\n") in both  # the first schedule's table is unchanged
+    assert f"then {longer}): mean score drop" in both and "(reference: sst2 88.00)" in both
+    assert "| svd | 3.00 |" in both
     data = [r for r in data if not (r["method"] == "ae-grouped+finetune" and r["task"] == "rte")]
     data.append(tuned("rte", "ae-grouped", 4, 50.0))
     assert "fine-tuned | 4 | does not hold (ae-grouped drop 6.00; svd 6.00, fwsvd 4.00) |" in (
