@@ -167,7 +167,7 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     assert "| svd | 6.00 | - |" in text and "| ae-grouped | 2.00 | - |" in text
     assert "| grouped autoencoder above truncated SVD and FWSVD, fine-tuned | 4 | holds |" in text
     # another fine-tuning schedule gets its own table, against its own references
-    longer = "fine-tune (2000 examples, 3 epochs)"
+    longer = "fine-tune (2000 examples, 3 epoch)"
     other = [
         _row("sst2", "uncompressed+finetune", f"uncompressed pre-trained then {longer}", 88.0),
         _row(
