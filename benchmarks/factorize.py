@@ -285,12 +285,17 @@ def factorize_config(
     return FactorizeConfig(**kw)
 
 
+TEACHER_TOLERANCE = 0.01  # points of dev score
+
+
 def on_teacher(row: dict, teacher_score: float) -> bool:
     """Whether a no-fine-tuning row compressed the teacher that now scores ``teacher_score``.
-    A rebuilt teacher scores differently, and its rows are measured again (a rebuild that
-    lands on the same score is, with seeded training, the same model)."""
+    A teacher rebuilt with another recipe or seed scores differently, and its rows are
+    measured again. A rebuild with the same seeded recipe at another thread count differs
+    only in the weights' last bits and scores within ``TEACHER_TOLERANCE`` (STS-B: 86.1929
+    and 86.1920; its compressed rows then agreed within 0.04), so it counts as the same."""
     ref = row.get("reference_score")
-    return ref is None or abs(ref - teacher_score) < 1e-6
+    return ref is None or abs(ref - teacher_score) < TEACHER_TOLERANCE
 
 
 def recorded(

@@ -186,6 +186,8 @@ def test_benchmark_resume_reruns_autoencoder_rows_of_other_step_counts(tmp_path,
     sink.rows[0]["reference_score"] = 59.93
     assert fact.recorded(sink, "rte", "svd", "per-layer", setting, svd, False, 59.93)
     assert not fact.recorded(sink, "rte", "svd", "per-layer", setting, svd, False, 56.68)
+    # a rebuild at another thread count: the same teacher to the last bits of its score
+    assert fact.recorded(sink, "rte", "svd", "per-layer", setting, svd, False, 59.931)
 
 
 def test_benchmark_finetune_protocol_has_an_uncompressed_reference(
