@@ -1129,6 +1129,21 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
         + "):\n",
         *_ratio_table(methods, ratios, table, "{:.2f}"),
     ]
+    per_row = sorted(
+        tuned, key=lambda r: (r["task"], int(r["setting"].split(",")[0].split()[1]), r["method"])
+    )
+    lines += [
+        "",
+        "Each row (the mean above needs every task's row):\n",
+        "| task | method | ratio | score | drop from the reference |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['task']} | {r['method'].removesuffix('+finetune')} | "
+            f"{r['setting'].split(',')[0].split()[1]} | {r['score']:.2f} | "
+            f"{refs[r['task']]['score'] - r['score']:.2f} |"
+            for r in per_row
+        ),
+    ]
     verdicts = []
     for k in ratios:
         ae, svd, fw = (table.get((m, k)) for m in ("ae-grouped", "svd", "fwsvd"))

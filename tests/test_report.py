@@ -165,6 +165,7 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     assert "drop from the uncompressed pre-trained model fine-tuned the same way" in text
     assert "(reference: rte 60.00, sst2 80.00)" in text
     assert "| svd | 6.00 | - |" in text and "| ae-grouped | 2.00 | - |" in text
+    assert "| sst2 | svd | 10 | 50.00 | 30.00 |" in text  # each row, even unaveraged ones
     assert "| grouped autoencoder above truncated SVD and FWSVD, fine-tuned | 4 | holds |" in text
     # another fine-tuning schedule gets its own table, against its own references
     longer = "fine-tune (2000 examples, 3 epoch)"
