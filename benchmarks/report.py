@@ -512,16 +512,11 @@ def slim_curves(rows: list[dict]) -> str:
             label = sched.removeprefix("-steps") if sched else "default"
             for name, member in SLIM_BASELINES.items():
                 # the cut teacher has its own recipe (the teacher's), whatever the schedule
-                same = (
-                    (lambda m: m.startswith("truncated-"))
-                    if name.startswith("truncated")
-                    else (lambda m, sched=sched: _schedule(m) == sched)
-                )
                 base = [
                     r
                     for r in rows
                     if r["task"] == task
-                    and same(r["method"])
+                    and (r["method"].startswith("truncated-") or _schedule(r["method"]) == sched)
                     and member(r["method"].removesuffix(sched))
                 ]
                 if not base:
@@ -925,6 +920,11 @@ def constant_floors(tasks: list[str]) -> dict[str, float]:
     return floors
 
 
+def _ratio_of(row: dict) -> int:
+    """The compression ratio of a factorize row ("ratio 4, per-layer, ...")."""
+    return int(row["setting"].split(",")[0].split()[1])
+
+
 def _ratio_table(
     methods: list[str], ratios: list[int], table: dict[tuple[str, int], float | None], fmt: str
 ) -> list[str]:
@@ -946,7 +946,7 @@ def factorize_targets(rows: list[dict], floors: dict[str, float] | None = None) 
     base = [r for r in rows if r["setting"].endswith("no fine-tuning")]
     teachers = {r["task"]: r for r in rows if r["method"] == "teacher"}
     tasks = sorted({r["task"] for r in base} & set(teachers))
-    ratios = sorted({int(r["setting"].split(",")[0].split()[1]) for r in base})
+    ratios = sorted({_ratio_of(r) for r in base})
     methods = sorted({r["method"] for r in base})
     if not tasks:  # the fine-tuning protocol's table alone, if it has rows
         finetune = factorize_finetune_table(rows)
@@ -1098,7 +1098,7 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
     if not tuned:
         return []
     tasks = sorted(refs)
-    ratios = sorted({int(r["setting"].split(",")[0].split()[1]) for r in tuned})
+    ratios = sorted({_ratio_of(r) for r in tuned})
     methods = sorted({r["method"].removesuffix("+finetune") for r in tuned})
 
     def drop(method: str, ratio: int) -> float | None:
@@ -1129,9 +1129,7 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
         + "):\n",
         *_ratio_table(methods, ratios, table, "{:.2f}"),
     ]
-    per_row = sorted(
-        tuned, key=lambda r: (r["task"], int(r["setting"].split(",")[0].split()[1]), r["method"])
-    )
+    per_row = sorted(tuned, key=lambda r: (r["task"], _ratio_of(r), r["method"]))
     lines += [
         "",
         "Each row (the mean above needs every task's row):\n",
@@ -1139,7 +1137,7 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
         "|---|---|---|---|---|",
         *(
             f"| {r['task']} | {r['method'].removesuffix('+finetune')} | "
-            f"{r['setting'].split(',')[0].split()[1]} | {r['score']:.2f} | "
+            f"{_ratio_of(r)} | {r['score']:.2f} | "
             f"{refs[r['task']]['score'] - r['score']:.2f} |"
             for r in per_row
         ),
