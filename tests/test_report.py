@@ -365,12 +365,18 @@ def test_rows_of_a_rebuilt_teacher_are_named_and_measured_against_their_own(repo
     ]
     data[-1]["metric"] = "cosine"
     text = report.teacher_generations(data)
-    assert "- sst2: rows by the teacher score they were measured against: 90.00 (1 rows, " in text
-    assert "2026-11-22), 88.00 (1 rows, 2026-11-23); the teacher row shows 88.00." in text
+    assert "- sst2: rows by the teacher score they were measured against: 90.00 (1 row, " in text
+    assert "2026-11-22), 88.00 (1 row, 2026-11-23); the teacher row shows 88.00." in text
     assert "100.00" not in text
     assert report.teacher_generations(data[:1] + data[2:]) == ""  # one teacher: no note
+    # a rebuild within the tolerance (another thread count or CPU) is the same teacher
+    rebuilt = row("sst2", "svdllm", "ratio 4, per-layer, no fine-tuning", 81.0, 88.005, old)
+    assert report.teacher_generations(data[:1] + data[2:] + [rebuilt]) == ""
+    assert "88.00 (2 rows, 2026-11-22 to 2026-11-23)" in report.teacher_generations(
+        data + [rebuilt]
+    )
     # every row measured against an earlier teacher than the one the teacher row shows
-    assert "90.00 (1 rows, 2026-11-22); the teacher row shows 88.00." in report.teacher_generations(
+    assert "90.00 (1 row, 2026-11-22); the teacher row shows 88.00." in report.teacher_generations(
         data[:2]
     )
     # the drop is taken from each row's own teacher: svd lost 10 points, fwsvd 8
