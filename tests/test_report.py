@@ -167,6 +167,10 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     assert "| svd | 6.00 | - |" in text and "| ae-grouped | 2.00 | - |" in text
     assert "| sst2 | svd | 10 | 50.00 | 30.00 |" in text  # each row, even unaveraged ones
     assert "| grouped autoencoder above truncated SVD and FWSVD, fine-tuned | 4 | holds |" in text
+    # the claim cell by cell, where the three rows exist (sst2 at ratio 10 has svd alone)
+    assert "| rte | 4 | 58.00 | 54.00 | 56.00 | holds |" in text
+    assert "| sst2 | 4 | 78.00 | 74.00 | 76.00 | holds |" in text
+    assert "| sst2 | 10 |" not in text.split("task by task")[1]
     # another fine-tuning schedule gets its own table, against its own references
     longer = "fine-tune (2000 examples, 3 epoch)"
     other = [
@@ -181,9 +185,10 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     assert "| svd | 3.00 |" in both
     data = [r for r in data if not (r["method"] == "ae-grouped+finetune" and r["task"] == "rte")]
     data.append(tuned("rte", "ae-grouped", 4, 50.0))
-    assert "fine-tuned | 4 | does not hold (ae-grouped drop 6.00; svd 6.00, fwsvd 4.00) |" in (
-        report.factorize_targets(data)
-    )
+    text = report.factorize_targets(data)
+    assert "fine-tuned | 4 | does not hold (ae-grouped drop 6.00; svd 6.00, fwsvd 4.00) |" in text
+    assert "| rte | 4 | 50.00 | 54.00 | 56.00 | does not hold |" in text
+    assert "| sst2 | 4 | 78.00 | 74.00 | 76.00 | holds |" in text
 
 
 def test_command_line_quotes_arguments(report):
