@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from report import AE_STEPS, TEACHER_TOLERANCE, ae_steps_of, command_line
+from report import AE_STEPS, ae_steps_of, command_line, same_teacher
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
 
 from gearshift.data import get_task
@@ -289,10 +289,10 @@ def on_teacher(row: dict, teacher_score: float) -> bool:
     """Whether a no-fine-tuning row compressed the teacher that now scores ``teacher_score``.
     A teacher rebuilt with another recipe or seed scores differently, and its rows are
     measured again. A rebuild with the same seeded recipe at another thread count differs
-    only in the weights' last bits and scores within ``TEACHER_TOLERANCE`` (STS-B: 86.1929,
+    only in the weights' last bits and scores within report.TEACHER_TOLERANCE (STS-B: 86.1929,
     86.1920 and 86.1921; its compressed rows then agreed within 0.04), so it counts as the same."""
     ref = row.get("reference_score")
-    return ref is None or abs(ref - teacher_score) < TEACHER_TOLERANCE
+    return ref is None or same_teacher(ref, teacher_score)
 
 
 def recorded(

@@ -64,8 +64,9 @@ NOTES["factorize"] = (
     "Offline compression of the MiniLM-L6 teachers, no fine-tuning, at stored-parameter "
     "ratios 2, 4, 10 of the compressed modules (every Linear of every layer and the word "
     "embedding); `+finetune` rows follow the paper's protocol instead (compress pre-trained "
-    "MiniLM-L6, then fine-tune; their reference is `uncompressed+finetune`). Autoencoders trained 1000 steps per matrix or group (the benchmark's "
-    "default `--ae-steps`; rows of other counts are named under the targets). FLOPs and "
+    "MiniLM-L6, then fine-tune; their reference is `uncompressed+finetune`). Autoencoders "
+    "trained 1000 steps per matrix or group (the benchmark's default `--ae-steps`; rows "
+    "of other counts are named under the targets). FLOPs and "
     "latency are measured once per model shape and task and reused "
     "for identically shaped models (`extras.costs_measured_on`); latency with 1 thread while "
     "a second benchmark ran on the other core. Compression time: rows of RTE and the "
@@ -234,15 +235,16 @@ def _reference(row: dict, teacher: dict | None) -> float | None:
 TEACHER_TOLERANCE = 0.01
 
 
+def same_teacher(a: float, b: float) -> bool:
+    """Whether teacher scores ``a`` and ``b`` are one teacher's (``TEACHER_TOLERANCE``)."""
+    return abs(a - b) < TEACHER_TOLERANCE
+
+
 def teacher_generations(rows: list[dict]) -> str:
     """Per task, a line when its rows were measured against different teachers (rows keep
     the teacher's score as ``reference_score``; a rebuilt teacher is a new one, unless it
     scores within ``TEACHER_TOLERANCE`` of the other). Only rows scored in the teacher's
     metric count (not fidelity or perplexity rows)."""
-
-    def same(a: float, b: float) -> bool:
-        return abs(a - b) < TEACHER_TOLERANCE
-
     lines = []
     for task in sorted({r["task"] for r in rows}):
         teacher = next((r for r in rows if r["task"] == task and r["method"] == "teacher"), None)
@@ -254,9 +256,9 @@ def teacher_generations(rows: list[dict]) -> str:
                 continue
             ref = r.get("reference_score")
             if ref is not None:
-                key = next((k for k in groups if same(k, ref)), ref)
+                key = next((k for k in groups if same_teacher(k, ref)), ref)
                 groups.setdefault(key, []).append(str(r.get("date") or "")[:10])
-        if len(groups) < 2 and all(same(k, teacher["score"]) for k in groups):
+        if len(groups) < 2 and all(same_teacher(k, teacher["score"]) for k in groups):
             continue  # one teacher, the one the teacher row shows
         parts = []
         for ref, dates in sorted(groups.items(), key=lambda kv: min(kv[1])):
@@ -943,6 +945,28 @@ def _ratio_of(row: dict) -> int:
     return int(row["setting"].split(",")[0].split()[1])
 
 
+# The paper's claim: this method above these two, at every ratio.
+CLAIM_AE, CLAIM_RIVALS = "ae-grouped", ("svd", "fwsvd")
+
+
+def _claim_verdicts(table: dict[tuple[str, int], float | None], ratios, label: str) -> list[str]:
+    """One verdict row per ratio where the claim's three mean drops exist in ``table``."""
+    out = []
+    for k in ratios:
+        ae, svd, fw = (table.get((m, k)) for m in (CLAIM_AE, *CLAIM_RIVALS))
+        if None in (ae, svd, fw):
+            continue
+        verdict = (
+            "holds"
+            if ae < min(svd, fw)
+            else f"does not hold (ae-grouped drop {ae:.2f}; svd {svd:.2f}, fwsvd {fw:.2f})"
+        )
+        out.append(
+            f"| grouped autoencoder above truncated SVD and FWSVD{label} | {k} | {verdict} |"
+        )
+    return out
+
+
 def _ratio_table(
     methods: list[str], ratios: list[int], table: dict[tuple[str, int], float | None], fmt: str
 ) -> list[str]:
@@ -1027,20 +1051,7 @@ def factorize_targets(rows: list[dict], floors: dict[str, float] | None = None) 
             *_ratio_table(methods, ratios, kept_table, "{:.1%}"),
         ]
     lines += ["", "| claim | ratio | verdict |", "|---|---|---|"]
-    for k in ratios:
-        ae = table.get(("ae-grouped", k))
-        rivals = {m: table.get((m, k)) for m in ("svd", "fwsvd")}
-        if ae is None or None in rivals.values():
-            continue
-        verdict = (
-            "holds"
-            if ae < min(rivals.values())
-            else (
-                f"does not hold (ae-grouped drop {ae:.2f}; svd {rivals['svd']:.2f}, fwsvd "
-                f"{rivals['fwsvd']:.2f})"
-            )
-        )
-        lines.append(f"| grouped autoencoder above truncated SVD and FWSVD | {k} | {verdict} |")
+    lines += _claim_verdicts(table, ratios, "")
     if 4 in ratios:
         ours = {
             m: table[m, 4] for m in ("ae-act", "ae-act-grouped") if table.get((m, 4)) is not None
@@ -1118,21 +1129,10 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
     tasks = sorted(refs)
     ratios = sorted({_ratio_of(r) for r in tuned})
     methods = sorted({r["method"].removesuffix("+finetune") for r in tuned})
+    index = {(r["task"], _ratio_of(r), r["method"].removesuffix("+finetune")): r for r in tuned}
 
     def drop(method: str, ratio: int) -> float | None:
-        got = [
-            next(
-                (
-                    r
-                    for r in tuned
-                    if r["task"] == t
-                    and r["method"] == f"{method}+finetune"
-                    and r["setting"].startswith(f"ratio {ratio},")
-                ),
-                None,
-            )
-            for t in tasks
-        ]
+        got = [index.get((t, ratio, method)) for t in tasks]
         if any(r is None for r in got):
             return None
         return _mean([refs[r["task"]]["score"] - r["score"] for r in got])
@@ -1160,33 +1160,21 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
             for r in per_row
         ),
     ]
-    verdicts = []
-    for k in ratios:
-        ae, svd, fw = (table.get((m, k)) for m in ("ae-grouped", "svd", "fwsvd"))
-        if None in (ae, svd, fw):
-            continue
-        verdict = (
-            "holds"
-            if ae < min(svd, fw)
-            else f"does not hold (ae-grouped drop {ae:.2f}; svd {svd:.2f}, fwsvd {fw:.2f})"
-        )
-        verdicts.append(
-            f"| grouped autoencoder above truncated SVD and FWSVD, fine-tuned | {k} | {verdict} |"
-        )
+    verdicts = _claim_verdicts(table, ratios, ", fine-tuned")
     if verdicts:
         lines += ["", "| claim | ratio | verdict |", "|---|---|---|", *verdicts]
-    return lines + _claim_by_cell(tuned)
+    return lines + _claim_by_cell(index)
 
 
-def _claim_by_cell(tuned: list[dict]) -> list[str]:
+def _claim_by_cell(index: dict[tuple[str, int, str], dict]) -> list[str]:
     """The paper's claim (grouped autoencoder above truncated SVD and FWSVD) on each task and
-    ratio where the three fine-tuned rows exist, before every task's row is in for the mean.
-    It holds on a cell when ae-grouped scores above both."""
-    score = {(r["task"], _ratio_of(r), r["method"].removesuffix("+finetune")): r for r in tuned}
-    cells = sorted({(t, k) for t, k, _ in score})
+    ratio where the three fine-tuned rows exist in ``index`` ((task, ratio, method) -> row),
+    before every task's row is in for the mean. It holds on a cell when ae-grouped scores
+    above both."""
+    cells = sorted({(t, k) for t, k, _ in index})
     out = []
     for t, k in cells:
-        got = [score.get((t, k, m)) for m in ("ae-grouped", "svd", "fwsvd")]
+        got = [index.get((t, k, m)) for m in (CLAIM_AE, *CLAIM_RIVALS)]
         if None in got:
             continue
         ae, svd, fw = (r["score"] for r in got)
