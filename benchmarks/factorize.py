@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ from gearshift.methods.factorize import (
     calibrate,
     calibration_batches,
     compress,
+    densify,
     load_factorized,
 )
 from gearshift.paths import cache_dir
@@ -137,6 +139,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "fine-tuned on MRPC stayed at the all-paraphrase F1; docs/factorize.md)",
     )
     p.add_argument(
+        "--finetune-form",
+        choices=["compressed", "dense"],
+        default="compressed",
+        help="compressed (the paper's protocol): fine-tune the factors, or the codes, norms and "
+        "decoders; dense (a diagnosis, rows `+finetune-dense`): rebuild the compressed "
+        "pre-trained model's weights as plain matrices and fine-tune those, which tells a "
+        "compressed form that cannot learn from a start that has lost the pre-training",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: ratio 2, 32 calibration examples, 40 AE steps, 100 dev examples, "
@@ -173,8 +184,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def row_method(method: str, mode: str, finetune: bool = False) -> str:
-    return method + ("-grouped" if mode == "grouped" else "") + ("+finetune" if finetune else "")
+def row_method(method: str, mode: str, finetune: bool = False, form: str = "compressed") -> str:
+    """``ae-grouped``; ``+finetune`` after the paper's protocol; ``+finetune-dense`` when the
+    compressed pre-trained model was rebuilt dense before fine-tuning (a diagnosis)."""
+    suffix = ("+finetune" + ("-dense" if form == "dense" else "")) if finetune else ""
+    return method + ("-grouped" if mode == "grouped" else "") + suffix
 
 
 def teacher_folder(task: str, args: argparse.Namespace) -> Path | None:
@@ -304,11 +318,12 @@ def recorded(
     config: FactorizeConfig,
     finetune: bool = False,
     teacher_score: float | None = None,
+    form: str = "compressed",
 ) -> bool:
     """Whether ``sink`` holds this setting's row, measured the way ``config`` would measure
     it now (autoencoders: the same step counts; no fine-tuning: the same teacher, known by
     ``teacher_score``)."""
-    key = (task, row_method(method, mode, finetune), setting)
+    key = (task, row_method(method, mode, finetune, form), setting)
     for row in sink.rows:
         if ResultsSink.key(row) == key:
             if not finetune and teacher_score is not None and not on_teacher(row, teacher_score):
@@ -346,7 +361,7 @@ def row_for(
     return OperatingPoint(
         task=task.name,
         model=MODEL,
-        method=row_method(method, mode, bool(extra)),
+        method=row_method(method, mode, bool(extra), (extra or {}).get("finetune_form", "")),
         setting=setting,
         metric=task.main_metric,
         score=score,
@@ -460,6 +475,15 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
     return True
 
 
+def pretrained_key(config: FactorizeConfig, args: argparse.Namespace, fisher_task: str = "") -> str:
+    """The cache folder name of the pre-trained model compressed by ``config``."""
+    return (
+        f"{config.method}-{'grouped' if config.grouped else 'per-layer'}-{config.ratio:g}"
+        f"-cal{args.calibration_examples}-ae{config.ae_steps}-{config.ae_refine_steps}"
+        + (f"-fisher-{fisher_task}" if fisher_task else "")
+    )
+
+
 def compressed_pretrained(
     config: FactorizeConfig, cal, args: argparse.Namespace, stats=None, task: str = ""
 ):
@@ -470,15 +494,12 @@ def compressed_pretrained(
     from gearshift.methods.factorize.compress import CompressionReport
     from gearshift.methods.factorize.model import save_factorized
 
-    key = (
-        f"{config.method}-{'grouped' if config.grouped else 'per-layer'}-{config.ratio:g}"
-        f"-cal{args.calibration_examples}-ae{config.ae_steps}-{config.ae_refine_steps}"
-        + (f"-fisher-{task}" if stats is not None else "")
+    folder = (
+        cache_dir()
+        / "factorize-pretrained"
+        / pretrained_key(config, args, task if stats is not None else "")
     )
-    folder = cache_dir() / "factorize-pretrained" / key
     if (folder / "gearshift.json").is_file():
-        import json
-
         meta = json.loads((folder / "gearshift.json").read_text())
         return load_factorized(folder).train(), CompressionReport(**meta["report"])
     model = load_pretrained(MODEL, head_kind=None)
@@ -487,12 +508,55 @@ def compressed_pretrained(
     return model, report
 
 
+def loss_curve(folder: Path) -> dict[str, float]:
+    """Mean training loss over the first and the last sixth of a fine-tuning run's logged
+    steps (the Trainer's ``log.jsonl``): whether the run learned at all. Empty without a log."""
+    path = folder / "log.jsonl"
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    losses = [r["loss"] for r in records if r.get("kind") == "train" and "loss" in r]
+    if not losses:
+        return {}
+    k = max(1, len(losses) // 6)
+    return {
+        "train_loss_first": sum(losses[:k]) / k,
+        "train_loss_last": sum(losses[-k:]) / k,
+    }
+
+
+class StartFidelity:
+    """Cosine of a model's final hidden states to the uncompressed pre-trained model's on the
+    dev texts: how much of the pre-training a compressed model keeps before it is fine-tuned."""
+
+    def __init__(self, measure: Measure) -> None:
+        self.measure = measure
+        self.reference: torch.Tensor | None = None
+
+    def __call__(self, model: torch.nn.Module) -> float:
+        if self.reference is None:
+            pretrained = load_pretrained(MODEL, head_kind=None).eval()
+            self.reference = self.measure.hidden(pretrained)
+        was_training = model.training
+        model.eval()
+        try:
+            hidden = self.measure.hidden(model)
+        finally:
+            model.train(was_training)
+        return float(torch.nn.functional.cosine_similarity(hidden, self.reference, dim=-1).mean())
+
+
 def run_finetune(
     task, measure: Measure, args: argparse.Namespace, command: str, sink: ResultsSink
 ) -> None:
     """The paper's protocol: compress pre-trained minilm-l6, then fine-tune the compressed form.
     The reference is the uncompressed pre-trained model fine-tuned the same way
-    (``uncompressed+finetune``): the teacher had a full fine-tuning run, these a short one."""
+    (``uncompressed+finetune``): the teacher had a full fine-tuning run, these a short one.
+
+    Every fine-tuned row also records its start (``start_fidelity``, see :class:`StartFidelity`)
+    and its training loss at the start and the end (``train_loss_first`` / ``_last``); with
+    ``--resume``, recorded rows that lack them get them from the cached models and logs.
+    ``--finetune-form dense`` fine-tunes the rebuilt dense weights instead (a diagnosis)."""
     from gearshift.jobs import finetune
     from gearshift.methods.factorize.finetune import finetune_compressed
     from gearshift.train import TrainConfig
@@ -500,6 +564,8 @@ def run_finetune(
     tokenizer = load_tokenizer(MODEL)
     labels = list(task.label_names) if task.label_names else None
     protocol = f"({args.finetune_examples} examples, {args.finetune_epochs:g} epoch)"
+    dense = args.finetune_form == "dense"
+    start_fidelity = StartFidelity(measure)
 
     def with_task_head(model):
         torch.manual_seed(42)  # the fresh head's draw, the same for every method
@@ -507,8 +573,11 @@ def run_finetune(
         _init_head(model)
         return model
 
+    def run_dir(name: str) -> Path:
+        return cache_dir() / "factorize-finetune" / task.name / name
+
     def tune(model, name: str, tune_fn):
-        out = cache_dir() / "factorize-finetune" / task.name / name
+        out = run_dir(name)
         train_cfg = TrainConfig(
             output_dir=str(out),
             epochs=args.finetune_epochs,
@@ -531,13 +600,17 @@ def run_finetune(
         extra = {
             "finetune_seconds": time.perf_counter() - start,
             "finetune_examples": args.finetune_examples,
+            **loss_curve(out),
         }
         return res, extra
 
     reference = f"uncompressed pre-trained then fine-tune {protocol}"
     key = (task.name, "uncompressed+finetune", reference)
-    if not (args.resume and any(ResultsSink.key(r) == key for r in sink.rows)):
-        res, extra = tune(load_pretrained(MODEL, head_kind=None), "uncompressed", finetune)
+    recorded_ref = next((r for r in sink.rows if ResultsSink.key(r) == key), None)
+    if not (args.resume and recorded_ref):
+        pretrained = load_pretrained(MODEL, head_kind=None)
+        diagnosis = {"start_fidelity": start_fidelity(pretrained)}
+        res, extra = tune(pretrained, "uncompressed", finetune)
         costs = measure.costs(load_pretrained(str(res.model_dir)).eval(), latency=False)
         sink.add(
             OperatingPoint(
@@ -550,21 +623,38 @@ def run_finetune(
                 reference_score=measure.teacher_score,
                 command=command,
                 **costs,  # the teacher's shape: latency ratio 1 by definition
-                extras={"protocol": "finetune", **extra},
+                extras={"protocol": "finetune", **extra, **diagnosis},
             ).to_dict()
         )
         print(
             f"[factorize] {task.name} uncompressed + fine-tune: {task.main_metric} {res.score:.2f}",
             flush=True,
         )
+    elif "start_fidelity" not in recorded_ref["extras"]:
+        recorded_ref["extras"].update(loss_curve(run_dir("uncompressed")), start_fidelity=1.0)
+        sink.add(recorded_ref)
     cal = calibration_batches(tokenizer, "text", None, args.calibration_examples)
     fisher = None  # fwsvd's row weights: the fine-tuned teacher's gradients on task examples
     for ratio in args.ratios:
         for method in args.methods:
             for mode in args.modes:
-                setting = f"ratio {ratio:g}, {mode}, compress pre-trained then fine-tune {protocol}"
+                name = f"{method}-{mode}-{ratio:g}" + ("-dense" if dense else "")
+                route = "compress pre-trained" + (", rebuild dense," if dense else "")
+                setting = f"ratio {ratio:g}, {mode}, {route} then fine-tune {protocol}"
                 config = factorize_config(method, ratio, mode == "grouped", args)
-                if args.resume and recorded(sink, task.name, method, mode, setting, config, True):
+                if args.resume and recorded(
+                    sink, task.name, method, mode, setting, config, True, form=args.finetune_form
+                ):
+                    backfill(
+                        sink,
+                        task.name,
+                        row_method(method, mode, True, args.finetune_form),
+                        setting,
+                        run_dir(name),
+                        config,
+                        args,
+                        start_fidelity,
+                    )
                     continue
                 if method == "fwsvd":
                     if fisher is None:
@@ -575,9 +665,21 @@ def run_finetune(
                     model, report = compressed_pretrained(config, None, args, fisher, task.name)
                 else:
                     model, report = compressed_pretrained(config, cal, args)
-                res, extra = tune(model, f"{method}-{mode}-{ratio:g}", finetune_compressed)
-                tuned = load_factorized(res.model_dir)
-                costs = measure.costs(tuned, label=f"{row_method(method, mode, True)}, {setting}")
+                diagnosis = {"start_fidelity": start_fidelity(model)}
+                if dense:
+                    res, extra = tune(densify(model), name, finetune)
+                    tuned = load_pretrained(str(res.model_dir))
+                    # fine-tuned as plain matrices: the result stores every weight again
+                    diagnosis |= {
+                        "finetune_form": "dense",
+                        "stored_ratio": 1.0,
+                        "stored_weights": report.original_weights,
+                    }
+                else:
+                    res, extra = tune(model, name, finetune_compressed)
+                    tuned = load_factorized(res.model_dir)
+                label = f"{row_method(method, mode, True, args.finetune_form)}, {setting}"
+                costs = measure.costs(tuned, label=label)
                 sink.add(
                     row_for(
                         task,
@@ -592,14 +694,42 @@ def run_finetune(
                         command,
                         costs_from=measure.cost_source,
                         config=config,
-                        extra=extra,
+                        extra=extra | diagnosis,
                     )
                 )
                 print(
-                    f"[factorize] {task.name} {method} {mode} ratio {ratio:g} + fine-tune: "
-                    f"{task.main_metric} {res.score:.2f}",
+                    f"[factorize] {task.name} {method} {mode} ratio {ratio:g} + fine-tune"
+                    f"{' (dense)' if dense else ''}: {task.main_metric} {res.score:.2f}, start "
+                    f"fidelity {diagnosis['start_fidelity']:.3f}, training loss "
+                    f"{extra.get('train_loss_first', float('nan')):.3f} -> "
+                    f"{extra.get('train_loss_last', float('nan')):.3f}",
                     flush=True,
                 )
+
+
+def backfill(
+    sink: ResultsSink,
+    task: str,
+    method: str,
+    setting: str,
+    folder: Path,
+    config: FactorizeConfig,
+    args: argparse.Namespace,
+    start_fidelity: StartFidelity,
+) -> None:
+    """Give a fine-tuned row recorded before rows had them its start fidelity and loss curve,
+    from the cached compressed pre-trained model and the run's log (skipped when either is
+    gone: they are not recomputed)."""
+    row = next(r for r in sink.rows if ResultsSink.key(r) == (task, method, setting))
+    if "start_fidelity" in row["extras"]:
+        return
+    fisher_task = task if config.method == "fwsvd" else ""
+    cached = cache_dir() / "factorize-pretrained" / pretrained_key(config, args, fisher_task)
+    curve = loss_curve(folder)
+    if not curve or not (cached / "gearshift.json").is_file():
+        return
+    row["extras"].update(curve, start_fidelity=start_fidelity(load_factorized(cached)))
+    sink.add(row)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1150,20 +1150,65 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
     per_row = sorted(tuned, key=lambda r: (r["task"], _ratio_of(r), r["method"]))
     lines += [
         "",
-        "Each row (the mean above needs every task's row):\n",
-        "| task | method | ratio | score | drop from the reference |",
-        "|---|---|---|---|---|",
+        "Each row (the mean above needs every task's row). Start fidelity: cosine of the "
+        "compressed pre-trained model's final hidden states to the uncompressed one's on dev "
+        "text, before fine-tuning; training loss: the mean over the first and the last sixth "
+        "of the logged steps (- where not recorded):\n",
+        "| task | method | ratio | score | drop from the reference | start fidelity "
+        "| training loss, first -> last |",
+        "|---|---|---|---|---|---|---|",
         *(
             f"| {r['task']} | {r['method'].removesuffix('+finetune')} | "
             f"{_ratio_of(r)} | {r['score']:.2f} | "
-            f"{refs[r['task']]['score'] - r['score']:.2f} |"
+            f"{refs[r['task']]['score'] - r['score']:.2f} | {' | '.join(_diagnosis(r))} |"
             for r in per_row
         ),
     ]
     verdicts = _claim_verdicts(table, ratios, ", fine-tuned")
     if verdicts:
         lines += ["", "| claim | ratio | verdict |", "|---|---|---|", *verdicts]
-    return lines + _claim_by_cell(index)
+    return lines + _claim_by_cell(index) + _dense_diagnosis(rows, index)
+
+
+def _diagnosis(row: dict) -> tuple[str, str]:
+    """A fine-tuned row's start fidelity and training loss first -> last, as table cells."""
+    e = row.get("extras", {})
+    fid, first, last = (e.get(k) for k in ("start_fidelity", "train_loss_first", "train_loss_last"))
+    loss = f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "-"
+    return (f"{fid:.3f}" if fid is not None else "-"), loss
+
+
+def _dense_diagnosis(rows: list[dict], index: dict[tuple[str, int, str], dict]) -> list[str]:
+    """``+finetune-dense`` rows (the compressed pre-trained model rebuilt as plain matrices,
+    then fine-tuned the same way) beside the compressed form's row: a compressed form that
+    cannot learn shows as a dense row far above it; a start that lost the pre-training, as
+    both low."""
+    dense = sorted(
+        (r for r in rows if r["method"].endswith("+finetune-dense")),
+        key=lambda r: (r["task"], _ratio_of(r), r["method"]),
+    )
+    if not dense:
+        return []
+    out = []
+    for r in dense:
+        method = r["method"].removesuffix("+finetune-dense")
+        twin = index.get((r["task"], _ratio_of(r), method))
+        form = f"{twin['score']:.2f} | {_diagnosis(twin)[1]}" if twin else "- | -"
+        fid, loss = _diagnosis(r)
+        out.append(
+            f"| {r['task']} | {method} | {_ratio_of(r)} | {fid} | {form} | {r['score']:.2f} "
+            f"| {loss} |"
+        )
+    return [
+        "",
+        "Diagnosis: the same compressed pre-trained start fine-tuned in its compressed form "
+        "(the protocol) and rebuilt as plain matrices (`+finetune-dense`, which stores every "
+        "weight again; `--finetune-form dense`):\n",
+        "| task | method | ratio | start fidelity | compressed form: score | loss first -> last "
+        "| dense: score | loss first -> last |",
+        "|---|---|---|---|---|---|---|---|",
+        *out,
+    ]
 
 
 def _claim_by_cell(index: dict[tuple[str, int, str], dict]) -> list[str]:

@@ -20,6 +20,7 @@ from gearshift.methods.factorize import (
     autoencoder_stored,
     code_size,
     compress,
+    densify,
     is_factorized_folder,
     load_factorized,
     low_rank_factors,
@@ -33,6 +34,7 @@ from gearshift.methods.factorize.autoencoder import (
     gram_factor,
     train_row_autoencoder,
 )
+from gearshift.methods.factorize.modules import COMPRESSED_TYPES
 from gearshift.methods.factorize.svd import row_weights_from_importance
 from gearshift.runtime import BlockShape, ModelConfig, Transformer, load_pretrained, save_model
 from gearshift.runtime.io import load_model
@@ -415,6 +417,26 @@ def test_save_and_reload_give_identical_outputs(method, grouped, tmp_path):
     generic = load_pretrained(str(folder))  # the generic loader dispatches on the folder kind
     assert torch.equal(logits(generic, batch), out)
     assert count_parameters(generic) == count_parameters(model)
+
+
+@pytest.mark.parametrize("method", ["svd", "ae"])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_densify_keeps_the_function_and_stores_plain_weights(method, grouped, tmp_path):
+    """densify: every compressed module becomes a plain Linear / Embedding with its rebuilt
+    weight; same outputs, the uncompressed model's parameter count, a plain model folder."""
+    original = small_model()
+    model, _ = compress(small_model(), fast(method, grouped=grouped))
+    batch = batches()[0]
+    out = logits(model, batch)
+    dense = densify(model)
+    assert not any(isinstance(m, COMPRESSED_TYPES) for m in dense.modules())
+    assert isinstance(dense.embeddings.word, torch.nn.Embedding)
+    assert not hasattr(dense, "factorize_config")
+    assert count_parameters(dense) == count_parameters(original)
+    assert torch.allclose(logits(dense, batch), out, atol=1e-5)
+    folder = save_model(dense, tmp_path / "dense")
+    assert not is_factorized_folder(folder)
+    assert torch.allclose(logits(load_pretrained(str(folder)), batch), out, atol=1e-5)
 
 
 def test_generic_loader_names_folders_it_cannot_load(tmp_path):

@@ -227,5 +227,34 @@ def test_benchmark_finetune_protocol_has_an_uncompressed_reference(
     assert fw["params"] == tuned["params"]
     cached = sorted(p.name for p in (tmp_path / "cache" / "factorize-pretrained").iterdir())
     assert [n for n in cached if n.startswith("fwsvd")][0].endswith("-fisher-rte")
+    # every fine-tuned row says where it started and whether its training loss moved
+    assert ref["extras"]["start_fidelity"] == pytest.approx(1.0)
+    assert tuned["extras"]["start_fidelity"] < 1.0
+    for row in (ref, tuned, fw):
+        assert row["extras"]["train_loss_first"] > 0 and row["extras"]["train_loss_last"] > 0
     assert fact.main(argv + ["--resume"]) == 0
     assert "--resume found every setting recorded" in capsys.readouterr().out
+    # rows recorded before they had the diagnosis get it back on --resume
+    data = json.loads(out.read_text())
+    for row in data["rows"]:
+        for k in ("start_fidelity", "train_loss_first", "train_loss_last"):
+            row["extras"].pop(k, None)
+    out.write_text(json.dumps(data))
+    assert fact.main(argv + ["--resume"]) == 0
+    again = {(r["method"], r["setting"]): r for r in json.loads(out.read_text())["rows"]}
+    for key, row in ((k, again[k]) for k in again if k[0].endswith("+finetune")):
+        assert row["extras"]["start_fidelity"] == pytest.approx(
+            rows[key]["extras"]["start_fidelity"]
+        )
+        assert row["extras"]["train_loss_last"] == rows[key]["extras"]["train_loss_last"]
+    # the diagnosis: the same compressed start, rebuilt dense and fine-tuned as plain matrices
+    dense_argv = [a for a in argv if a != "fwsvd"] + ["--finetune-form", "dense"]
+    assert fact.main(dense_argv) == 0
+    rows = {(r["method"], r["setting"]): r for r in json.loads(out.read_text())["rows"]}
+    dense = rows[
+        "svd+finetune-dense",
+        f"ratio 2, per-layer, compress pre-trained, rebuild dense, then fine-tune {protocol}",
+    ]
+    assert dense["params"] == ref["params"] and dense["extras"]["stored_ratio"] == 1.0
+    assert dense["extras"]["start_fidelity"] == pytest.approx(tuned["extras"]["start_fidelity"])
+    assert ("svd+finetune", tuned["setting"]) in rows  # the compressed-form row is kept

@@ -25,6 +25,7 @@ from gearshift.methods.factorize.calibration import (
 from gearshift.methods.factorize.compress import CompressionReport, calibrate, compress
 from gearshift.methods.factorize.config import METHODS, MODULE_TYPES, FactorizeConfig
 from gearshift.methods.factorize.model import (
+    densify,
     is_factorized_folder,
     load_factorized,
     save_factorized,
@@ -58,6 +59,7 @@ __all__ = [
     "code_size",
     "collect_statistics",
     "compress",
+    "densify",
     "is_factorized_folder",
     "load_factorized",
     "low_rank_factors",

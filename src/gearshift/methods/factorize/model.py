@@ -153,6 +153,29 @@ def compressed_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, COMPRESSED_TYPES)}
 
 
+def densify(model: nn.Module) -> nn.Module:
+    """Replace every compressed module of ``model`` by a plain ``nn.Linear`` / ``nn.Embedding``
+    holding its rebuilt weight (in place; returns ``model``). The model computes the same
+    function and is stored and trained as an uncompressed model: what a diagnosis needs to
+    tell the compressed form's start from its parametrisation."""
+    for name, m in list(compressed_modules(model).items()):
+        with torch.no_grad():
+            weight = m.weight.detach().clone()
+        if isinstance(m, LowRankEmbedding | DecodedEmbedding):
+            dense: nn.Module = nn.Embedding(*weight.shape, padding_idx=m.padding_idx)
+            dense.weight.data.copy_(weight)
+        else:
+            dense = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            dense.weight.data.copy_(weight)
+            if m.bias is not None:
+                dense.bias.data.copy_(m.bias.detach())
+        replace_module(model, name, dense.to(weight.device))
+    for attr in ("factorize_config", "factorize_report"):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    return model
+
+
 def materialize(model: nn.Module) -> None:
     """Rebuild every decoded weight now (done at load time and after compression)."""
     for m in model.modules():
