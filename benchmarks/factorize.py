@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 import time
@@ -148,6 +149,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "compressed form that cannot learn from a start that has lost the pre-training",
     )
     p.add_argument(
+        "--finetune-compressed-lr",
+        type=float,
+        default=None,
+        help="a diagnosis (rows `+finetune-lr<LR>`): the compressed form's parameters "
+        "(factors; codes, norms, decoders) fine-tuned at this learning rate, the rest at the "
+        "protocol's 1e-4",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: ratio 2, 32 calibration examples, 40 AE steps, 100 dev examples, "
@@ -176,6 +185,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.out = (
             HERE.parent / "runs" / "factorize-quick" / "factorize.json" if args.quick else RESULTS
         )
+    if args.finetune_form == "dense" and args.finetune_compressed_lr is not None:
+        p.error(
+            "--finetune-compressed-lr sets the compressed form's learning rate, and "
+            "--finetune-form dense leaves no compressed form: pass one of them"
+        )
     if args.teacher and len(args.tasks) != 1:
         task = task_of_folder(args.teacher)
         if task is None:
@@ -184,11 +198,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def row_method(method: str, mode: str, finetune: bool = False, form: str = "compressed") -> str:
-    """``ae-grouped``; ``+finetune`` after the paper's protocol; ``+finetune-dense`` when the
-    compressed pre-trained model was rebuilt dense before fine-tuning (a diagnosis)."""
-    suffix = ("+finetune" + ("-dense" if form == "dense" else "")) if finetune else ""
+def row_method(method: str, mode: str, finetune: bool = False, variant: str = "") -> str:
+    """``ae-grouped``; ``+finetune`` after the paper's protocol; ``+finetune-<variant>`` after
+    a diagnosis that changed it (see :func:`finetune_variant`)."""
+    suffix = ("+finetune" + (f"-{variant}" if variant else "")) if finetune else ""
     return method + ("-grouped" if mode == "grouped" else "") + suffix
+
+
+def finetune_variant(args: argparse.Namespace) -> tuple[str, str]:
+    """How this run's fine-tuning departs from the paper's protocol, if it does: the rows'
+    method suffix ("" for the protocol, ``dense``, ``lr0.001``) and the setting's words."""
+    if args.finetune_form == "dense":
+        return "dense", ", rebuild dense,"
+    if args.finetune_compressed_lr is not None:
+        lr = f"{args.finetune_compressed_lr:g}"
+        return f"lr{lr}", f", compressed parameters at lr {lr},"
+    return "", ""
 
 
 def teacher_folder(task: str, args: argparse.Namespace) -> Path | None:
@@ -318,12 +343,12 @@ def recorded(
     config: FactorizeConfig,
     finetune: bool = False,
     teacher_score: float | None = None,
-    form: str = "compressed",
+    variant: str = "",
 ) -> bool:
     """Whether ``sink`` holds this setting's row, measured the way ``config`` would measure
     it now (autoencoders: the same step counts; no fine-tuning: the same teacher, known by
     ``teacher_score``)."""
-    key = (task, row_method(method, mode, finetune, form), setting)
+    key = (task, row_method(method, mode, finetune, variant), setting)
     for row in sink.rows:
         if ResultsSink.key(row) == key:
             if not finetune and teacher_score is not None and not on_teacher(row, teacher_score):
@@ -556,7 +581,8 @@ def run_finetune(
     Every fine-tuned row also records its start (``start_fidelity``, see :class:`StartFidelity`)
     and its training loss at the start and the end (``train_loss_first`` / ``_last``); with
     ``--resume``, recorded rows that lack them get them from the cached models and logs.
-    ``--finetune-form dense`` fine-tunes the rebuilt dense weights instead (a diagnosis)."""
+    ``--finetune-form dense`` and ``--finetune-compressed-lr`` change the fine-tuning (a
+    diagnosis, :func:`finetune_variant`); their rows are their own."""
     from gearshift.jobs import finetune
     from gearshift.methods.factorize.finetune import finetune_compressed
     from gearshift.train import TrainConfig
@@ -564,7 +590,8 @@ def run_finetune(
     tokenizer = load_tokenizer(MODEL)
     labels = list(task.label_names) if task.label_names else None
     protocol = f"({args.finetune_examples} examples, {args.finetune_epochs:g} epoch)"
-    dense = args.finetune_form == "dense"
+    variant, route = finetune_variant(args)
+    dense = variant == "dense"
     start_fidelity = StartFidelity(measure)
 
     def with_task_head(model):
@@ -638,17 +665,17 @@ def run_finetune(
     for ratio in args.ratios:
         for method in args.methods:
             for mode in args.modes:
-                name = f"{method}-{mode}-{ratio:g}" + ("-dense" if dense else "")
-                route = "compress pre-trained" + (", rebuild dense," if dense else "")
-                setting = f"ratio {ratio:g}, {mode}, {route} then fine-tune {protocol}"
+                name = f"{method}-{mode}-{ratio:g}" + (f"-{variant}" if variant else "")
+                setting = f"ratio {ratio:g}, {mode}, compress pre-trained{route} then "
+                setting += f"fine-tune {protocol}"
                 config = factorize_config(method, ratio, mode == "grouped", args)
                 if args.resume and recorded(
-                    sink, task.name, method, mode, setting, config, True, form=args.finetune_form
+                    sink, task.name, method, mode, setting, config, True, variant=variant
                 ):
                     backfill(
                         sink,
                         task.name,
-                        row_method(method, mode, True, args.finetune_form),
+                        row_method(method, mode, True, variant),
                         setting,
                         run_dir(name),
                         config,
@@ -671,14 +698,18 @@ def run_finetune(
                     tuned = load_pretrained(str(res.model_dir))
                     # fine-tuned as plain matrices: the result stores every weight again
                     diagnosis |= {
-                        "finetune_form": "dense",
                         "stored_ratio": 1.0,
                         "stored_weights": report.original_weights,
                     }
                 else:
-                    res, extra = tune(model, name, finetune_compressed)
+                    lr = args.finetune_compressed_lr
+                    res, extra = tune(
+                        model, name, functools.partial(finetune_compressed, compressed_lr=lr)
+                    )
                     tuned = load_factorized(res.model_dir)
-                label = f"{row_method(method, mode, True, args.finetune_form)}, {setting}"
+                if variant:
+                    diagnosis["finetune_form"] = variant
+                label = f"{row_method(method, mode, True, variant)}, {setting}"
                 costs = measure.costs(tuned, label=label)
                 sink.add(
                     row_for(
@@ -699,7 +730,7 @@ def run_finetune(
                 )
                 print(
                     f"[factorize] {task.name} {method} {mode} ratio {ratio:g} + fine-tune"
-                    f"{' (dense)' if dense else ''}: {task.main_metric} {res.score:.2f}, start "
+                    f"{f' ({variant})' if variant else ''}: {task.main_metric} {res.score:.2f}, start "
                     f"fidelity {diagnosis['start_fidelity']:.3f}, training loss "
                     f"{extra.get('train_loss_first', float('nan')):.3f} -> "
                     f"{extra.get('train_loss_last', float('nan')):.3f}",

@@ -1167,7 +1167,7 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
     verdicts = _claim_verdicts(table, ratios, ", fine-tuned")
     if verdicts:
         lines += ["", "| claim | ratio | verdict |", "|---|---|---|", *verdicts]
-    return lines + _claim_by_cell(index) + _dense_diagnosis(rows, index)
+    return lines + _claim_by_cell(index) + _variant_diagnosis(rows, index)
 
 
 def _diagnosis(row: dict) -> tuple[str, str]:
@@ -1178,35 +1178,37 @@ def _diagnosis(row: dict) -> tuple[str, str]:
     return (f"{fid:.3f}" if fid is not None else "-"), loss
 
 
-def _dense_diagnosis(rows: list[dict], index: dict[tuple[str, int, str], dict]) -> list[str]:
-    """``+finetune-dense`` rows (the compressed pre-trained model rebuilt as plain matrices,
-    then fine-tuned the same way) beside the compressed form's row: a compressed form that
-    cannot learn shows as a dense row far above it; a start that lost the pre-training, as
-    both low."""
-    dense = sorted(
-        (r for r in rows if r["method"].endswith("+finetune-dense")),
+def _variant_diagnosis(rows: list[dict], index: dict[tuple[str, int, str], dict]) -> list[str]:
+    """Rows of a fine-tuning that departs from the protocol (``+finetune-<variant>``: ``dense``,
+    the compressed pre-trained model rebuilt as plain matrices; ``lr<LR>``, the compressed
+    form's parameters at their own learning rate) beside the protocol's row from the same
+    start. A compressed form that cannot learn shows as a dense row far above it; a start
+    that lost the pre-training, as both low."""
+    variants = sorted(
+        (r for r in rows if "+finetune-" in r["method"]),
         key=lambda r: (r["task"], _ratio_of(r), r["method"]),
     )
-    if not dense:
+    if not variants:
         return []
     out = []
-    for r in dense:
-        method = r["method"].removesuffix("+finetune-dense")
+    for r in variants:
+        method, variant = r["method"].split("+finetune-")
         twin = index.get((r["task"], _ratio_of(r), method))
-        form = f"{twin['score']:.2f} | {_diagnosis(twin)[1]}" if twin else "- | -"
+        protocol = f"{twin['score']:.2f} | {_diagnosis(twin)[1]}" if twin else "- | -"
         fid, loss = _diagnosis(r)
         out.append(
-            f"| {r['task']} | {method} | {_ratio_of(r)} | {fid} | {form} | {r['score']:.2f} "
-            f"| {loss} |"
+            f"| {r['task']} | {method} | {_ratio_of(r)} | {fid} | {protocol} | {variant} "
+            f"| {r['score']:.2f} | {loss} |"
         )
     return [
         "",
-        "Diagnosis: the same compressed pre-trained start fine-tuned in its compressed form "
-        "(the protocol) and rebuilt as plain matrices (`+finetune-dense`, which stores every "
-        "weight again; `--finetune-form dense`):\n",
-        "| task | method | ratio | start fidelity | compressed form: score | loss first -> last "
-        "| dense: score | loss first -> last |",
-        "|---|---|---|---|---|---|---|---|",
+        "Diagnosis: the same compressed pre-trained start fine-tuned by the protocol and by a "
+        "variant of it: `dense` rebuilds the weights as plain matrices first (the result "
+        "stores every weight again; `--finetune-form dense`), `lr<LR>` trains the compressed "
+        "form's parameters at that learning rate (`--finetune-compressed-lr`):\n",
+        "| task | method | ratio | start fidelity | protocol: score | loss first -> last "
+        "| variant | variant: score | loss first -> last |",
+        "|---|---|---|---|---|---|---|---|---|",
         *out,
     ]
 

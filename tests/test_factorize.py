@@ -646,3 +646,34 @@ def test_the_training_loop_fine_tunes_and_resumes_a_grouped_autoencoder_model(tm
         Trainer(again, features, cfg3).fit(resume=True)
     Trainer(again, features, cfg).fit(resume=True)
     assert torch.equal(again.blocks[1].attn.q.codes, model.blocks[1].attn.q.codes)
+
+
+def test_compressed_parameters_can_take_their_own_learning_rate(tmp_path):
+    """compressed_lr_groups: codes, norms and the shared decoder (once) at their own rate;
+    exact biases, LayerNorms and the head at the config's; the Trainer uses both."""
+    from gearshift.methods.factorize.finetune import compressed_lr_groups
+    from gearshift.train import TrainConfig, Trainer
+
+    model, _ = compress(small_model(), fast("ae", grouped=True, modules=["attn.q", "ffn.inp"]))
+    fast_group, rest = compressed_lr_groups(model, 1e-2)
+    q0, q1 = model.blocks[0].attn.q, model.blocks[1].attn.q
+    ids = {id(p) for p in fast_group["params"]}
+    assert fast_group["lr"] == 1e-2 and "lr" not in rest
+    assert len(ids) == len(fast_group["params"])  # the shared decoder once
+    assert {id(q0.codes), id(q1.codes), id(q0.norms), id(q0.decoder.net[0].weight)} <= ids
+    assert id(q0.bias) not in ids and any(p is q0.bias for p in rest["params"])
+    everything = [p for p in model.parameters() if p.requires_grad]
+    assert len(ids) + len(rest["params"]) == len(everything)
+    features = [
+        {
+            "input_ids": torch.randint(1, 60, (8,)),
+            "attention_mask": torch.ones(8, dtype=torch.long),
+            "labels": torch.tensor(i % 2),
+        }
+        for i in range(4)
+    ]
+    cfg = TrainConfig(output_dir=str(tmp_path / "r"), max_steps=1, batch_size=4, progress=False)
+    trainer = Trainer(model, features, cfg, trainable_params=lambda m: compressed_lr_groups(m, 0.5))
+    trainer.fit()
+    rates = {g["initial_lr"] for g in trainer.optimizer.param_groups if g["params"]}
+    assert rates == {0.5, cfg.learning_rate}

@@ -258,3 +258,16 @@ def test_benchmark_finetune_protocol_has_an_uncompressed_reference(
     assert dense["params"] == ref["params"] and dense["extras"]["stored_ratio"] == 1.0
     assert dense["extras"]["start_fidelity"] == pytest.approx(tuned["extras"]["start_fidelity"])
     assert ("svd+finetune", tuned["setting"]) in rows  # the compressed-form row is kept
+    # the other diagnosis: the compressed form's parameters at their own learning rate
+    lr_argv = [a for a in argv if a != "fwsvd"] + ["--finetune-compressed-lr", "1e-3"]
+    assert fact.main(lr_argv) == 0
+    rows = {(r["method"], r["setting"]): r for r in json.loads(out.read_text())["rows"]}
+    fast = rows[
+        "svd+finetune-lr0.001",
+        "ratio 2, per-layer, compress pre-trained, compressed parameters at lr 0.001, "
+        f"then fine-tune {protocol}",
+    ]
+    assert fast["params"] == tuned["params"] and fast["extras"]["finetune_form"] == "lr0.001"
+    with pytest.raises(SystemExit):
+        fact.main(dense_argv + ["--finetune-compressed-lr", "1e-3"])
+    assert "pass one of them" in capsys.readouterr().err

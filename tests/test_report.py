@@ -183,8 +183,9 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     diagnosed = report.factorize_targets(data + [dense])
     assert "| rte | ae-grouped | 4 | 58.00 | 2.00 | 0.050 | 0.693 -> 0.690 |" in diagnosed
     diagnosis = diagnosed.split("Diagnosis")[1]
-    assert "| rte | ae-grouped | 4 | 0.050 | 58.00 | 0.693 -> 0.690 | 59.00 | 0.693 -> 0.400 |" in (
-        diagnosis
+    assert (
+        "| rte | ae-grouped | 4 | 0.050 | 58.00 | 0.693 -> 0.690 | dense | 59.00 | 0.693 -> 0.400 |"
+        in diagnosis
     )
     assert "| ae-grouped | 2.00 | - |" in diagnosed  # the dense row is not the protocol's
     for key in diag:

@@ -182,6 +182,7 @@ def finetune(
     save_fn: Callable[[torch.nn.Module, Path, Any, dict], Any] | None = None,
     load_fn: Callable[[Path], torch.nn.Module] | None = None,
     extra: dict[str, Any] | None = None,
+    trainable_params: Callable[[torch.nn.Module], Any] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``task_name``; the best dev checkpoint is saved as a gearshift
     folder at ``<output_dir>/best`` (with tokenizer and task info).
@@ -190,7 +191,9 @@ def finetune(
     head is replaced when it does not fit the task; pass ``tokenizer`` then). Methods hook in
     with ``loss_fn`` (the Trainer's ``loss_fn(model, batch)``; default: the model's own task
     loss), ``save_fn(model, folder, tokenizer, meta)`` and ``load_fn(folder)`` for folders
-    of their own kind, and ``extra`` (added to the saved gearshift.json).
+    of their own kind, ``extra`` (added to the saved gearshift.json) and
+    ``trainable_params(model)`` (the Trainer's: parameters or groups with their own ``lr``;
+    default: every parameter at the config's learning rate).
     """
     task = get_task(task_name)
     # a fresh task head is drawn from torch's RNG: seed first, or two runs of the same
@@ -232,6 +235,7 @@ def finetune(
         train.features,
         config,
         loss_fn=loss_fn,
+        trainable_params=trainable_params,
         collate_fn=train.collator,
         eval_fn=lambda m: evaluate(m, dev),
         save_model_fn=save,
