@@ -72,6 +72,7 @@ from gearshift.methods.factorize import (
     densify,
     load_factorized,
 )
+from gearshift.methods.factorize.model import compressed_modules
 from gearshift.paths import cache_dir
 from gearshift.runtime import load_pretrained, load_tokenizer
 from gearshift.runtime.io import _init_head
@@ -550,6 +551,22 @@ def loss_curve(folder: Path) -> dict[str, float]:
     }
 
 
+def compressed_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The dense weight of every compressed module of ``model`` (rebuilt), by name."""
+    with torch.no_grad():
+        return {n: m.weight.detach().clone() for n, m in compressed_modules(model).items()}
+
+
+def weight_change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
+    """Mean over the modules in ``before`` of ``||W - W_before|| / ||W_before||``, ``W`` the
+    weight ``model`` now has there (compressed or dense): how far fine-tuning moved them."""
+    with torch.no_grad():
+        changes = [
+            float((model.get_submodule(n).weight - w).norm() / w.norm()) for n, w in before.items()
+        ]
+    return sum(changes) / len(changes)
+
+
 class StartFidelity:
     """Cosine of a model's final hidden states to the uncompressed pre-trained model's on the
     dev texts: how much of the pre-training a compressed model keeps before it is fine-tuned."""
@@ -693,6 +710,7 @@ def run_finetune(
                 else:
                     model, report = compressed_pretrained(config, cal, args)
                 diagnosis = {"start_fidelity": start_fidelity(model)}
+                before = compressed_weights(model)
                 if dense:
                     res, extra = tune(densify(model), name, finetune)
                     tuned = load_pretrained(str(res.model_dir))
@@ -707,6 +725,7 @@ def run_finetune(
                         model, name, functools.partial(finetune_compressed, compressed_lr=lr)
                     )
                     tuned = load_factorized(res.model_dir)
+                diagnosis["weight_change"] = weight_change(before, tuned)
                 if variant:
                     diagnosis["finetune_form"] = variant
                 label = f"{row_method(method, mode, True, variant)}, {setting}"
@@ -733,7 +752,8 @@ def run_finetune(
                     f"{f' ({variant})' if variant else ''}: {task.main_metric} {res.score:.2f}, start "
                     f"fidelity {diagnosis['start_fidelity']:.3f}, training loss "
                     f"{extra.get('train_loss_first', float('nan')):.3f} -> "
-                    f"{extra.get('train_loss_last', float('nan')):.3f}",
+                    f"{extra.get('train_loss_last', float('nan')):.3f}, weight change "
+                    f"{diagnosis['weight_change']:.3f}",
                     flush=True,
                 )
 
@@ -748,18 +768,25 @@ def backfill(
     args: argparse.Namespace,
     start_fidelity: StartFidelity,
 ) -> None:
-    """Give a fine-tuned row recorded before rows had them its start fidelity and loss curve,
-    from the cached compressed pre-trained model and the run's log (skipped when either is
-    gone: they are not recomputed)."""
+    """Give a fine-tuned row recorded before rows had them its start fidelity, loss curve and
+    weight change, from the cached compressed pre-trained model, the run's log and its best
+    checkpoint (skipped when one is gone: they are not recomputed)."""
     row = next(r for r in sink.rows if ResultsSink.key(r) == (task, method, setting))
-    if "start_fidelity" in row["extras"]:
+    if "weight_change" in row["extras"]:
         return
     fisher_task = task if config.method == "fwsvd" else ""
     cached = cache_dir() / "factorize-pretrained" / pretrained_key(config, args, fisher_task)
     curve = loss_curve(folder)
-    if not curve or not (cached / "gearshift.json").is_file():
+    best = folder / "best"
+    if not curve or not (cached / "gearshift.json").is_file() or not best.is_dir():
         return
-    row["extras"].update(curve, start_fidelity=start_fidelity(load_factorized(cached)))
+    start = load_factorized(cached)
+    tuned = load_pretrained(str(best))  # dispatches on the folder kind (dense variant too)
+    row["extras"].update(
+        curve,
+        start_fidelity=start_fidelity(start),
+        weight_change=weight_change(compressed_weights(start), tuned),
+    )
     sink.add(row)
 
 

@@ -1153,10 +1153,11 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
         "Each row (the mean above needs every task's row). Start fidelity: cosine of the "
         "compressed pre-trained model's final hidden states to the uncompressed one's on dev "
         "text, before fine-tuning; training loss: the mean over the first and the last sixth "
-        "of the logged steps (- where not recorded):\n",
+        "of the logged steps; weight change: mean relative change of the compressed modules' "
+        "(rebuilt) weights from the start to the kept checkpoint (- where not recorded):\n",
         "| task | method | ratio | score | drop from the reference | start fidelity "
-        "| training loss, first -> last |",
-        "|---|---|---|---|---|---|---|",
+        "| training loss, first -> last | weight change |",
+        "|---|---|---|---|---|---|---|---|",
         *(
             f"| {r['task']} | {r['method'].removesuffix('+finetune')} | "
             f"{_ratio_of(r)} | {r['score']:.2f} | "
@@ -1170,12 +1171,19 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
     return lines + _claim_by_cell(index) + _variant_diagnosis(rows, index)
 
 
-def _diagnosis(row: dict) -> tuple[str, str]:
-    """A fine-tuned row's start fidelity and training loss first -> last, as table cells."""
+def _diagnosis(row: dict) -> tuple[str, str, str]:
+    """A fine-tuned row's start fidelity, training loss first -> last and weight change, as
+    table cells."""
     e = row.get("extras", {})
-    fid, first, last = (e.get(k) for k in ("start_fidelity", "train_loss_first", "train_loss_last"))
+    fid, first, last, moved = (
+        e.get(k) for k in ("start_fidelity", "train_loss_first", "train_loss_last", "weight_change")
+    )
     loss = f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "-"
-    return (f"{fid:.3f}" if fid is not None else "-"), loss
+    return (
+        f"{fid:.3f}" if fid is not None else "-",
+        loss,
+        f"{moved:.3f}" if moved is not None else "-",
+    )
 
 
 def _variant_diagnosis(rows: list[dict], index: dict[tuple[str, int, str], dict]) -> list[str]:
@@ -1194,11 +1202,13 @@ def _variant_diagnosis(rows: list[dict], index: dict[tuple[str, int, str], dict]
     for r in variants:
         method, variant = r["method"].split("+finetune-")
         twin = index.get((r["task"], _ratio_of(r), method))
-        protocol = f"{twin['score']:.2f} | {_diagnosis(twin)[1]}" if twin else "- | -"
-        fid, loss = _diagnosis(r)
+        protocol = (
+            f"{twin['score']:.2f} | {' | '.join(_diagnosis(twin)[1:])}" if twin else "- | - | -"
+        )
+        fid, loss, moved = _diagnosis(r)
         out.append(
             f"| {r['task']} | {method} | {_ratio_of(r)} | {fid} | {protocol} | {variant} "
-            f"| {r['score']:.2f} | {loss} |"
+            f"| {r['score']:.2f} | {loss} | {moved} |"
         )
     return [
         "",
@@ -1207,8 +1217,8 @@ def _variant_diagnosis(rows: list[dict], index: dict[tuple[str, int, str], dict]
         "stores every weight again; `--finetune-form dense`), `lr<LR>` trains the compressed "
         "form's parameters at that learning rate (`--finetune-compressed-lr`):\n",
         "| task | method | ratio | start fidelity | protocol: score | loss first -> last "
-        "| variant | variant: score | loss first -> last |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| weight change | variant | variant: score | loss first -> last | weight change |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *out,
     ]
 

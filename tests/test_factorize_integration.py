@@ -232,21 +232,23 @@ def test_benchmark_finetune_protocol_has_an_uncompressed_reference(
     assert tuned["extras"]["start_fidelity"] < 1.0
     for row in (ref, tuned, fw):
         assert row["extras"]["train_loss_first"] > 0 and row["extras"]["train_loss_last"] > 0
+    assert 0 < tuned["extras"]["weight_change"] < 1 and "weight_change" not in ref["extras"]
     assert fact.main(argv + ["--resume"]) == 0
     assert "--resume found every setting recorded" in capsys.readouterr().out
     # rows recorded before they had the diagnosis get it back on --resume
     data = json.loads(out.read_text())
     for row in data["rows"]:
-        for k in ("start_fidelity", "train_loss_first", "train_loss_last"):
+        for k in ("start_fidelity", "train_loss_first", "train_loss_last", "weight_change"):
             row["extras"].pop(k, None)
     out.write_text(json.dumps(data))
     assert fact.main(argv + ["--resume"]) == 0
     again = {(r["method"], r["setting"]): r for r in json.loads(out.read_text())["rows"]}
-    for key, row in ((k, again[k]) for k in again if k[0].endswith("+finetune")):
+    for key, row in ((k, again[k]) for k in again if k[0] in ("svd+finetune", "fwsvd+finetune")):
         assert row["extras"]["start_fidelity"] == pytest.approx(
             rows[key]["extras"]["start_fidelity"]
         )
         assert row["extras"]["train_loss_last"] == rows[key]["extras"]["train_loss_last"]
+        assert row["extras"]["weight_change"] == pytest.approx(rows[key]["extras"]["weight_change"])
     # the diagnosis: the same compressed start, rebuilt dense and fine-tuned as plain matrices
     dense_argv = [a for a in argv if a != "fwsvd"] + ["--finetune-form", "dense"]
     assert fact.main(dense_argv) == 0

@@ -171,21 +171,26 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     assert "| rte | 4 | 58.00 | 54.00 | 56.00 | holds |" in text
     assert "| sst2 | 4 | 78.00 | 74.00 | 76.00 | holds |" in text
     assert "| sst2 | 10 |" not in text.split("task by task")[1]
-    assert "| sst2 | svd | 10 | 50.00 | 30.00 | - | - |" in text  # no diagnosis recorded
+    assert "| sst2 | svd | 10 | 50.00 | 30.00 | - | - | - |" in text  # no diagnosis recorded
     assert "Diagnosis" not in text
     # the diagnosis: where each run started, whether its loss moved, and the dense rebuild
-    diag = {"start_fidelity": 0.05, "train_loss_first": 0.693, "train_loss_last": 0.69}
+    diag = {
+        "start_fidelity": 0.05,
+        "train_loss_first": 0.693,
+        "train_loss_last": 0.69,
+        "weight_change": 0.5,
+    }
     ae = next(r for r in data if r["task"] == "rte" and r["method"] == "ae-grouped+finetune")
     ae["extras"].update(diag)
     setting = f"ratio 4, grouped, compress pre-trained, rebuild dense, then {protocol}"
     dense = _row("rte", "ae-grouped+finetune-dense", setting, 59.0, **diag)
-    dense["extras"]["train_loss_last"] = 0.4
+    dense["extras"].update(train_loss_last=0.4, weight_change=0.01)
     diagnosed = report.factorize_targets(data + [dense])
-    assert "| rte | ae-grouped | 4 | 58.00 | 2.00 | 0.050 | 0.693 -> 0.690 |" in diagnosed
+    assert "| rte | ae-grouped | 4 | 58.00 | 2.00 | 0.050 | 0.693 -> 0.690 | 0.500 |" in diagnosed
     diagnosis = diagnosed.split("Diagnosis")[1]
     assert (
-        "| rte | ae-grouped | 4 | 0.050 | 58.00 | 0.693 -> 0.690 | dense | 59.00 | 0.693 -> 0.400 |"
-        in diagnosis
+        "| rte | ae-grouped | 4 | 0.050 | 58.00 | 0.693 -> 0.690 | 0.500 | dense | 59.00 "
+        "| 0.693 -> 0.400 | 0.010 |" in diagnosis
     )
     assert "| ae-grouped | 2.00 | - |" in diagnosed  # the dense row is not the protocol's
     for key in diag:
