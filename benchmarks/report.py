@@ -1168,7 +1168,7 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
     verdicts = _claim_verdicts(table, ratios, ", fine-tuned")
     if verdicts:
         lines += ["", "| claim | ratio | verdict |", "|---|---|---|", *verdicts]
-    return lines + _claim_by_cell(index) + _variant_diagnosis(rows, index)
+    return lines + _claim_by_cell(index, rows) + _variant_diagnosis(rows, index)
 
 
 def _diagnosis(row: dict) -> tuple[str, str, str]:
@@ -1223,11 +1223,19 @@ def _variant_diagnosis(rows: list[dict], index: dict[tuple[str, int, str], dict]
     ]
 
 
-def _claim_by_cell(index: dict[tuple[str, int, str], dict]) -> list[str]:
+def _claim_by_cell(index: dict[tuple[str, int, str], dict], rows: list[dict]) -> list[str]:
     """The paper's claim (grouped autoencoder above truncated SVD and FWSVD) on each task and
     ratio where the three fine-tuned rows exist in ``index`` ((task, ratio, method) -> row),
     before every task's row is in for the mean. It holds on a cell when ae-grouped scores
-    above both."""
+    above both. Where ``rows`` also hold ae-grouped fine-tuned with its compressed form at
+    another learning rate (``+finetune-lr<LR>``), the claim is checked again with the
+    autoencoder's best compressed-form row (the rivals keep the protocol's)."""
+    best: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        if r["method"].startswith(f"{CLAIM_AE}+finetune-lr"):
+            cell = (r["task"], _ratio_of(r))
+            if cell not in best or r["score"] > best[cell]["score"]:
+                best[cell] = r
     cells = sorted({(t, k) for t, k, _ in index})
     out = []
     for t, k in cells:
@@ -1235,18 +1243,31 @@ def _claim_by_cell(index: dict[tuple[str, int, str], dict]) -> list[str]:
         if None in got:
             continue
         ae, svd, fw = (r["score"] for r in got)
-        out.append(
+        line = (
             f"| {t} | {k} | {ae:.2f} | {svd:.2f} | {fw:.2f} | "
             f"{'holds' if ae > max(svd, fw) else 'does not hold'} |"
         )
+        if best:
+            other = best.get((t, k))
+            if other is None or other["score"] <= ae:
+                line += " - | - |"
+            else:
+                lr = other["method"].split("+finetune-lr")[1]
+                verdict = "holds" if other["score"] > max(svd, fw) else "does not hold"
+                line += f" {other['score']:.2f} (lr {lr}) | {verdict} |"
+        out.append(line)
     if not out:
         return []
+    head, rule = "| task | ratio | ae-grouped | svd | fwsvd | claim |", "|---|---|---|---|---|---|"
+    if best:
+        head += " ae-grouped, its compressed form at a better learning rate | claim then |"
+        rule += "---|---|"
     return [
         "",
         "The paper's claim task by task (fine-tuned scores; it holds where ae-grouped is above "
         "both):\n",
-        "| task | ratio | ae-grouped | svd | fwsvd | claim |",
-        "|---|---|---|---|---|---|",
+        head,
+        rule,
         *out,
     ]
 
