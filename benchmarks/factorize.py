@@ -595,9 +595,10 @@ def run_finetune(
     The reference is the uncompressed pre-trained model fine-tuned the same way
     (``uncompressed+finetune``): the teacher had a full fine-tuning run, these a short one.
 
-    Every fine-tuned row also records its start (``start_fidelity``, see :class:`StartFidelity`)
-    and its training loss at the start and the end (``train_loss_first`` / ``_last``); with
-    ``--resume``, recorded rows that lack them get them from the cached models and logs.
+    Every fine-tuned row also records its start (``start_fidelity``, see :class:`StartFidelity`),
+    its training loss at the start and the end (``train_loss_first`` / ``_last``) and how far
+    its compressed weights moved (``weight_change``); with ``--resume``, recorded rows that
+    lack them get them from the cached models, logs and checkpoints (:func:`backfill`).
     ``--finetune-form dense`` and ``--finetune-compressed-lr`` change the fine-tuning (a
     diagnosis, :func:`finetune_variant`); their rows are their own."""
     from gearshift.jobs import finetune
