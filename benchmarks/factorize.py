@@ -259,12 +259,11 @@ class Measure:
             out.append(h[b["attention_mask"].bool()])
         return torch.cat(out)
 
-    def fidelity(self, model) -> float:
-        return float(
-            torch.nn.functional.cosine_similarity(
-                self.hidden(model), self.reference_hidden, dim=-1
-            ).mean()
-        )
+    def fidelity(self, model, reference: torch.Tensor | None = None) -> float:
+        """Mean cosine of ``model``'s final hidden states to ``reference``'s (default: the
+        teacher's) on the dev texts."""
+        ref = self.reference_hidden if reference is None else reference
+        return float(torch.nn.functional.cosine_similarity(self.hidden(model), ref, dim=-1).mean())
 
     def costs(self, model, latency: bool = True, label: str = "") -> dict[str, Any]:
         """FLOPs, parameters and latency ratios of ``model``. Models with the same modules and
@@ -501,13 +500,17 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
     return True
 
 
-def pretrained_key(config: FactorizeConfig, args: argparse.Namespace, fisher_task: str = "") -> str:
-    """The cache folder name of the pre-trained model compressed by ``config``."""
-    return (
+def pretrained_folder(
+    config: FactorizeConfig, args: argparse.Namespace, fisher_task: str = ""
+) -> Path:
+    """The cache folder of the pre-trained model compressed by ``config`` (``fisher_task``:
+    fwsvd's, with that task teacher's Fisher weights)."""
+    name = (
         f"{config.method}-{'grouped' if config.grouped else 'per-layer'}-{config.ratio:g}"
         f"-cal{args.calibration_examples}-ae{config.ae_steps}-{config.ae_refine_steps}"
         + (f"-fisher-{fisher_task}" if fisher_task else "")
     )
+    return cache_dir() / "factorize-pretrained" / name
 
 
 def compressed_pretrained(
@@ -520,11 +523,7 @@ def compressed_pretrained(
     from gearshift.methods.factorize.compress import CompressionReport
     from gearshift.methods.factorize.model import save_factorized
 
-    folder = (
-        cache_dir()
-        / "factorize-pretrained"
-        / pretrained_key(config, args, task if stats is not None else "")
-    )
+    folder = pretrained_folder(config, args, task if stats is not None else "")
     if (folder / "gearshift.json").is_file():
         meta = json.loads((folder / "gearshift.json").read_text())
         return load_factorized(folder).train(), CompressionReport(**meta["report"])
@@ -582,10 +581,9 @@ class StartFidelity:
         was_training = model.training
         model.eval()
         try:
-            hidden = self.measure.hidden(model)
+            return self.measure.fidelity(model, self.reference)
         finally:
             model.train(was_training)
-        return float(torch.nn.functional.cosine_similarity(hidden, self.reference, dim=-1).mean())
 
 
 def run_finetune(
@@ -653,9 +651,7 @@ def run_finetune(
     key = (task.name, "uncompressed+finetune", reference)
     recorded_ref = next((r for r in sink.rows if ResultsSink.key(r) == key), None)
     if not (args.resume and recorded_ref):
-        pretrained = load_pretrained(MODEL, head_kind=None)
-        diagnosis = {"start_fidelity": start_fidelity(pretrained)}
-        res, extra = tune(pretrained, "uncompressed", finetune)
+        res, extra = tune(load_pretrained(MODEL, head_kind=None), "uncompressed", finetune)
         costs = measure.costs(load_pretrained(str(res.model_dir)).eval(), latency=False)
         sink.add(
             OperatingPoint(
@@ -668,7 +664,8 @@ def run_finetune(
                 reference_score=measure.teacher_score,
                 command=command,
                 **costs,  # the teacher's shape: latency ratio 1 by definition
-                extras={"protocol": "finetune", **extra, **diagnosis},
+                # its start is the pre-trained model itself: fidelity 1 by definition
+                extras={"protocol": "finetune", **extra, "start_fidelity": 1.0},
             ).to_dict()
         )
         print(
@@ -776,7 +773,7 @@ def backfill(
     if "weight_change" in row["extras"]:
         return
     fisher_task = task if config.method == "fwsvd" else ""
-    cached = cache_dir() / "factorize-pretrained" / pretrained_key(config, args, fisher_task)
+    cached = pretrained_folder(config, args, fisher_task)
     curve = loss_curve(folder)
     best = folder / "best"
     if not curve or not (cached / "gearshift.json").is_file() or not best.is_dir():

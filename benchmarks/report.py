@@ -1244,18 +1244,16 @@ def _claim_by_cell(index: dict[tuple[str, int, str], dict], rows: list[dict]) ->
         if None in got:
             continue
         ae, svd, fw = (r["score"] for r in got)
-        line = (
-            f"| {t} | {k} | {ae:.2f} | {svd:.2f} | {fw:.2f} | "
-            f"{'holds' if ae > max(svd, fw) else 'does not hold'} |"
-        )
+        verdict = {True: "holds", False: "does not hold"}  # by: above both rivals
+        line = f"| {t} | {k} | {ae:.2f} | {svd:.2f} | {fw:.2f} | {verdict[ae > max(svd, fw)]} |"
         if best:
             other = best.get((t, k))
             if other is None:
                 line += " not measured | - |"
             else:
                 lr = other["method"].split("+finetune-lr")[1]
-                verdict = "holds" if max(ae, other["score"]) > max(svd, fw) else "does not hold"
-                line += f" {other['score']:.2f} (lr {lr}) | {verdict} |"
+                then = verdict[max(ae, other["score"]) > max(svd, fw)]
+                line += f" {other['score']:.2f} (lr {lr}) | {then} |"
         out.append(line)
     if not out:
         return []

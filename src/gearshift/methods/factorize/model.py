@@ -163,12 +163,11 @@ def densify(model: nn.Module) -> nn.Module:
             weight = m.weight.detach().clone()
         if isinstance(m, LowRankEmbedding | DecodedEmbedding):
             dense: nn.Module = nn.Embedding(*weight.shape, padding_idx=m.padding_idx)
-            dense.weight.data.copy_(weight)
         else:
             dense = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-            dense.weight.data.copy_(weight)
             if m.bias is not None:
                 dense.bias.data.copy_(m.bias.detach())
+        dense.weight.data.copy_(weight)
         replace_module(model, name, dense.to(weight.device))
     for attr in ("factorize_config", "factorize_report"):
         if hasattr(model, attr):
