@@ -1223,6 +1223,15 @@ def _variant_diagnosis(rows: list[dict], index: dict[tuple[str, int, str], dict]
     ]
 
 
+def _claim_verdict(ae: float, svd: float, fw: float) -> str:
+    """Whether ae-grouped's score ``ae`` is above both rivals'; a tie with the better rival is
+    named, since on a task's floor (every row at the majority answer) a tie ranks nothing."""
+    best = max(svd, fw)
+    if round(ae, 2) == round(best, 2):
+        return "does not hold (tie)"
+    return "holds" if ae > best else "does not hold"
+
+
 def _claim_by_cell(index: dict[tuple[str, int, str], dict], rows: list[dict]) -> list[str]:
     """The paper's claim (grouped autoencoder above truncated SVD and FWSVD) on each task and
     ratio where the three fine-tuned rows exist in ``index`` ((task, ratio, method) -> row),
@@ -1244,15 +1253,14 @@ def _claim_by_cell(index: dict[tuple[str, int, str], dict], rows: list[dict]) ->
         if None in got:
             continue
         ae, svd, fw = (r["score"] for r in got)
-        verdict = {True: "holds", False: "does not hold"}  # by: above both rivals
-        line = f"| {t} | {k} | {ae:.2f} | {svd:.2f} | {fw:.2f} | {verdict[ae > max(svd, fw)]} |"
+        line = f"| {t} | {k} | {ae:.2f} | {svd:.2f} | {fw:.2f} | {_claim_verdict(ae, svd, fw)} |"
         if best:
             other = best.get((t, k))
             if other is None:
                 line += " not measured | - |"
             else:
                 lr = other["method"].split("+finetune-lr")[1]
-                then = verdict[max(ae, other["score"]) > max(svd, fw)]
+                then = _claim_verdict(max(ae, other["score"]), svd, fw)
                 line += f" {other['score']:.2f} (lr {lr}) | {then} |"
         out.append(line)
     if not out:

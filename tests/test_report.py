@@ -225,6 +225,9 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     assert "fine-tuned | 4 | does not hold (ae-grouped drop 6.00; svd 6.00, fwsvd 4.00) |" in text
     assert "| rte | 4 | 50.00 | 54.00 | 56.00 | does not hold |" in text
     assert "| sst2 | 4 | 78.00 | 74.00 | 76.00 | holds |" in text
+    data[-1]["score"] = 56.0  # level with fwsvd: named as a tie, still not above
+    text = report.factorize_targets(data)
+    assert "| rte | 4 | 56.00 | 54.00 | 56.00 | does not hold (tie) |" in text
 
 
 def test_command_line_quotes_arguments(report):
