@@ -160,7 +160,7 @@ def densify(model: nn.Module) -> nn.Module:
     tell the compressed form's start from its parametrisation."""
     for name, m in list(compressed_modules(model).items()):
         with torch.no_grad():
-            weight = m.weight.detach().clone()
+            weight = m.weight  # rebuilt; copied once, into the plain module below
         if isinstance(m, LowRankEmbedding | DecodedEmbedding):
             dense: nn.Module = nn.Embedding(*weight.shape, padding_idx=m.padding_idx)
         else:
