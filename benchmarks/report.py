@@ -1147,6 +1147,7 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
         + "):\n",
         *_ratio_table(methods, ratios, table, "{:.2f}"),
     ]
+    lines += _score_by_cell(index, tasks, ratios, methods)
     per_row = sorted(tuned, key=lambda r: (r["task"], _ratio_of(r), r["method"]))
     lines += [
         "",
@@ -1169,6 +1170,51 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
     if verdicts:
         lines += ["", "| claim | ratio | verdict |", "|---|---|---|", *verdicts]
     return lines + _claim_by_cell(index, rows) + _variant_diagnosis(rows, index)
+
+
+# Method families in the order the score-by-cell table lists them (each per layer, then
+# grouped); a family not named here follows, alphabetically.
+FAMILY_ORDER = ("svd", "fwsvd", "svdllm", "ae", "ae-act")
+
+
+def _method_order(method: str) -> tuple[int, str, bool]:
+    family = method.removesuffix("-grouped")
+    rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+    return rank, family, method.endswith("-grouped")
+
+
+def _score_by_cell(
+    index: dict[tuple[str, int, str], dict], tasks: list[str], ratios: list[int], methods
+) -> list[str]:
+    """The fine-tuned score of every method on every task, the ratios side by side in one
+    cell ("-": not measured), each cell's best in bold where the cell's rows differ (a cell
+    where every row ties, e.g. at a constant answer, ranks nothing)."""
+    best = {}
+    for t in tasks:
+        for k in ratios:
+            got = {round(index[t, k, m]["score"], 2) for m in methods if (t, k, m) in index}
+            if len(got) > 1:
+                best[t, k] = max(got)
+
+    def cell(t: str, k: int, m: str) -> str:
+        if (t, k, m) not in index:
+            return "-"
+        score = round(index[t, k, m]["score"], 2)
+        return f"**{score:.2f}**" if best.get((t, k)) == score else f"{score:.2f}"
+
+    head = "fine-tuned score, ratio " + " / ".join(str(k) for k in ratios)
+    return [
+        "",
+        "Score by task, the ratios side by side (bold: the cell's best, where its rows differ):\n",
+        f"| {head} | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+        *(
+            f"| {m} | "
+            + " | ".join(" / ".join(cell(t, k, m) for k in ratios) for t in tasks)
+            + " |"
+            for m in sorted(methods, key=_method_order)
+        ),
+    ]
 
 
 def _diagnosis(row: dict) -> tuple[str, str, str]:

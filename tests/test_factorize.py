@@ -437,6 +437,10 @@ def test_densify_keeps_the_function_and_stores_plain_weights(method, grouped, tm
     folder = save_model(dense, tmp_path / "dense")
     assert not is_factorized_folder(folder)
     assert torch.allclose(logits(load_pretrained(str(folder)), batch), out, atol=1e-5)
+    # a model in another dtype keeps it: the plain modules are built in the weights' dtype
+    double, _ = compress(small_model(), fast(method, grouped=grouped))
+    double = densify(double.to(torch.float64))
+    assert {p.dtype for p in double.parameters()} == {torch.float64}
 
 
 def test_generic_loader_names_folders_it_cannot_load(tmp_path):

@@ -171,6 +171,16 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     assert "| rte | 4 | 58.00 | 54.00 | 56.00 | holds |" in text
     assert "| sst2 | 4 | 78.00 | 74.00 | 76.00 | holds |" in text
     assert "| sst2 | 10 |" not in text.split("task by task")[1]
+    # the scores pivoted: a row per method (families in order), a cell per task
+    by_cell = text.split("Score by task")[1]
+    assert "| fine-tuned score, ratio 4 / 10 | rte | sst2 |" in by_cell
+    lines = [
+        "| svd | 54.00 / - | 74.00 / 50.00 |",  # sst2 ratio 10 has one row: nothing in bold
+        "| fwsvd | 56.00 / - | 76.00 / - |",
+        "| ae-grouped | **58.00** / - | **78.00** / - |",
+    ]
+    assert all(line in by_cell for line in lines)
+    assert by_cell.index(lines[0]) < by_cell.index(lines[1]) < by_cell.index(lines[2])
     assert "| sst2 | svd | 10 | 50.00 | 30.00 | - | - | - |" in text  # no diagnosis recorded
     assert "Diagnosis" not in text
     # the diagnosis: where each run started, whether its loss moved, and the dense rebuild
@@ -228,6 +238,12 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     data[-1]["score"] = 56.0  # level with fwsvd: named as a tie, still not above
     text = report.factorize_targets(data)
     assert "| rte | 4 | 56.00 | 54.00 | 56.00 | does not hold (tie) |" in text
+    assert "| fwsvd | **56.00** / - |" in text and "| ae-grouped | **56.00** / - |" in text
+    for r in data:
+        if r["task"] == "rte" and r["method"].endswith("+finetune"):
+            r["score"] = 52.71  # every row the same constant answer: nothing in bold
+    text = report.factorize_targets(data)
+    assert "| svd | 52.71 / - |" in text and "| ae-grouped | 52.71 / - |" in text
 
 
 def test_command_line_quotes_arguments(report):

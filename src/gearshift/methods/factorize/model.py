@@ -161,14 +161,15 @@ def densify(model: nn.Module) -> nn.Module:
     for name, m in list(compressed_modules(model).items()):
         with torch.no_grad():
             weight = m.weight  # rebuilt; copied once, into the plain module below
+        like = {"device": weight.device, "dtype": weight.dtype}  # a half model stays half
         if isinstance(m, LowRankEmbedding | DecodedEmbedding):
-            dense: nn.Module = nn.Embedding(*weight.shape, padding_idx=m.padding_idx)
+            dense: nn.Module = nn.Embedding(*weight.shape, padding_idx=m.padding_idx, **like)
         else:
-            dense = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            dense = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, **like)
             if m.bias is not None:
                 dense.bias.data.copy_(m.bias.detach())
         dense.weight.data.copy_(weight)
-        replace_module(model, name, dense.to(weight.device))
+        replace_module(model, name, dense)
     for attr in ("factorize_config", "factorize_report"):
         if hasattr(model, attr):
             delattr(model, attr)
