@@ -605,7 +605,8 @@ def run_finetune(
 
     tokenizer = load_tokenizer(MODEL)
     labels = list(task.label_names) if task.label_names else None
-    protocol = f"({args.finetune_examples} examples, {args.finetune_epochs:g} epoch)"
+    epochs = f"{args.finetune_epochs:g} epoch" + ("" if args.finetune_epochs == 1 else "s")
+    protocol = f"({args.finetune_examples} examples, {epochs})"
     variant, route = finetune_variant(args)
     dense = variant == "dense"
     start_fidelity = StartFidelity(measure)

@@ -1128,7 +1128,7 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
         return []
     tasks = sorted(refs)
     ratios = sorted({_ratio_of(r) for r in tuned})
-    methods = sorted({r["method"].removesuffix("+finetune") for r in tuned})
+    methods = sorted({r["method"].removesuffix("+finetune") for r in tuned}, key=_method_order)
     index = {(r["task"], _ratio_of(r), r["method"].removesuffix("+finetune")): r for r in tuned}
 
     def drop(method: str, ratio: int) -> float | None:
@@ -1172,7 +1172,7 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
     return lines + _claim_by_cell(index, rows) + _variant_diagnosis(rows, index)
 
 
-# Method families in the order the score-by-cell table lists them (each per layer, then
+# Method families in the order the fine-tuned tables list them (each per layer, then
 # grouped); a family not named here follows, alphabetically.
 FAMILY_ORDER = ("svd", "fwsvd", "svdllm", "ae", "ae-act")
 
@@ -1212,7 +1212,7 @@ def _score_by_cell(
             f"| {m} | "
             + " | ".join(" / ".join(cell(t, k, m) for k in ratios) for t in tasks)
             + " |"
-            for m in sorted(methods, key=_method_order)
+            for m in methods
         ),
     ]
 

@@ -218,7 +218,7 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     for key in diag:
         del ae["extras"][key]
     # another fine-tuning schedule gets its own table, against its own references
-    longer = "fine-tune (2000 examples, 3 epoch)"
+    longer = "fine-tune (2000 examples, 3 epochs)"
     other = [
         _row("sst2", "uncompressed+finetune", f"uncompressed pre-trained then {longer}", 88.0),
         _row(
