@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from gearshift.measure import decode_labels, markdown_table, mcnemar
+from gearshift.methods.factorize.config import METHODS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -1172,14 +1173,11 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
     return lines + _claim_by_cell(index, rows) + _variant_diagnosis(rows, index)
 
 
-# Method families in the order the fine-tuned tables list them (each per layer, then
-# grouped); a family not named here follows, alphabetically.
-FAMILY_ORDER = ("svd", "fwsvd", "svdllm", "ae", "ae-act")
-
-
 def _method_order(method: str) -> tuple[int, str, bool]:
+    """Sort key of the fine-tuned tables: the method families in the order factorize names
+    them, each per layer then grouped; a family it does not name follows, alphabetically."""
     family = method.removesuffix("-grouped")
-    rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+    rank = METHODS.index(family) if family in METHODS else len(METHODS)
     return rank, family, method.endswith("-grouped")
 
 
