@@ -33,6 +33,7 @@ import argparse
 import copy
 import functools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ import torch
 from report import AE_STEPS, ae_steps_of, command_line, same_teacher
 from report import COLUMNS as REPORT_COLUMNS  # noqa: E402  (benchmarks/ is on sys.path)
 
+from gearshift.atomic import write_json_atomic
 from gearshift.data import get_task
 from gearshift.jobs import (
     TaskData,
@@ -128,7 +130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--resume",
         action="store_true",
         help="skip settings already recorded in the results file (rows are written one by one) "
-        "the same way: autoencoders at the same steps, no-fine-tuning rows on the same teacher",
+        "the same way: autoencoders at the same steps, no-fine-tuning rows on the same teacher; "
+        "a fine-tuning run that was cut off continues from its last checkpoint",
     )
     p.add_argument(
         "--finetune-examples", type=int, default=2000, help="training examples per fine-tuning run"
@@ -596,7 +599,9 @@ def run_finetune(
     Every fine-tuned row also records its start (``start_fidelity``, see :class:`StartFidelity`),
     its training loss at the start and the end (``train_loss_first`` / ``_last``) and how far
     its compressed weights moved (``weight_change``); with ``--resume``, recorded rows that
-    lack them get them from the cached models, logs and checkpoints (:func:`backfill`).
+    lack them get them from the cached models, logs and checkpoints (:func:`backfill`), and a
+    row whose fine-tuning was cut off continues from its last checkpoint (:func:`resume_step`;
+    the row records ``finetune_resumed_at_step``).
     ``--finetune-form dense`` and ``--finetune-compressed-lr`` change the fine-tuning (a
     diagnosis, :func:`finetune_variant`); their rows are their own."""
     from gearshift.jobs import finetune
@@ -620,8 +625,14 @@ def run_finetune(
     def run_dir(name: str) -> Path:
         return cache_dir() / "factorize-finetune" / task.name / name
 
-    def tune(model, name: str, tune_fn):
+    def tune(model, name: str, tune_fn, identity: dict[str, Any]):
         out = run_dir(name)
+        identity = json.loads(json.dumps(identity))  # as run.json reads back
+        step = resume_step(out, identity) if args.resume else None
+        if step is None:  # nothing to continue, or another row's run: start clean
+            shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / RUN_FILE, identity)
         train_cfg = TrainConfig(
             output_dir=str(out),
             epochs=args.finetune_epochs,
@@ -640,19 +651,24 @@ def run_finetune(
             train_limit=args.finetune_examples,
             dev_limit=args.dev_limit,
             tokenizer=tokenizer,
+            resume=step is not None,
         )
         extra = {
             "finetune_seconds": time.perf_counter() - start,
             "finetune_examples": args.finetune_examples,
             **loss_curve(out),
         }
+        if step is not None:  # finetune_seconds is then the continued part's only
+            extra["finetune_resumed_at_step"] = step
         return res, extra
 
     reference = f"uncompressed pre-trained then fine-tune {protocol}"
     key = (task.name, "uncompressed+finetune", reference)
     recorded_ref = next((r for r in sink.rows if ResultsSink.key(r) == key), None)
     if not (args.resume and recorded_ref):
-        res, extra = tune(load_pretrained(MODEL, head_kind=None), "uncompressed", finetune)
+        res, extra = tune(
+            load_pretrained(MODEL, head_kind=None), "uncompressed", finetune, {"setting": reference}
+        )
         costs = measure.costs(load_pretrained(str(res.model_dir)).eval(), latency=False)
         sink.add(
             OperatingPoint(
@@ -708,10 +724,11 @@ def run_finetune(
                     model, report = compressed_pretrained(config, None, args, fisher, task.name)
                 else:
                     model, report = compressed_pretrained(config, cal, args)
+                identity = {"setting": setting, "config": config.to_dict()}
                 diagnosis = {"start_fidelity": start_fidelity(model)}
                 before = compressed_weights(model)
                 if dense:
-                    res, extra = tune(densify(model), name, finetune)
+                    res, extra = tune(densify(model), name, finetune, identity)
                     tuned = load_pretrained(str(res.model_dir))
                     # fine-tuned as plain matrices: the result stores every weight again
                     diagnosis |= {
@@ -721,7 +738,10 @@ def run_finetune(
                 else:
                     lr = args.finetune_compressed_lr
                     res, extra = tune(
-                        model, name, functools.partial(finetune_compressed, compressed_lr=lr)
+                        model,
+                        name,
+                        functools.partial(finetune_compressed, compressed_lr=lr),
+                        identity,
                     )
                     tuned = load_factorized(res.model_dir)
                 diagnosis["weight_change"] = weight_change(before, tuned)
@@ -755,6 +775,27 @@ def run_finetune(
                     f"{diagnosis['weight_change']:.3f}",
                     flush=True,
                 )
+
+
+RUN_FILE = "run.json"  # the row a fine-tuning folder trains: its setting and compression
+
+
+def resume_step(folder: Path, identity: dict[str, Any]) -> int | None:
+    """The step at which ``--resume`` continues the fine-tuning run in ``folder``, or None:
+    the folder needs a complete checkpoint and a ``run.json`` naming this very row (its
+    setting and compression config). A run of another row under the same folder name (say,
+    other autoencoder steps) is not continued: its weights would pass for this row's."""
+    from gearshift.train import checkpoint as ckpt
+
+    run = folder / RUN_FILE
+    if not run.is_file():
+        return None
+    try:
+        same = json.loads(run.read_text()) == identity
+    except json.JSONDecodeError:
+        return None
+    found = ckpt.find_checkpoint(folder) if same else None
+    return None if found is None else int(ckpt.read_trainer_state(found)["global_step"])
 
 
 def backfill(

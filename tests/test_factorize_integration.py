@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,3 +274,65 @@ def test_benchmark_finetune_protocol_has_an_uncompressed_reference(
     with pytest.raises(SystemExit):
         fact.main(dense_argv + ["--finetune-compressed-lr", "1e-3"])
     assert "pass one of them" in capsys.readouterr().err
+
+
+def test_benchmark_resume_continues_a_cut_off_fine_tuning_run(
+    tmp_path, monkeypatch, load_benchmark, minilm, tokenizer
+):
+    """--resume continues a protocol row whose fine-tuning was cut off from its last
+    checkpoint and ends where an uninterrupted run ends; a folder that another row's run
+    left under the same name is not continued."""
+    import json
+
+    from gearshift.runtime import save_model
+    from gearshift.train.loop import Trainer
+
+    monkeypatch.setenv("GEARSHIFT_CACHE", str(tmp_path / "cache"))
+    teacher = save_model(
+        minilm, tmp_path / "teacher", tokenizer, {"task": {"name": "rte", "kind": "classification"}}
+    )
+    fact = load_benchmark("factorize")
+    argv = ["--teacher", str(teacher), "--tasks", "rte", "--methods", "svd", "--ratios", "2"]
+    argv += ["--modes", "per-layer", "--with-finetune", "--finetune-examples", "64"]
+    argv += ["--finetune-epochs", "2"]  # 2 steps an epoch: a checkpoint at step 2 of 4
+    # --quick's limits, but 2 epochs (--quick fine-tunes for 1)
+    argv += ["--calibration-examples", "32", "--dev-limit", "100", "--measure-texts", "8"]
+    argv += ["--latency-repeats", "3"]
+    setting = "ratio 2, per-layer, compress pre-trained then fine-tune (64 examples, 2 epochs)"
+
+    def tuned(out):
+        rows = json.loads(out.read_text())["rows"]
+        found = [r for r in rows if (r["method"], r["setting"]) == ("svd+finetune", setting)]
+        assert found, [(r["method"], r["setting"]) for r in rows]
+        return found[0]
+
+    straight = tmp_path / "straight.json"
+    assert fact.main(argv + ["--out", str(straight)]) == 0
+    save = Trainer.save_checkpoint
+
+    def cut_off(self, *args, **kwargs):
+        path = save(self, *args, **kwargs)
+        if Path(self.output_dir).name.startswith("svd"):
+            raise KeyboardInterrupt
+        return path
+
+    out = tmp_path / "f.json"
+    monkeypatch.setattr(Trainer, "save_checkpoint", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        fact.main(argv + ["--out", str(out)])
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    assert fact.main(argv + ["--out", str(out), "--resume"]) == 0
+    resumed, whole = tuned(out), tuned(straight)
+    assert resumed["extras"]["finetune_resumed_at_step"] == 2
+    assert "finetune_resumed_at_step" not in whole["extras"]
+    assert resumed["score"] == pytest.approx(whole["score"])
+    for key in ("train_loss_last", "weight_change"):
+        assert resumed["extras"][key] == pytest.approx(whole["extras"][key])
+    # the folder names its row; another row's run under the same name is not continued
+    folder = tmp_path / "cache" / "factorize-finetune" / "rte" / "svd-per-layer-2"
+    identity = json.loads((folder / "run.json").read_text())
+    assert identity["setting"] == setting
+    assert fact.resume_step(folder, identity) == 4
+    assert (
+        fact.resume_step(folder, {**identity, "config": {**identity["config"], "ratio": 3}}) is None
+    )
