@@ -190,8 +190,10 @@ def test_step_model_switches_per_thread():
     assert errors == []
     with pytest.raises(ConfigError, match="groups"):
         StepModel(tiny(groups=2)).use_steps(1)
-    with pytest.raises(ConfigError, match="use_steps"):
-        sm(ids, mask, plan=ForwardPlan())
+    # an extra plan composes under the merge rules: a second step schedule is refused
+    assert torch.equal(sm(ids, mask, plan=ForwardPlan()).logits, refs[6])
+    with sm.steps(2), pytest.raises(ConfigError, match="steps and other both set the layer loop"):
+        sm(ids, mask, plan=ForwardPlan(steps=step_plan(model.config, 3).steps, provider="other"))
 
 
 # ---------------------------------------------------------------------- decoders

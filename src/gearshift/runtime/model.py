@@ -130,7 +130,8 @@ class Transformer(nn.Module):
             block = self.blocks[step.block]
             norms = self.norms[step.start_layer] if self.norms is not None else None
             cache = past_key_values[i] if past_key_values else None
-            ffn_wrap = plan.ffn_wrap.get(step.layer)
+            # wraps key on the layer whose block runs: the step's start (Euler's f(h_t))
+            ffn_wrap = plan.ffn_wrap.get(step.start_layer)
             kv_out = []
 
             def block_fn(
@@ -140,7 +141,7 @@ class Transformer(nn.Module):
                 kv_out.append(kv)
                 return y
 
-            wrap = plan.block_wrap.get(step.layer)
+            wrap = plan.block_wrap.get(step.start_layer)
             if wrap is not None:  # the wrap may change the sequence (and so the mask) it runs on
 
                 def block_fn(x, inner=block_fn, wrap=wrap, m=mask):

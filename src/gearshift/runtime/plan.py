@@ -17,6 +17,14 @@ model at once) and says:
 
 Linear layers and the word embedding are ordinary submodules: a method replaces them in
 place (low-rank, decoded weights); per-layer widths live in the model config.
+
+Wraps key on the layer whose block *runs*: a step's :attr:`Step.start_layer` (where Euler
+evaluates f). In the default loop that is every layer; a shared model run in fewer, larger
+steps runs only the step starts, and a wrap on any other layer is refused by
+:meth:`ForwardPlan.merge` / :meth:`ForwardPlan.check` (never silently dropped).
+
+Several methods contribute to one pass through :meth:`ForwardPlan.merge` (docs/compose.md):
+each plan names its ``provider`` so an impossible pair is refused naming both.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from gearshift.errors import ConfigError
 
 # (ffn_fn, x, keep) -> y ; keep is the (B, n) bool mask of real tokens or None
 FFNWrap = Callable[
@@ -64,7 +74,10 @@ def euler_update(
 
 @dataclass
 class ForwardPlan:
-    """What one forward pass runs; see the module docstring."""
+    """What one forward pass runs; see the module docstring.
+
+    ``provider`` names the method a plan comes from (for error messages when plans merge).
+    """
 
     steps: list[Step] | None = None
     update: Callable[..., torch.Tensor] = euler_update
@@ -72,6 +85,101 @@ class ForwardPlan:
     block_wrap: dict[int, BlockWrap] = field(default_factory=dict)
     exit: ExitFn | None = None
     run_head: bool = True  # False: return hidden states only (a method applies its own heads)
+    provider: str = "plan"
+
+    @classmethod
+    def merge(cls, *plans: ForwardPlan | None, num_layers: int | None = None) -> ForwardPlan:
+        """One plan from several providers' plans (None entries are skipped). The rules:
+
+        - ``steps`` and a non-Euler ``update`` come from at most one provider (the same one
+          may give both): two step schedules or two solvers cannot both run;
+        - wraps combine per layer: at most one FFN wrap and one block wrap per layer (two
+          token-merging wraps on one layer would merge already merged vectors); a layer's
+          block wrap runs outside its FFN wrap;
+        - at most one ``exit`` criterion;
+        - ``run_head`` is the AND of all (any provider that applies its own heads wins).
+
+        Raises ConfigError naming both providers and why when two plans cannot run together,
+        and (given ``num_layers`` or merged ``steps``) when a wrap keys a layer no step runs.
+        """
+        plans = [p for p in plans if p is not None]
+        out = cls(provider="+".join(p.provider for p in plans) or "plan")
+        steps_from = update_from = exit_from = None
+        for p in plans:
+            if p.steps is not None:
+                if steps_from is not None:
+                    raise ConfigError(
+                        f"{steps_from.provider} and {p.provider} both set the layer loop "
+                        "(steps): a pass can follow one step schedule only; attach one of them"
+                    )
+                steps_from, out.steps = p, list(p.steps)
+            if p.update is not euler_update:
+                if update_from is not None and p.update is not update_from.update:
+                    raise ConfigError(
+                        f"{update_from.provider} and {p.provider} both set the residual update "
+                        "(solver): choose one solver"
+                    )
+                update_from, out.update = p, p.update
+            for kind in ("ffn_wrap", "block_wrap"):
+                merged = getattr(out, kind)
+                for layer, wrap in getattr(p, kind).items():
+                    if layer in merged:
+                        other = merged[layer].__gearshift_provider__
+                        raise ConfigError(
+                            f"{other} and {p.provider} both wrap layer {layer}'s "
+                            f"{'feed-forward' if kind == 'ffn_wrap' else 'block'}: two "
+                            "token-merging wraps on one layer would merge merged vectors; "
+                            "put them on different layers"
+                        )
+                    merged[layer] = _tagged(wrap, p.provider)
+            if p.exit is not None:
+                if exit_from is not None:
+                    raise ConfigError(
+                        f"{exit_from.provider} and {p.provider} both give an exit criterion: "
+                        "a pass has one early-exit rule; attach one of them"
+                    )
+                exit_from, out.exit = p, p.exit
+            out.run_head = out.run_head and p.run_head
+        out.check(num_layers, steps_provider=steps_from.provider if steps_from else None)
+        return out
+
+    def check(self, num_layers: int | None = None, steps_provider: str | None = None) -> None:
+        """Raise ConfigError when a wrap keys a layer that no step of this plan runs (a large
+        step skips it) or that does not exist."""
+        if self.steps is not None:
+            runs = {s.start_layer for s in self.steps}
+        elif num_layers is not None:
+            runs = set(range(num_layers))
+        else:
+            return
+        for kind in ("ffn_wrap", "block_wrap"):
+            wraps = getattr(self, kind)
+            lost = sorted(set(wraps) - runs)
+            if lost:
+                who = sorted({getattr(wraps[i], "__gearshift_provider__", "a wrap") for i in lost})
+                schedule = (
+                    f"the layer loop of {steps_provider or 'this plan'} runs the blocks of "
+                    f"layers {sorted(runs)} only"
+                )
+                raise ConfigError(
+                    f"{', '.join(who)} wraps layer(s) {lost}, but {schedule}: those wraps would "
+                    f"never run. Use a plugin on layers {sorted(runs)} (e.g. `--layers "
+                    f"{','.join(map(str, sorted(runs)))}`), or run the model in steps that "
+                    "start at the wrapped layers"
+                )
+
+
+def _tagged(wrap: Callable, provider: str) -> Callable:
+    """``wrap`` with the name of the provider it came from (for merge errors)."""
+    if getattr(wrap, "__gearshift_provider__", None) == provider:
+        return wrap
+
+    def tagged(*args, **kwargs):
+        return wrap(*args, **kwargs)
+
+    tagged.__gearshift_provider__ = provider
+    tagged.__wrapped__ = wrap
+    return tagged
 
 
 def default_steps(layer_to_block: list[int]) -> list[Step]:

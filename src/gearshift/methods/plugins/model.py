@@ -41,7 +41,7 @@ from gearshift.runtime.io import write_folder_atomically
 from gearshift.runtime.model import Transformer, TransformerOutput
 from gearshift.runtime.modules import AttentionMask
 from gearshift.runtime.plan import ForwardPlan
-from gearshift.runtime.setting import ThreadSetting
+from gearshift.runtime.stack import PlanProvider, Stack
 
 from .config import PluginConfig
 from .modules import TokenMerger, TokenRestorer
@@ -303,15 +303,105 @@ def plugin_flops(model_config: ModelConfig, plugin_config: PluginConfig, seq_len
     return total
 
 
-# ---------------------------------------------------------------------- the switchable model
+# ---------------------------------------------------------------------- the plan provider
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 _UNSET = object()
 
 
-class PluginModel(nn.Module):
-    """A frozen base model with several plugins loaded, one active per thread or request.
+class Plugins(PlanProvider):
+    """Compression plugins as a plan provider: several loaded plugins, one active per pass.
 
-    The active plugin lives in a :class:`contextvars.ContextVar`: :meth:`use_plugin` and the
+    The setting value is a loaded plugin's name (None: no plugin). Plugins merge
+    neighbouring tokens, so a causal model is refused; each plugin must fit the base
+    (family, hidden size, depth). Folder: ``gearshift.json`` (kind "plugins", the names in
+    order) and one plugin folder per name.
+    """
+
+    kind = "plugins"
+
+    def __init__(self, plugins: dict[str, Plugin] | None = None) -> None:
+        super().__init__()
+        self.plugins = nn.ModuleDict()
+        self._base_config: ModelConfig | None = None
+        for name, plugin in (plugins or {}).items():
+            self.add(name, plugin)
+
+    def check_fits(self, config: ModelConfig) -> None:
+        if config.causal:
+            raise ConfigError(
+                f"plugins merge neighbouring tokens, so a causal {config.family} model would "
+                "see future tokens through them; attach plugins to an encoder only"
+            )
+        for name, plugin in self.plugins.items():
+            check_fits(plugin.config, config, where=f"plugin {name!r}")
+        self._base_config = config
+
+    def add(self, name: str, plugin: Plugin) -> None:
+        """Add ``plugin`` under ``name`` (letters, digits, - and _)."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"plugin name {name!r} is invalid: use letters, digits, '-' and '_'")
+        if not isinstance(plugin, Plugin):
+            raise ConfigError(f"a plugin must be a Plugin, got {type(plugin).__name__}")
+        if self._base_config is not None:
+            check_fits(plugin.config, self._base_config, where=f"plugin {name!r}")
+        self.plugins[name] = plugin.eval()
+
+    def resolve(self, value: Any) -> str:
+        if value not in self.plugins:
+            have = ", ".join(self.plugins.keys()) or "none"
+            raise ConfigError(f"no plugin named {value!r} is loaded (loaded: {have})")
+        return value
+
+    def plan(self, value: str, call: Any) -> ForwardPlan:
+        return self.plugins[value].plan()
+
+    def settings(self) -> dict[str, str]:
+        return {name: name for name in self.plugins.keys()}
+
+    def describe(self, value: Any) -> str:
+        return "no plugin" if value is None else f"plugin {value}"
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Save every plugin as ``folder/<name>/`` plus an index; returns ``folder``."""
+
+        def write(tmp: Path) -> None:
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "kind": "plugins",
+                "names": list(self.plugins.keys()),
+            }
+            for name, plugin in self.plugins.items():
+                (tmp / name).mkdir()
+                write_plugin_files(plugin, tmp / name)
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+
+        return write_folder_atomically(folder, write)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, base: Transformer) -> Plugins:
+        """Load a folder written by :meth:`save_pretrained` (or one plugin folder) for ``base``."""
+        folder = Path(folder)
+        path = folder / CONFIG_NAME
+        meta = json.loads(path.read_text()) if path.is_file() else {}
+        if meta.get("kind") == "plugin":  # a single plugin folder
+            return cls(
+                {folder.name if _NAME.match(folder.name) else "plugin": load_plugin(folder, base)}
+            )
+        if meta.get("kind") != "plugins":
+            raise ArtifactError(
+                f"{folder} is not a plugins folder (its {CONFIG_NAME} kind is "
+                f"{meta.get('kind')!r}): pass a folder written by `gearshift plugin train` or "
+                "by a stack"
+            )
+        return cls({name: load_plugin(folder / name, base) for name in meta["names"]})
+
+
+# ---------------------------------------------------------------------- the switchable model
+class PluginModel(Stack):
+    """A frozen base model with several plugins loaded, one active per thread or request:
+    a :class:`~gearshift.runtime.stack.Stack` with one :class:`Plugins` provider.
+
+    The active plugin is part of the stack's per-thread setting: :meth:`use_plugin` and the
     :meth:`plugin` context manager change it for the calling thread (or asyncio task) only,
     so threads serving requests each pick their own plugin and switching needs no reload.
     A thread that never chose uses :attr:`default_plugin` (None = the base model alone).
@@ -322,35 +412,23 @@ class PluginModel(nn.Module):
     """
 
     def __init__(self, base: Transformer, default_plugin: str | None = None) -> None:
-        super().__init__()
-        self.base = base.eval()
-        self.base.requires_grad_(False)
-        self.plugins = nn.ModuleDict()
-        self._active = ThreadSetting("plugin", default_plugin)
+        super().__init__(base, {"plugins": Plugins()}, freeze_base=True)
+        self._default_name = default_plugin
 
     @property
-    def config(self) -> ModelConfig:
-        """The base model's config (so measurement code treats this like a Transformer)."""
-        return self.base.config
-
-    def train(self, mode: bool = True) -> PluginModel:
-        """Set the plugins' mode; the frozen base stays in eval mode (no dropout)."""
-        super().train(mode)
-        self.base.eval()
-        return self
+    def plugins(self) -> nn.ModuleDict:
+        """The loaded plugins by name."""
+        return self.providers["plugins"].plugins
 
     # ------------------------------------------------------------------ plugins
     def add_plugin(self, name: str, plugin: Plugin) -> None:
         """Add ``plugin`` under ``name`` (letters, digits, - and _); checks it fits the base."""
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(f"plugin name {name!r} is invalid: use letters, digits, '-' and '_'")
-        if not isinstance(plugin, Plugin):
-            raise ConfigError(f"add_plugin needs a Plugin, got {type(plugin).__name__}")
-        check_fits(plugin.config, self.base.config, where=f"plugin {name!r}")
         device = next((p.device for p in self.base.parameters()), None)
+        self.providers["plugins"].add(name, plugin)
         if device is not None:
             plugin.to(device)
-        self.plugins[name] = plugin.eval()
+        if self._default_name == name:
+            self.default_plugin = name
 
     def load_plugin(self, name: str, folder: str | os.PathLike) -> Plugin:
         """Load the plugin folder ``folder`` under ``name``; returns the plugin."""
@@ -369,34 +447,34 @@ class PluginModel(nn.Module):
 
     # ------------------------------------------------------------------ switching
     def _check_name(self, name: str | None) -> None:
-        if name is not None and name not in self.plugins:
-            have = ", ".join(self.plugins.keys()) or "none"
-            raise ConfigError(f"no plugin named {name!r} is loaded (loaded: {have})")
+        if name is not None:
+            self.providers["plugins"].resolve(name)
 
     @property
     def active_plugin(self) -> str | None:
         """The plugin the calling thread/context uses now (None = the base model alone)."""
-        return self._active.get()
+        return self.active_setting.get("plugins")
 
     @property
     def default_plugin(self) -> str | None:
         """The plugin of threads that never chose one (None: the base model alone)."""
-        return self._active.default
+        return self.default_setting.get("plugins")
 
     @default_plugin.setter
     def default_plugin(self, name: str | None) -> None:
-        self._active.default = name
+        self._check_name(name)
+        self.default_setting = {"plugins": name}
 
     def use_plugin(self, name: str | None) -> None:
         """Use plugin ``name`` (None: no plugin) for the following calls in this thread/context."""
         self._check_name(name)
-        self._active.set(name)
+        self.use(plugins=name)
 
     @contextmanager
     def plugin(self, name: str | None) -> Iterator[PluginModel]:
         """``with model.plugin("k4"): ...``: use ``name`` inside the block, then switch back."""
         self._check_name(name)
-        with self._active.using(name):
+        with self.using(plugins=name):
             yield self
 
     def plan(self, name: Any = _UNSET) -> ForwardPlan | None:
@@ -406,9 +484,9 @@ class PluginModel(nn.Module):
         return None if name is None else self.plugins[name].plan()
 
     def forward(self, *args: Any, plugin: Any = _UNSET, **batch: Any) -> TransformerOutput:
-        """Run the base model with the active plugin (or ``plugin=`` for this call only)."""
-        if "plan" in batch:
-            raise ConfigError(
-                "PluginModel builds the plan itself: choose a plugin instead of passing plan="
-            )
-        return self.base(*args, plan=self.plan(plugin), **batch)
+        """Run the base model with the active plugin (or ``plugin=`` for this call only);
+        ``plan=`` (optional) is merged with it under the composition rules."""
+        if plugin is not _UNSET:
+            self._check_name(plugin)
+            batch["setting"] = {"plugins": plugin}
+        return super().forward(*args, **batch)

@@ -41,6 +41,38 @@ class Criterion:
     def describe(self) -> str:
         return self.name
 
+    @property
+    def spec(self) -> str:
+        """A short string :func:`parse_criterion` reads back (gear tables, stack folders)."""
+        return self.name
+
+
+def parse_criterion(value: Any) -> Criterion:
+    """An exit criterion from a Criterion, a threshold (float: entropy), or a spec string:
+    ``"entropy:0.3"``, ``"entropy:0.1,0.2,0.3"`` (one per exit), ``"patience:2"``,
+    ``"patience:2:0.5"`` (regression tolerance). ConfigError lists the forms."""
+    if isinstance(value, Criterion):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Entropy(float(value))
+    if isinstance(value, str):
+        name, _, rest = value.partition(":")
+        try:
+            if name == "entropy":
+                parts = [float(x) for x in rest.split(",")]
+                return Entropy(parts[0] if len(parts) == 1 else parts)
+            if name == "patience":
+                p, _, tol = rest.partition(":")
+                return Patience(int(p), tolerance=float(tol) if tol else 0.1)
+            if name == "none":
+                return Criterion()
+        except ValueError:
+            pass
+    raise ConfigError(
+        f"exit criterion {value!r} is not understood: give a threshold (0.3 = entropy < 0.3), "
+        "'entropy:0.3', 'entropy:0.1,0.2,...' (one per exit), 'patience:2' or 'patience:2:0.5'"
+    )
+
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) per row."""
@@ -76,6 +108,12 @@ class Entropy(Criterion):
         if isinstance(self.thresholds, (int, float)):
             return f"entropy < {self.thresholds:g}"
         return "entropy < [" + ", ".join(f"{t:g}" for t in self.thresholds) + "]"
+
+    @property
+    def spec(self) -> str:
+        if isinstance(self.thresholds, (int, float)):
+            return f"entropy:{self.thresholds:g}"
+        return "entropy:" + ",".join(f"{t:g}" for t in self.thresholds)
 
 
 @dataclass
@@ -116,6 +154,10 @@ class Patience(Criterion):
         return f"patience {self.patience}" + (
             f" (tolerance {self.tolerance:g})" if self.tolerance != 0.1 else ""
         )
+
+    @property
+    def spec(self) -> str:
+        return f"patience:{self.patience}:{self.tolerance:g}"
 
 
 @dataclass

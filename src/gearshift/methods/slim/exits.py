@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gearshift.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
@@ -38,11 +38,12 @@ from gearshift.runtime.io import folder_kind, read_meta, read_weights, write_fol
 from gearshift.runtime.model import Transformer, TransformerOutput
 from gearshift.runtime.modules import AttentionMask
 from gearshift.runtime.plan import ForwardPlan
-from gearshift.runtime.setting import ThreadSetting
+from gearshift.runtime.stack import Call, PlanProvider, Stack
 
-from .criteria import Criterion
+from .criteria import Criterion, parse_criterion
 
 KIND = "multi-exit-model"
+EXITS_WEIGHTS_NAME = "exits.safetensors"
 POOLERS = ("tanh", "dense")
 POOLS = ("first", "mean")
 
@@ -111,30 +112,183 @@ class MultiExitOutput:
 _UNSET = object()
 
 
-class MultiExitModel(nn.Module):
-    """A sequence classification/regression model with an exit after every layer."""
+class Exits(PlanProvider):
+    """Exit heads after every layer as a plan provider (batched early exit).
 
-    def __init__(self, base: Transformer, config: ExitConfig | None = None) -> None:
+    Layers ``0 .. L-2`` carry an :class:`ExitHead`; the last layer's exit is the base
+    model's own head. The setting value is an exit criterion (:func:`parse_criterion`: a
+    threshold, "entropy:0.3", "patience:2", a Criterion); after each step of the pass, rows
+    whose exit (the head of the step's last layer) is confident leave the batch, the rest
+    continue. So exits work on shared models run in N steps (exit after a step), under
+    plugins, and with any solver. ``choices`` are the criteria it offers as operating points.
+    Folder: gearshift.json (kind "exits", the exit config, the base it fits) +
+    exits.safetensors.
+    """
+
+    kind = "exits"
+    owns_head = True
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        exit_config: ExitConfig | None = None,
+        choices: list[Any] | None = None,
+    ) -> None:
         super().__init__()
-        kind = base.config.head.kind
+        kind = config.head.kind
         if kind not in ("classification", "regression"):
             raise ConfigError(
-                f"multi-exit models need a sequence classification or regression head, not "
-                f"{kind!r}: load the model with the task's head first"
+                f"exits need a sequence classification or regression head, not {kind!r}: "
+                "load the model with the task's head first"
             )
-        if base.config.is_shared:
-            raise ConfigError("multi-exit models need unshared layers (one block per layer)")
-        self.base = base
-        self.exit_config = config or ExitConfig()
+        self.exit_config = exit_config or ExitConfig()
         self.exit_config.validate()
-        outputs = 1 if kind == "regression" else base.config.head.num_labels
-        d, L = base.config.hidden_size, base.config.num_layers
-        self.exits = nn.ModuleList(ExitHead(d, outputs, self.exit_config) for _ in range(L - 1))
-        self._criterion = ThreadSetting("exit_criterion", None)
+        self.outputs = 1 if kind == "regression" else config.head.num_labels
+        self.hidden_size, self.num_layers = config.hidden_size, config.num_layers
+        self.heads = nn.ModuleList(
+            ExitHead(config.hidden_size, self.outputs, self.exit_config)
+            for _ in range(config.num_layers - 1)
+        )
+        self.choices = [parse_criterion(c) for c in (choices or [])]
+
+    def check_fits(self, config: ModelConfig) -> None:
+        outputs = 1 if config.head.kind == "regression" else config.head.num_labels
+        expected = (config.hidden_size, config.num_layers, outputs)
+        actual = (self.hidden_size, self.num_layers, self.outputs)
+        if expected != actual:
+            raise ArtifactError(
+                f"exits do not fit this base model: exits expect (hidden size, layers, "
+                f"outputs) = {actual}, base model has {expected}; train exits for this model "
+                "(`gearshift slim`)"
+            )
+
+    def resolve(self, value: Any) -> Criterion:
+        return parse_criterion(value)
+
+    def settings(self) -> dict[str, Criterion]:
+        return {c.spec: c for c in self.choices}
+
+    def describe(self, value: Any) -> str:
+        return "no early exit" if value is None else f"exit {value.describe()}"
+
+    def plan(self, crit: Criterion, call: Call) -> ForwardPlan:
+        B = call.batch_size
+        state = crit.start(B, call.device)
+        slot: list[torch.Tensor | None] = [None]
+        call.state["exit_logits"] = slot
+
+        def exit_fn(layer: int, h: torch.Tensor, mask: AttentionMask, rows: torch.Tensor):
+            logits = self.heads[layer](h, mask.keep)
+            if slot[0] is None:
+                slot[0] = logits.new_zeros((B, *logits.shape[1:]))
+            leave = crit.decide(layer, logits, rows, state)
+            if bool(leave.any()):
+                slot[0][rows[leave]] = logits[leave]
+            return leave
+
+        return ForwardPlan(exit=exit_fn, run_head=False)
+
+    def finish(self, crit: Criterion, call: Call, out: TransformerOutput) -> TransformerOutput:
+        """Rows that ran to the end get the base head; returns logits for every row."""
+        slot = call.state["exit_logits"]
+        # rows that never left ran the last step: their exit_step is its index
+        stayed_mask = out.exit_step == call.state["num_steps"] - 1
+        stayed = stayed_mask.nonzero().squeeze(1)
+        h = out.last_hidden_state
+        if stayed.numel():
+            keep_all = call.attention_mask.bool() if call.attention_mask is not None else None
+            keep = keep_all[stayed] if keep_all is not None else None
+            final = call.base.head(h[stayed], keep)
+            if slot[0] is None:
+                slot[0] = final.new_zeros((call.batch_size, *final.shape[1:]))
+            slot[0][stayed] = final
+        out.logits = slot[0]
+        return out
+
+    def exit_of(self, layer: int, h: torch.Tensor, keep: torch.Tensor | None, base) -> torch.Tensor:
+        """Logits of layer ``layer``'s exit from that layer's output ``h``."""
+        if layer == self.num_layers - 1:
+            return base.head(h, keep)
+        return self.heads[layer](h, keep)
+
+    def save_pretrained(self, folder: str | os.PathLike, base_config: ModelConfig) -> Path:
+        """Save the exit heads as an adapter folder for ``base_config``'s model."""
+
+        def write(tmp: Path) -> None:
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "kind": "exits",
+                "exits": asdict(self.exit_config),
+                "choices": [c.spec for c in self.choices],
+                "base_model": {
+                    "family": base_config.family,
+                    "hidden_size": base_config.hidden_size,
+                    "num_layers": base_config.num_layers,
+                    "outputs": self.outputs,
+                    "source": base_config.source,
+                },
+            }
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+            state = {k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}
+            save_file(state, str(tmp / EXITS_WEIGHTS_NAME), metadata={"format": "pt"})
+
+        return write_folder_atomically(folder, write)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, base: Transformer) -> Exits:
+        """Load an exits folder for ``base`` (refused, naming the difference, when it does
+        not fit)."""
+        folder = Path(folder)
+        meta = json.loads((folder / CONFIG_NAME).read_text())
+        if meta.get("kind") != "exits":
+            raise ArtifactError(
+                f"{folder} is not an exits folder (kind {meta.get('kind')!r}); exits are saved "
+                "by a stack or `gearshift stack --exits`"
+            )
+        want = meta.get("base_model", {})
+        got = {
+            "family": base.config.family,
+            "hidden_size": base.config.hidden_size,
+            "num_layers": base.config.num_layers,
+        }
+        diffs = [
+            f"{k}: exits expect {want[k]!r}, base has {v!r}"
+            for k, v in got.items()
+            if k in want and want[k] != v
+        ]
+        if diffs:
+            raise ArtifactError(f"exits {folder} do not fit this base model ({'; '.join(diffs)})")
+        provider = cls(base.config, ExitConfig(**meta.get("exits", {})), meta.get("choices"))
+        weights = folder / EXITS_WEIGHTS_NAME
+        if not weights.is_file():
+            raise ArtifactError(f"{folder}: {EXITS_WEIGHTS_NAME} is missing")
+        state = load_file(str(weights))
+        expected = provider.heads.state_dict()
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+            raise ArtifactError(
+                f"{weights} does not fit {CONFIG_NAME} (its exit heads have other names or "
+                "shapes); the two files come from different exits"
+            )
+        provider.heads.load_state_dict(state)
+        return provider.eval()
+
+
+class MultiExitModel(Stack):
+    """A sequence classification/regression model with an exit after every layer: a
+    :class:`~gearshift.runtime.stack.Stack` whose ``"exits"`` provider is :class:`Exits`
+    (more providers, e.g. plugins or steps, may be attached beside it)."""
+
+    def __init__(self, base: Transformer, config: ExitConfig | None = None) -> None:
+        super().__init__(base, {"exits": Exits(base.config, config)})
 
     @property
-    def config(self) -> ModelConfig:
-        return self.base.config
+    def exits(self) -> nn.ModuleList:
+        """The exit heads of layers 0 .. L-2."""
+        return self.providers["exits"].heads
+
+    @property
+    def exit_config(self) -> ExitConfig:
+        return self.providers["exits"].exit_config
 
     @property
     def num_exits(self) -> int:
@@ -142,9 +296,7 @@ class MultiExitModel(nn.Module):
 
     def exit_of(self, layer: int, h: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """Logits of layer ``layer``'s exit from that layer's output ``h``."""
-        if layer == self.num_exits - 1:
-            return self.base.head(h, keep)
-        return self.exits[layer](h, keep)
+        return self.providers["exits"].exit_of(layer, h, keep, self.base)
 
     # ------------------------------------------------------------------ training view
     def forward_all(
@@ -157,18 +309,11 @@ class MultiExitModel(nn.Module):
     ) -> MultiExitOutput:
         """Run every layer and every exit. ``exit_grad_scales[l]`` (optional) scales the
         gradient that exit l's loss sends into the backbone (gradient equilibrium)."""
-        plan = plan or ForwardPlan()
         out = self.base(
             input_ids,
             attention_mask,
             token_type_ids,
-            plan=ForwardPlan(
-                steps=plan.steps,
-                update=plan.update,
-                ffn_wrap=plan.ffn_wrap,
-                block_wrap=plan.block_wrap,
-                run_head=False,
-            ),
+            plan=ForwardPlan.merge(plan, ForwardPlan(run_head=False, provider="exits")),
             output_hidden_states=True,
         )
         keep = attention_mask.bool() if attention_mask is not None else None
@@ -183,77 +328,22 @@ class MultiExitModel(nn.Module):
     # ------------------------------------------------------------------ inference view
     @property
     def active_criterion(self) -> Criterion | None:
-        return self._criterion.get()
+        return self.active_setting.get("exits")
 
     def use_criterion(self, criterion: Criterion | None) -> None:
         """Exit early by ``criterion`` (None: always run every layer) in this thread/context."""
-        self._criterion.set(criterion)
+        self.use({**self.active_setting, "exits": criterion})
 
     @contextmanager
     def criterion(self, criterion: Criterion | None) -> Iterator[MultiExitModel]:
-        with self._criterion.using(criterion):
+        with self.using({**self.active_setting, "exits": criterion}):
             yield self
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        plan: ForwardPlan | None = None,
-        criterion: Any = _UNSET,
-        **kwargs: Any,
-    ) -> TransformerOutput:
+    def forward(self, *args: Any, criterion: Any = _UNSET, **kwargs: Any) -> TransformerOutput:
         """A model call: full depth, or early exit under the active (or given) criterion."""
-        crit = self.active_criterion if criterion is _UNSET else criterion
-        if crit is None:
-            out = self.base(
-                input_ids, attention_mask, token_type_ids, labels=labels, plan=plan, **kwargs
-            )
-            return out
-        if plan is not None and (plan.exit is not None or plan.steps is not None):
-            raise ConfigError("early exit builds its own exit plan: pass no plan with exits")
-        B = input_ids.shape[0]
-        L = self.num_exits
-        state = crit.start(B, input_ids.device)
-        logits_out: list[torch.Tensor | None] = [None]
-        keep_all = attention_mask.bool() if attention_mask is not None else None
-
-        def exit_fn(layer: int, h: torch.Tensor, mask: AttentionMask, rows: torch.Tensor):
-            logits = self.exits[layer](h, mask.keep)
-            if logits_out[0] is None:
-                logits_out[0] = logits.new_zeros((B, *logits.shape[1:]))
-            leave = crit.decide(layer, logits, rows, state)
-            if bool(leave.any()):
-                logits_out[0][rows[leave]] = logits[leave]
-            return leave
-
-        base_plan = plan or ForwardPlan()
-        out = self.base(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            plan=ForwardPlan(
-                ffn_wrap=base_plan.ffn_wrap,
-                block_wrap=base_plan.block_wrap,
-                exit=exit_fn,
-                run_head=False,
-            ),
-            **kwargs,
-        )
-        stayed = (out.exit_step == L - 1).nonzero().squeeze(1)
-        h = out.last_hidden_state
-        if stayed.numel():
-            keep = keep_all[stayed] if keep_all is not None else None
-            final = self.base.head(h[stayed], keep)
-            if logits_out[0] is None:
-                logits_out[0] = final.new_zeros((B, *final.shape[1:]))
-            logits_out[0][stayed] = final
-        logits = logits_out[0]
-        loss = self.base.task_loss(logits, labels) if labels is not None else None
-        return TransformerOutput(
-            last_hidden_state=h, logits=logits, loss=loss, exit_step=out.exit_step
-        )
+        if criterion is not _UNSET:
+            kwargs["setting"] = {**self.active_setting, "exits": criterion}
+        return super().forward(*args, **kwargs)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(
@@ -342,7 +432,11 @@ def load_multi_exit(folder: str | os.PathLike) -> MultiExitModel:
         )
     base = Transformer(ModelConfig.from_dict(meta["config"]))
     model = MultiExitModel(base, ExitConfig(**meta.get("exits", {})))
-    model.load_state_dict(read_weights(folder, model.state_dict()))
+    expected = {f"base.{k}": v for k, v in model.base.state_dict().items()}
+    expected |= {f"exits.{k}": v for k, v in model.exits.state_dict().items()}
+    state = read_weights(folder, expected)
+    model.base.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("base.")})
+    model.exits.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("exits.")})
     return model.eval()
 
 

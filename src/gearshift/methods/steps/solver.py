@@ -27,19 +27,24 @@ is the reading the method's description asks for, and an approximation; pre-LN b
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from gearshift.errors import ConfigError
+from gearshift.constants import CONFIG_NAME, FORMAT_VERSION
+from gearshift.errors import ArtifactError, ConfigError
 from gearshift.runtime.config import ModelConfig
+from gearshift.runtime.io import write_folder_atomically
 from gearshift.runtime.model import Transformer, TransformerOutput
 from gearshift.runtime.plan import ForwardPlan, Step, euler_update
-from gearshift.runtime.setting import ThreadSetting
+from gearshift.runtime.stack import PlanProvider, Stack
 
 SOLVERS = ("euler", "heun")
 _EPS = 1e-9
@@ -145,18 +150,16 @@ def step_plan(
     solver: str = "euler",
     base: ForwardPlan | None = None,
 ) -> ForwardPlan:
-    """A ForwardPlan that runs the model in the given steps with ``solver``; the other attach
-    points (plugins' wraps, exits) are taken from ``base`` when given."""
+    """A ForwardPlan that runs the model in the given steps with ``solver``; ``base`` (other
+    providers' wraps and exits) is merged in under the composition rules."""
     if solver not in SOLVERS:
         raise ConfigError(f"solver {solver!r} is unknown: use one of {', '.join(SOLVERS)}")
-    base = base or ForwardPlan()
-    return ForwardPlan(
+    plan = ForwardPlan(
         steps=make_steps(config, n_steps, sizes),
         update=heun_update if solver == "heun" else euler_update,
-        ffn_wrap=dict(base.ffn_wrap),
-        block_wrap=dict(base.block_wrap),
-        exit=base.exit,
+        provider="steps",
     )
+    return plan if base is None else ForwardPlan.merge(plan, base)
 
 
 def layer_evaluations(plan_steps: Sequence[Step], solver: str = "euler") -> int:
@@ -164,58 +167,157 @@ def layer_evaluations(plan_steps: Sequence[Step], solver: str = "euler") -> int:
     return len(plan_steps) * (2 if solver == "heun" else 1)
 
 
-# ---------------------------------------------------------------------- run-time switch
-class StepModel(nn.Module):
-    """A model whose number of steps (and solver) is a run-time setting.
+# ---------------------------------------------------------------------- the plan provider
+@dataclass(frozen=True)
+class StepSetting:
+    """How many steps a pass runs, and with which solver (``n_steps`` None: one per layer)."""
 
-    Like :class:`~gearshift.methods.plugins.PluginModel`, the setting lives in a
-    :class:`contextvars.ContextVar`: :meth:`use_steps` and the :meth:`steps` context manager
-    change it for the calling thread (or asyncio task) only, between batches, with no reload.
-    ``None`` steps = the model's own layer loop (one step of size 1 per layer).
+    n_steps: int | None = None
+    solver: str = "euler"
+
+    def __str__(self) -> str:
+        n = "L" if self.n_steps is None else str(self.n_steps)
+        return n if self.solver == "euler" else f"{n}:{self.solver}"
+
+
+def parse_step_setting(value: Any) -> StepSetting:
+    """``3``, ``"3"``, ``"3:heun"``, ``(3, "heun")``, ``{"n_steps": 3, "solver": "heun"}`` or a
+    StepSetting -> StepSetting; ConfigError says which forms exist."""
+    if isinstance(value, StepSetting):
+        return value
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, int):
+            return StepSetting(value)
+        if isinstance(value, str):
+            n, _, solver = value.partition(":")
+            return StepSetting(None if n in ("", "L") else int(n), solver or "euler")
+        if isinstance(value, Mapping):
+            return StepSetting(value.get("n_steps"), value.get("solver", "euler"))
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            return StepSetting(value[0], value[1])
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(
+        f"steps setting {value!r} is not understood: give N (an int), 'N:heun', "
+        "(N, solver) or {'n_steps': N, 'solver': ...}"
+    )
+
+
+class Steps(PlanProvider):
+    """Step schedules as a plan provider: the setting is a number of steps N (equal within
+    each shared group; see :func:`step_sizes`) and a solver. ``choices`` (optional) are the
+    operating points it offers (e.g. the step counts a step-aware model was trained for).
+    It has no weights; its folder records the choices."""
+
+    kind = "steps"
+
+    def __init__(self, choices: Sequence[Any] = ()) -> None:
+        super().__init__()
+        self.choices = [parse_step_setting(c) for c in choices]
+        self._config: ModelConfig | None = None
+
+    def check_fits(self, config: ModelConfig) -> None:
+        self._config = config
+        for c in self.choices:
+            self._plan(c, config)
+
+    def resolve(self, value: Any) -> StepSetting:
+        setting = parse_step_setting(value)
+        if self._config is not None:
+            self._plan(setting, self._config)  # raises for N the model cannot run
+        return setting
+
+    @staticmethod
+    def _plan(setting: StepSetting, config: ModelConfig) -> ForwardPlan:
+        return step_plan(config, setting.n_steps or config.num_layers, solver=setting.solver)
+
+    def plan(self, value: StepSetting, call: Any) -> ForwardPlan:
+        return self._plan(value, call.base.config)
+
+    def settings(self) -> dict[str, StepSetting]:
+        return {str(c): c for c in self.choices}
+
+    def describe(self, value: Any) -> str:
+        return "own layer loop" if value is None else f"{value} steps"
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """A small folder: kind "steps" and the choices."""
+
+        def write(tmp: Path) -> None:
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "kind": "steps",
+                "choices": [str(c) for c in self.choices],
+            }
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+
+        return write_folder_atomically(folder, write)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, base: Transformer) -> Steps:
+        meta = json.loads((Path(folder) / CONFIG_NAME).read_text())
+        if meta.get("kind") != "steps":
+            raise ArtifactError(f"{folder} is not a steps folder (kind {meta.get('kind')!r})")
+        return cls(meta.get("choices", []))
+
+
+# ---------------------------------------------------------------------- run-time switch
+class StepModel(Stack):
+    """A model whose number of steps (and solver) is a run-time setting: a
+    :class:`~gearshift.runtime.stack.Stack` with one :class:`Steps` provider.
+
+    Like :class:`~gearshift.methods.plugins.PluginModel`, the setting is per thread (or
+    asyncio task): :meth:`use_steps` and the :meth:`steps` context manager change it for the
+    calling thread only, between batches, with no reload. ``None`` steps = the model's own
+    layer loop (one step of size 1 per layer).
     """
 
     def __init__(self, model: Transformer, n_steps: int | None = None, solver: str = "euler"):
-        super().__init__()
-        self.model = model
-        self._active = ThreadSetting("steps", self._check(n_steps, solver))
+        super().__init__(model, {"steps": Steps()})
+        self.default_setting = {"steps": self._value(n_steps, solver)}
 
     @property
-    def config(self) -> ModelConfig:
-        return self.model.config
+    def model(self) -> Transformer:
+        """The wrapped model (the stack's base)."""
+        return self.base
 
-    def _check(self, n_steps: int | None, solver: str) -> tuple[int | None, str]:
-        if n_steps is not None or solver != "euler":
-            step_plan(self.model.config, n_steps or self.model.config.num_layers, solver=solver)
-        return (n_steps, solver)
+    def _value(self, n_steps: int | None, solver: str) -> StepSetting | None:
+        if n_steps is None and solver == "euler":
+            return None
+        return StepSetting(n_steps, solver)
 
     @property
     def setting(self) -> tuple[int | None, str]:
         """(n_steps, solver) in use for the calling thread/context."""
-        return self._active.get()
+        value = self.active_setting.get("steps")
+        return (None, "euler") if value is None else (value.n_steps, value.solver)
 
     def use_steps(self, n_steps: int | None, solver: str = "euler") -> None:
         """Run the following calls of this thread/context in ``n_steps`` steps."""
-        self._active.set(self._check(n_steps, solver))
+        self.use(steps=self._value(n_steps, solver))
 
     @contextmanager
     def steps(self, n_steps: int | None, solver: str = "euler") -> Iterator[StepModel]:
         """``with model.steps(3): ...``: three steps inside the block, then back."""
-        with self._active.using(self._check(n_steps, solver)):
+        with self.using(steps=self._value(n_steps, solver)):
             yield self
 
     def plan(self) -> ForwardPlan | None:
-        n_steps, solver = self.setting
-        if n_steps is None and solver == "euler":
-            return None
-        return step_plan(self.model.config, n_steps or self.model.config.num_layers, solver=solver)
+        value = self.active_setting.get("steps")
+        return None if value is None else Steps._plan(value, self.base.config)
 
     def forward(self, *args: Any, **batch: Any) -> TransformerOutput:
-        if "plan" in batch:
-            raise ConfigError("StepModel builds the plan itself: use use_steps() instead of plan=")
-        plan = self.plan()
-        if plan is not None and plan.update is heun_update and batch.get("use_cache"):
+        value = (
+            batch.get("setting", self.active_setting).get("steps")
+            if isinstance(batch.get("setting", self.active_setting), Mapping)
+            else None
+        )
+        value = parse_step_setting(value) if value is not None else None
+        if value is not None and value.solver == "heun" and batch.get("use_cache"):
             raise ConfigError(
                 "the Heun solver cannot decode with a key/value cache (its second evaluation "
                 "would need a cache of its own): use solver='euler' for generation"
             )
-        return self.model(*args, plan=plan, **batch)
+        return super().forward(*args, **batch)
