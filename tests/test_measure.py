@@ -426,8 +426,11 @@ def test_operating_point_fields_are_the_record_format():
         "date",
         "machine",
         "extras",
+        "seed",
     ]
     r = row("base", "-", 0.9, 1e9)
+    assert r.seed is None  # a row says which seed it ran with only when it knows
+    assert OperatingPoint.from_dict({**r.to_dict(), "seed": 43}).seed == 43  # kept top-level
     assert r.date[:2] == "20" and "torch" in r.machine and r.command
 
 

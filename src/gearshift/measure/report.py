@@ -79,7 +79,9 @@ class OperatingPoint:
     ``flops_128``: FLOPs per example at length 128; ``params``: parameter count;
     ``latency_ratio_b1`` / ``_b32``: latency over the unmodified model's, same run, batch 1 /
     32; ``reference_score``: the unmodified model's score. ``extras`` holds anything else
-    (latency in ms, memory, notes).
+    (latency in ms, memory, notes). ``seed``: the seed of the run's training (None: not
+    known, or nothing random was drawn); rows of one setting with different seeds are the
+    runs a seed-to-seed spread is taken over.
     """
 
     task: str
@@ -98,6 +100,7 @@ class OperatingPoint:
     date: str = field(default_factory=now_iso)
     machine: str = field(default_factory=machine_description)
     extras: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
