@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gearshift.methods.slim.cli import add_cli as add_slim_cli
 
     add_slim_cli(sub)
+    from gearshift.serve.cli import add_parsers as add_serve_parsers
+
+    add_serve_parsers(sub)
     return parser
 
 
