@@ -407,8 +407,44 @@ def test_epoch_sampler_deterministic_per_seed_and_epoch():
 
 
 # ------------------------------------------------------------------------------ checkpoint
+def test_a_finished_run_drops_its_optimizer_state_and_resumes_as_finished(tmp_path):
+    """The optimizer state is only needed to continue an unfinished run: deleted at the end
+    (keep_optimizer keeps it); a resume of the finished run trains nothing and still works;
+    a run planning more steps is refused with the reason."""
+    t = make_trainer(tmp_path, max_steps=4)
+    t.fit()
+    d = tmp_path / "checkpoint"
+    assert not (d / OPTIMIZER_NAME).exists()
+    assert {WEIGHTS_NAME, RNG_STATE_NAME, TRAINER_STATE_NAME} <= {p.name for p in d.iterdir()}
+    state = ckpt.read_trainer_state(d)
+    assert state["optimizer_dropped"] is True and state["global_step"] == 4
+    before = weights(t.model)
+    again = make_trainer(tmp_path, max_steps=4)
+    result = again.fit(resume=True)
+    assert result.global_step == 4
+    assert all(torch.equal(before[k], v) for k, v in weights(again.model).items())
+    with pytest.raises(ConfigError, match="max_steps: checkpoint 4, now 6"):
+        make_trainer(tmp_path, max_steps=6).fit(resume=True)
+
+
+def test_an_interrupted_run_keeps_its_optimizer_state(tmp_path):
+    """Only a finished run drops it: a checkpoint written mid-run still holds it."""
+    t = make_trainer(tmp_path, max_steps=6, save_every=2)
+    stop_at = 3
+
+    class Stop(Callback):
+        def on_step_end(self, trainer, step):
+            if step == stop_at:
+                raise KeyboardInterrupt
+
+    t.callbacks.append(Stop())
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    assert (tmp_path / "checkpoint" / OPTIMIZER_NAME).is_file()
+
+
 def test_checkpoint_contents(tmp_path):
-    make_trainer(tmp_path, max_steps=4).fit()
+    make_trainer(tmp_path, max_steps=4, keep_optimizer=True).fit()
     d = tmp_path / "checkpoint"
     assert {p.name for p in d.iterdir()} == {
         WEIGHTS_NAME,

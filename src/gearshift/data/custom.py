@@ -25,6 +25,10 @@ config file's folder, and unknown keys are an error::
       "label_names": null,               // default: sorted labels of the train file
       "main_metric": null                // default: accuracy / pearson
     }
+
+A model fine-tuned on a custom task records this config in its gearshift.json with absolute
+paths (``gearshift.data.recorded``), so evaluating it later needs no flags; ``recorded_in``
+is then the model folder, named when the files have moved.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class CustomTaskConfig:
     has_header: bool = True
     label_names: list[str] | None = None
     main_metric: str | None = None
+    recorded_in: str | None = None  # the model folder whose gearshift.json recorded this task
 
     def __post_init__(self) -> None:
         self.path = Path(self.path).expanduser()
@@ -299,6 +304,14 @@ def _as_float(raw: str | float, path: Path, line: int) -> float:
 
 def _read_rows(path: Path, config: CustomTaskConfig) -> list[_Row]:
     """Return the (line, texts, raw label) rows of one file; DataError when it has none."""
+    if not Path(path).exists() and config.recorded_in is not None:
+        from gearshift.data.recorded import data_hint
+
+        raise DataError(
+            f"data file not found: {path}. The model in {config.recorded_in} was fine-tuned on "
+            f"the custom task {config.name!r}, read from that file; if the data moved, pass "
+            f"it again: {data_hint(config.to_dict())} (or --task-config FILE)"
+        )
     fmt = config.resolved_format(path)
     rows = _read_jsonl(path, config) if fmt == "jsonl" else _read_table(path, config, fmt)
     if not rows:
@@ -319,9 +332,10 @@ def _read_table(path: Path, config: CustomTaskConfig, fmt: str) -> list[_Row]:
         header: list[str] | None = None
         width = 0
         columns: tuple[int, int | None, int] | None = None
+        next_line = 1  # the line the next record starts on
         try:
             for record in reader:
-                line = reader.line_num
+                line, next_line = next_line, reader.line_num + 1
                 if not record or (len(record) == 1 and not record[0].strip()):
                     continue
                 if columns is None:
@@ -337,6 +351,12 @@ def _read_table(path: Path, config: CustomTaskConfig, fmt: str) -> list[_Row]:
                     )
                     if header is not None:
                         continue
+                if len(record) != width and quoting and reader.line_num > line:
+                    raise DataError(
+                        f"{path}, line {line}: a quote opened on this line is not closed "
+                        f"(the record runs on to line {reader.line_num}); close the quote, or "
+                        "set quoting to false in the task config if quotes are part of the text"
+                    )
                 if len(record) != width:
                     raise DataError(
                         f"{path}, line {line}: expected {width} columns separated by "
@@ -353,8 +373,45 @@ def _read_table(path: Path, config: CustomTaskConfig, fmt: str) -> list[_Row]:
                     )
                 )
         except csv.Error as exc:
-            raise DataError(f"{path}, line {reader.line_num}: cannot parse CSV ({exc})") from exc
+            hint = (
+                " (a quote opened there is never closed)"
+                if "EOF" in str(exc) or "unexpected end" in str(exc)
+                else ""
+            )
+            raise DataError(
+                f"{path}, line {next_line}: cannot parse CSV ({exc}){hint}; fix that line, or "
+                "set quoting to false in the task config if quotes are part of the text"
+            ) from exc
+    if header is not None and columns is not None:
+        _check_header_is_not_data(path, config, header, columns[2], rows)
     return rows
+
+
+def _check_header_is_not_data(
+    path: Path, config: CustomTaskConfig, header: list[str], label: int, rows: list[_Row]
+) -> None:
+    """Raise DataError when the row read as a header looks like an example: every column was
+    given by index (none by a header name) and its label cell is a number (regression) or
+    one of the labels below it (classification). Reading it as a header would lose it."""
+    given = [config.text_column, config.label_column, config.text_pair_column]
+    by_name = [c for c in given if isinstance(c, str) and not c.strip().isdigit()]
+    if any(c in header for c in by_name):
+        return
+    cell = header[label]
+    if config.kind == "regression":
+        try:
+            looks_like_data = math.isfinite(float(cell))
+        except ValueError:
+            looks_like_data = False
+    else:
+        looks_like_data = cell in {str(r.label) for r in rows}
+    if looks_like_data:
+        raise DataError(
+            f"{path}: the first line looks like an example (its label column holds {cell!r}, "
+            "like the rows below it), but it would be read as a header and dropped. If the "
+            "file has no header pass --no-header (has_header: false in a task config); if it "
+            "has one, give the columns by their header names"
+        )
 
 
 def _column_index(column: Column, header: list[str] | None, width: int, path: Path) -> int:

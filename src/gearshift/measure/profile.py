@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
@@ -31,6 +35,7 @@ def profile_model(
     plan: ForwardPlan | None = None,
     warmup: int = 5,
     repeats: int = 30,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Measure ``model`` on real ``texts``; return a JSON-serialisable dict.
 
@@ -39,7 +44,7 @@ def profile_model(
     length truncated to ``seq_len``; per example at exactly ``seq_len`` tokens; the analytic
     count at ``seq_len`` for the unmodified model; the mean text length), ``latency`` and
     ``memory`` (per batch size, batches of the texts with dynamic padding, truncated to
-    ``seq_len``), ``threads`` and ``machine``.
+    ``seq_len``), ``threads`` and ``machine``. ``progress`` shows a tqdm bar over the steps.
     """
     if not texts:
         raise ValueError("profile_model needs at least one text")
@@ -61,6 +66,10 @@ def profile_model(
         "bytes": parameter_bytes(model),
         "breakdown": parameter_breakdown(model),
     }
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=2 + 2 * len(batch_sizes), desc="profile", unit="step", disable=not progress)
+    bar.set_postfix_str("FLOPs")
     lengths = [int(b["input_ids"].shape[1]) for b in _single_batches(tokenizer, texts, seq_len)]
     flops: dict[str, Any] = {
         "per_example_dynamic": flops_per_example(
@@ -74,6 +83,7 @@ def profile_model(
     if config is not None:
         flops["analytic_at_length"] = analytic_flops(config, seq_len)
     out["flops"] = flops
+    bar.update(2)
 
     fn = forward_fn(model, plan)
     latency: dict[str, Any] = {}
@@ -81,12 +91,18 @@ def profile_model(
     with fixed_threads(threads) as used:
         for size in batch_sizes:
             batch = make_batch(tokenizer, texts, size, max_length=seq_len)
+            bar.set_postfix_str(f"latency b{size}")
             stats = measure_latency(fn, batch, warmup=warmup, repeats=repeats)
             latency[f"b{size}"] = {
                 **stats.to_dict(),
                 "padded_length": int(batch["input_ids"].shape[1]),
             }
-            memory[f"b{size}"] = peak_memory(fn, batch, model=model).to_dict()
+            bar.update(1)
+            bar.set_postfix_str(f"memory b{size}")
+            with quiet_profiler_lines():
+                memory[f"b{size}"] = peak_memory(fn, batch, model=model).to_dict()
+            bar.update(1)
+    bar.close()
     out["latency"] = latency
     out["memory"] = memory
     out["threads"] = used
@@ -94,14 +110,47 @@ def profile_model(
     return out
 
 
+@contextmanager
+def quiet_profiler_lines() -> Iterator[None]:
+    """Run the block with the process's stderr (file descriptor 2) captured, then pass on
+    every line except torch's native profiler notices (``USDT:... profiler_start``), which
+    the CPU memory measurement would otherwise print into the user's output."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced (e.g. pytest capture)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [
+                line
+                for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
+                if not (line.startswith("USDT:") and "Profiler" in line)
+            ]
+            if kept:
+                sys.stderr.write("".join(kept))
+
+
 def profile_markdown(d: dict[str, Any]) -> str:
     """Return a short Markdown report of a :func:`profile_model` result."""
-    lines = ["# Model profile", ""]
+    lines = [
+        f"# Model profile: {d['model_name']}" if d.get("model_name") else "# Model profile",
+        "",
+    ]
     if "model" in d:
         m = d["model"]
         lines.append(
             f"- model: {m['family']}, {m['num_layers']} layers, hidden {m['hidden_size']}"
-            + (f" ({m['source']})" if m.get("source") else "")
+            + (f" (built from {m['source']})" if m.get("source") else "")
         )
     p = d["params"]
     bd = p["breakdown"]
@@ -116,12 +165,15 @@ def profile_markdown(d: dict[str, Any]) -> str:
         f"(mean {f['mean_tokens']:.1f} tokens), {format_flops(f['per_example_at_length'])} "
         f"at length {f['seq_len']}"
         + (
-            f" (analytic {format_flops(f['analytic_at_length'])})"
+            f" (analytic count of the config {format_flops(f['analytic_at_length'])})"
             if "analytic_at_length" in f
             else ""
         )
     )
-    lines.append(f"- machine: {d['machine']}; torch threads {d['threads']}")
+    # machine_description names the thread count in force when it ran; say the timings' once
+    machine = ", ".join(p for p in d["machine"].split(", ") if not p.startswith("torch threads"))
+    machine += f"; torch threads {d['threads']} (used for the timings)"
+    lines.append(f"- machine: {machine}")
     lines += [
         "",
         "| batch | padded length | median ms | p90 ms | ms per example | peak memory | activations |",

@@ -132,6 +132,14 @@ class TrainConfig:
         },
     )
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
+    keep_optimizer: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the optimizer state in <output_dir>/checkpoint/ once training "
+            "finishes (by default it is deleted then: it is only needed to continue an "
+            "unfinished run, and is about three times the model's size)."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()

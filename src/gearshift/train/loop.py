@@ -556,6 +556,8 @@ class Trainer:
                 self._log_file.close()
                 self._log_file = None
         self._call("on_train_end")
+        if self.is_main_process and not self.config.keep_optimizer:
+            self._drop_optimizer_state()
         best_dir = self.output_dir / ckpt.BEST_DIR
         return TrainResult(
             global_step=self.global_step,
@@ -935,6 +937,28 @@ class Trainer:
         self._saved_state_key = self._state_key()
         return final
 
+    def _drop_optimizer_state(self) -> None:
+        """Delete the finished run's optimizer state (``config.keep_optimizer`` keeps it) and
+        record that in trainer_state.json, so a later resume knows there is nothing left to
+        train rather than a damaged checkpoint."""
+        final = self.output_dir / ckpt.CHECKPOINT_DIR
+        opt_file = final / OPTIMIZER_NAME
+        if not ckpt.is_complete(final) or not opt_file.is_file():
+            return
+        state = ckpt.read_trainer_state(final)
+        state["optimizer_dropped"] = True
+        ckpt.write_trainer_state(
+            final, {k: v for k, v in state.items() if not k.startswith("format")}
+        )
+        size = opt_file.stat().st_size
+        opt_file.unlink()
+        logger.info(
+            "training finished: deleted the optimizer state (%.0f MB) from %s; the model and "
+            "trainer state stay there (keep_optimizer=True keeps it)",
+            size / 1e6,
+            final,
+        )
+
     def _locate_checkpoint(self, resume: bool, resume_from: str | Path | None) -> Path | None:
         acc = self.accelerator
         if resume_from is not None:
@@ -1015,17 +1039,22 @@ class Trainer:
             )
         ckpt.load_model_weights(self.model, path / WEIGHTS_NAME)
         ckpt.load_params(self._extra_params, path / ckpt.EXTRA_PARAMS_NAME)
-        opt = ckpt.load_optimizer(path / OPTIMIZER_NAME)
-        try:
-            self.optimizer.load_state_dict(opt["optimizer"])
-            self.scheduler.load_state_dict(opt["scheduler"])
-            scaler = getattr(acc, "scaler", None)
-            if scaler is not None and opt.get("scaler") is not None:
-                scaler.load_state_dict(opt["scaler"])
-        except (KeyError, ValueError) as exc:
-            raise ArtifactError(
-                f"the optimizer state in {path} does not fit this run's parameters: {exc}"
-            ) from exc
+        if state.get("optimizer_dropped") and not (path / OPTIMIZER_NAME).is_file():
+            # a finished run whose optimizer state was deleted: nothing is left to train
+            # (a run planning more steps was refused above by the total_steps check)
+            logger.info("%s is a finished run (its optimizer state was deleted)", path)
+        else:
+            opt = ckpt.load_optimizer(path / OPTIMIZER_NAME)
+            try:
+                self.optimizer.load_state_dict(opt["optimizer"])
+                self.scheduler.load_state_dict(opt["scheduler"])
+                scaler = getattr(acc, "scaler", None)
+                if scaler is not None and opt.get("scaler") is not None:
+                    scaler.load_state_dict(opt["scaler"])
+            except (KeyError, ValueError) as exc:
+                raise ArtifactError(
+                    f"the optimizer state in {path} does not fit this run's parameters: {exc}"
+                ) from exc
         self._check_optimizer_state(path)
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])

@@ -1,18 +1,15 @@
-"""``gearshift factorize``, and the demo's factorize stage.
+"""``gearshift factorize`` (the demo's factorize stage is :mod:`.demo`).
 
     gearshift factorize --model TEACHER_DIR --method svdllm --ratio 4 --output runs/f4
     gearshift factorize --model minilm-l6 --method ae --grouped --calibration text --output ...
 
-The lead wires :func:`add_cli` into ``gearshift.cli`` and :func:`demo_stage` into
-``gearshift.jobs.DEMO_STAGES``.
+:func:`add_cli` registers the verb with ``gearshift.cli``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +88,9 @@ def config_from_args(args: argparse.Namespace) -> FactorizeConfig:
 
 def cmd_factorize(args: argparse.Namespace) -> int:
     from gearshift.data import get_task
-    from gearshift.jobs import TaskData, evaluate, task_of_folder
+    from gearshift.data.recorded import task_of_folder
+    from gearshift.data.taskdata import TaskData
+    from gearshift.measure.evaluate import evaluate
     from gearshift.methods.factorize.calibration import calibration_batches
     from gearshift.methods.factorize.compress import compress
     from gearshift.methods.factorize.model import save_factorized
@@ -129,73 +128,3 @@ def cmd_factorize(args: argparse.Namespace) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0
-
-
-# ---------------------------------------------------------------------- demo
-def demo_stage(ctx: Any) -> list[dict]:
-    """Compress the demo's teacher with whitened SVD at ratio 2 (no fine-tuning) and return
-    its operating-point row (score, FLOPs, parameters, latency against the teacher)."""
-    import torch
-
-    from gearshift.jobs import dev_texts, evaluate
-    from gearshift.measure import (
-        OperatingPoint,
-        compare_latency,
-        flops_at_length,
-        flops_per_example,
-        forward_fn,
-        make_batch,
-    )
-    from gearshift.methods.factorize.calibration import calibration_batches
-    from gearshift.methods.factorize.compress import compress
-
-    config = FactorizeConfig(method="svdllm", ratio=2.0, progress=False)
-    start = time.perf_counter()
-    batches = calibration_batches(
-        ctx.tokenizer, "task", ctx.task, examples=64 if ctx.quick else 256
-    )
-    model, report = compress(copy.deepcopy(ctx.teacher), config, batches)
-    seconds = time.perf_counter() - start
-    score = evaluate(model, ctx.dev)[ctx.task.main_metric]
-    texts = dev_texts(ctx.task, limit=32 if ctx.quick else 256)
-    singles = [make_batch(ctx.tokenizer, [t], 1) for t in texts]
-    flops = flops_per_example(model, singles)
-    teacher_flops = flops_per_example(ctx.teacher, singles)
-    repeats = 5 if ctx.quick else 30
-    ratios = {}
-    for size in (1, 32):
-        batch = make_batch(ctx.tokenizer, texts, size)
-        cmp = compare_latency(
-            {"teacher": forward_fn(ctx.teacher), "factorized": forward_fn(model)},
-            batch,
-            warmup=3,
-            repeats=repeats,
-            threads=ctx.threads,
-        )
-        ratios[size] = cmp.ratios["factorized"]
-    with torch.no_grad():
-        flops_128 = flops_at_length(model, 128)
-    row = OperatingPoint(
-        task=ctx.task.name,
-        model=ctx.model_name,
-        method="factorize-svdllm",
-        setting="ratio 2, per layer, no fine-tuning",
-        metric=ctx.task.main_metric,
-        score=score,
-        flops_dynamic=flops,
-        flops_128=flops_128,
-        params=report.params_after,
-        latency_ratio_b1=ratios[1],
-        latency_ratio_b32=ratios[32],
-        reference_score=ctx.teacher_score,
-        command="gearshift.methods.factorize.cli.demo_stage",
-        extras={
-            "stored_ratio": report.achieved_ratio,
-            "compressed_weights": report.original_weights,
-            "stored_weights": report.stored,
-            "compression_seconds": seconds,
-            "flops_ratio_vs_teacher": flops / teacher_flops,
-            "flops_texts": len(texts),
-        },
-    )
-    return [row.to_dict()]

@@ -24,7 +24,8 @@ from .config import FactorizeConfig
 def demo_stage(ctx: Any) -> list[dict]:
     """``jobs.DEMO_STAGES`` entry: compress a copy of the teacher, score it on the demo's dev
     set, and time it against the teacher in one interleaved run."""
-    from gearshift.jobs import dev_texts, evaluate
+    from gearshift.data.taskdata import dev_texts
+    from gearshift.measure.evaluate import evaluate
 
     config = FactorizeConfig(method="svdllm", ratio=2.0, progress=False)
     cal = calibration_batches(ctx.tokenizer, "task", ctx.task, 64 if ctx.quick else 256)

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from gearshift.jobs import FinetuneResult, finetune
+from gearshift.train.finetune import FinetuneResult, finetune
 from gearshift.methods.factorize.model import (
     compressed_modules,
     load_factorized,

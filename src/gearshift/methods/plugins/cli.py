@@ -137,7 +137,7 @@ def add_cli(subparsers: Any) -> None:
 
 def _task(name: str | None, model: str):
     from gearshift.data import get_task
-    from gearshift.jobs import custom_task_of_folder, task_of_folder
+    from gearshift.data.recorded import custom_task_of_folder, task_of_folder
 
     if name:
         return get_task(name)
@@ -149,7 +149,9 @@ def _task(name: str | None, model: str):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from gearshift.data.raw import raw_texts, text_features
-    from gearshift.jobs import TaskData, evaluate, model_for_task, task_of_folder
+    from gearshift.data.recorded import model_for_task, task_of_folder
+    from gearshift.data.taskdata import TaskData
+    from gearshift.measure.evaluate import evaluate
     from gearshift.runtime import load_pretrained, load_tokenizer
     from gearshift.train import TrainConfig
 
@@ -245,7 +247,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from gearshift.jobs import TaskData, evaluate, model_for_task
+    from gearshift.data.recorded import model_for_task
+    from gearshift.data.taskdata import TaskData
+    from gearshift.measure.evaluate import evaluate
     from gearshift.measure import flops_at_length
 
     from .model import PluginModel

@@ -114,7 +114,7 @@ def measure_candidates(
     dev inputs for FLOPs (each at its own length, batch 1) and latency (batches of 1 and 32
     with dynamic padding, cut at ``seq_len``).
     """
-    from gearshift.jobs import evaluate
+    from gearshift.measure.evaluate import evaluate
 
     if not candidates or candidates[0].plan is not None:
         raise ValueError("the first candidate must be the teacher (plan None)")

@@ -266,7 +266,7 @@ def demo_stage(ctx: Any) -> list[dict]:
     """``jobs.DEMO_STAGES`` entry: train a k=4 "ffn" plugin on the demo's teacher (stage C,
     a small budget: well under 2 minutes on 2 cores) and return its operating-point row,
     latency measured against the teacher in the same run."""
-    from gearshift.jobs import TaskData, dev_texts
+    from gearshift.data.taskdata import TaskData, dev_texts
 
     from .config import PluginConfig
     from .operating_points import Candidate, measure_candidates

@@ -17,7 +17,7 @@ from .train import SlimConfig, distil_stage, run_slim, stage_done
 
 
 def task_and_teacher(model_dir: str, task_name: str | None):
-    from gearshift.jobs import model_for_task, task_of_folder
+    from gearshift.data.recorded import model_for_task, task_of_folder
 
     name = task_name or task_of_folder(model_dir)
     if name is None:
@@ -60,7 +60,7 @@ def evaluate_exits(
     data_dir=None,
     tolerances: Sequence[float] = REGRESSION_TOLERANCES,
 ) -> list[dict]:
-    from gearshift.jobs import TaskData
+    from gearshift.data.taskdata import TaskData
 
     dev = TaskData.load(task, tokenizer, "dev", dev_limit, data_dir=data_dir)
     recorded = record_exits(model, dev)
@@ -84,7 +84,7 @@ def slim_job(
     tolerances: Sequence[float] = REGRESSION_TOLERANCES,
 ) -> dict[str, Any]:
     """Run the pipeline on the teacher in ``model_dir`` and sweep the final model's exits."""
-    from gearshift.jobs import TaskData
+    from gearshift.data.taskdata import TaskData
 
     task, teacher, tokenizer = task_and_teacher(model_dir, task_name)
     train = TaskData.load(task, tokenizer, "train", train_limit, data_dir=data_dir)
@@ -115,7 +115,7 @@ def deebert_job(
 ) -> Path:
     """The DeeBERT baseline: exits trained on the frozen teacher (KD from its final logits);
     the backbone and the final head stay the teacher's."""
-    from gearshift.jobs import TaskData
+    from gearshift.data.taskdata import TaskData
 
     task, teacher, tokenizer = task_and_teacher(model_dir, task_name)
     train = TaskData.load(task, tokenizer, "train", train_limit, data_dir=data_dir)

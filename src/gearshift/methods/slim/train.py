@@ -265,7 +265,7 @@ def distil_stage(
 
 
 def stage_done(output_dir: Path) -> bool:
-    from gearshift.jobs import training_finished
+    from gearshift.train.finetune import training_finished
 
     return (output_dir / "model" / "gearshift.json").is_file() and training_finished(output_dir)
 

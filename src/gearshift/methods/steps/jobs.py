@@ -106,7 +106,7 @@ def finetune_steps(
     """Fine-tune (the shared) ``model_name`` on a task; with ``step_sizes`` each batch runs
     at a step size drawn from the set (``per_group_steps``: one per group of shared layers).
     Model selection scores dev at step 1."""
-    from gearshift.jobs import finetune
+    from gearshift.train.finetune import finetune
 
     return finetune(
         model_name,
@@ -193,7 +193,8 @@ def score_at_steps(
 ) -> tuple[float, str]:
     """(score, metric) of ``model`` at ``n_steps`` (None: its own layers): the task's main
     metric for task data (:class:`gearshift.jobs.TaskData`), perplexity for LM blocks."""
-    from gearshift.jobs import TaskData, evaluate
+    from gearshift.data.taskdata import TaskData
+    from gearshift.measure.evaluate import evaluate
 
     plan = None if n_steps is None else step_plan(model.config, n_steps, solver=solver)
     if isinstance(data, TaskData):
@@ -212,7 +213,8 @@ def evaluate_steps(
 ) -> list[dict[str, Any]]:
     """Score ``model_dir`` at each number of steps and solver: one dict per setting with the
     score, block evaluations and FLOPs per example at length 128."""
-    from gearshift.jobs import TaskData, task_of_folder
+    from gearshift.data.recorded import task_of_folder
+    from gearshift.data.taskdata import TaskData
 
     model = load_pretrained(model_dir).eval()
     tokenizer = load_tokenizer(model_dir)
