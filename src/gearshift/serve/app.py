@@ -291,6 +291,11 @@ def create_app(server: GearServer, close_on_shutdown: bool = True):
         yield
         if close_on_shutdown:
             await asyncio.get_running_loop().run_in_executor(None, server.close)
+            print(
+                f"gearshift serve: stopped after answering every request in flight "
+                f"(queue left: {server.batcher.depth})",
+                flush=True,
+            )
 
     app = FastAPI(title="gearshift serve", lifespan=lifespan)
 
