@@ -13,6 +13,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from gearshift.measure import decode_labels, markdown_table, mcnemar
 from gearshift.methods.factorize.config import METHODS
@@ -283,10 +284,14 @@ def teacher_generations(rows: list[dict]) -> str:
 
 
 def _pick(rows: list[dict], task: str, setting: str, method: str | None = None) -> dict | None:
-    for r in rows:
-        if r["task"] == task and r["setting"] == setting and method in (None, r["method"]):
-            return r
-    return None
+    """The row of ``task``, ``setting`` (and ``method``; None: the first matching row's),
+    the runs of several seeds merged into one (``merge_seeds``); None if there is none."""
+    found = [r for r in rows if r["task"] == task and r["setting"] == setting]
+    found = [r for r in found if r["method"] == (method or found[0]["method"])] if found else []
+    if not found:
+        return None
+    seeds = {r.get("seed") for r in found}
+    return merge_seeds(found) if len(seeds) == len(found) > 1 else found[0]
 
 
 def _verdict(value: float | None, target: float, higher_is_better: bool, unit: str = "") -> str:
@@ -299,10 +304,20 @@ def _verdict(value: float | None, target: float, higher_is_better: bool, unit: s
     return f"missed by {gap:.2f}{unit}" if gap >= 0.1 else f"missed by {gap:.3f}{unit}"
 
 
-def _better(a: dict, b: dict) -> str:
-    """Verdict on "row ``a`` scores better than row ``b``": with both rows' dev predictions
-    stored, better only if McNemar's exact test finds the difference significant (p < 0.05);
-    without them, a plain comparison that says significance was not tested."""
+def _better(a: dict, b: dict, floors: dict | None = None) -> str:
+    """Verdict on "row ``a`` scores better than row ``b``": "no signal" where either is
+    within noise of the constant prediction (``floors``); with several seeds of each, by the
+    interval of the difference over seeds (``difference_verdict``); with one seed, better
+    only if McNemar's exact test on both rows' stored dev predictions finds the difference
+    significant (p < 0.05; it tests the examples, not seed-to-seed variance), and without
+    them a plain comparison that says significance was not tested. One-seed verdicts say
+    "1 seed"."""
+    if floors and not (has_signal(a, floors) and has_signal(b, floors)):
+        quiet = [r["method"] for r in (a, b) if not has_signal(r, floors)]
+        return f"{NO_SIGNAL} ({', '.join(quiet)})"
+    over_seeds = difference_verdict(a, b)
+    if over_seeds is not None:
+        return over_seeds
     diff = a["score"] - b["score"]
     ea, eb = a.get("extras", {}), b.get("extras", {})
     if "dev_predictions" in ea and "dev_predictions" in eb and "dev_labels" in ea:
@@ -311,7 +326,8 @@ def _better(a: dict, b: dict) -> str:
             decode_labels(ea["dev_predictions"]), decode_labels(eb["dev_predictions"]), labels
         )
         counts = (
-            f"{test.a_only} vs {test.b_only} examples right by one only, p = {test.p_value:.3g}"
+            f"1 seed; {test.a_only} vs {test.b_only} examples right by one only, "
+            f"p = {test.p_value:.3g}"
         )
         if test.better():
             return f"met ({counts})"
@@ -319,7 +335,7 @@ def _better(a: dict, b: dict) -> str:
     plain = (
         "met" if diff > 0 else "missed: a tie" if diff == 0 else f"missed: {-diff:.2f} points worse"
     )
-    return plain + " (significance not tested: no predictions stored)"
+    return plain + " (1 seed; significance not tested: no predictions stored)"
 
 
 def _mean(xs: list) -> float | None:
@@ -327,13 +343,185 @@ def _mean(xs: list) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def seed_scores(row: dict) -> list[float]:
+    """The scores a row stands for: one per seed where it merges several (``merge_seeds``),
+    else its own score."""
+    return list(row.get("extras", {}).get("seed_scores") or [row["score"]])
+
+
+def merge_seeds(rows: list[dict]) -> dict:
+    """One row for the runs of one (task, method, setting) with different seeds: the first
+    row with the mean score, and ``extras.seed_scores`` / ``extras.seeds`` listing each
+    run's; a single row is returned as it is."""
+    if len(rows) == 1:
+        return rows[0]
+    scores = [r["score"] for r in rows]
+    merged = {**rows[0], "score": sum(scores) / len(scores), "seed": None}
+    merged["extras"] = {
+        **rows[0].get("extras", {}),
+        "seed_scores": scores,
+        "seeds": [r.get("seed") for r in rows],
+    }
+    return merged
+
+
+def seed_label(rows: list[dict]) -> str:
+    """How many seeds the rows' comparison rests on: "1 seed" when any of them is a single
+    run, else "N seeds" (the fewest any row has)."""
+    n = min(len(seed_scores(r)) for r in rows)
+    return "1 seed" if n == 1 else f"{n} seeds"
+
+
+def seed_interval(scores: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, standard deviation, half-width of the ``level`` t-interval of the mean) of one
+    setting's scores over seeds; the deviation and half-width are 0 for a single run."""
+    import statistics
+
+    from scipy.stats import t
+
+    mean = statistics.fmean(scores)
+    if len(scores) < 2:
+        return mean, 0.0, 0.0
+    sd = statistics.stdev(scores)
+    half = float(t.ppf(0.5 + level / 2, len(scores) - 1)) * sd / len(scores) ** 0.5
+    return mean, sd, half
+
+
+def score_cell(row: dict) -> str:
+    """A row's score for a table: "84.35 (1 seed)", or "84.10 ± 0.40 (3 seeds)" (mean ±
+    standard deviation over seeds)."""
+    scores = seed_scores(row)
+    mean, sd, _ = seed_interval(scores)
+    if len(scores) == 1:
+        return f"{mean:.2f} (1 seed)"
+    return f"{mean:.2f} ± {sd:.2f} ({len(scores)} seeds)"
+
+
+def target_verdict(
+    row_or_scores, target: float, higher_is_better: bool, unit: str = "", transform=None
+) -> str:
+    """A target verdict that uses the seed-to-seed interval: with several seeds, "met" only
+    when the whole 95% interval of the mean (of ``transform(score)`` per seed, e.g. a drop)
+    is on the target's side, "missed" when all of it is on the other, else "within noise
+    (interval lo to hi)"; with one seed, ``_verdict``'s answer and "(1 seed)"."""
+    scores = row_or_scores if isinstance(row_or_scores, list) else seed_scores(row_or_scores)
+    values = [transform(x) if transform else x for x in scores]
+    mean, _, half = seed_interval(values)
+    if len(values) == 1:
+        return f"{_verdict(mean, target, higher_is_better, unit)} (1 seed)"
+    lo, hi = mean - half, mean + half
+    good_lo, good_hi = (
+        (lo >= target, hi >= target) if higher_is_better else (hi <= target, lo <= target)
+    )
+    span = f"{len(values)} seeds, 95% interval {lo:.2f} to {hi:.2f}"
+    if good_lo:
+        return f"met ({span})"
+    if not good_hi:
+        return f"missed ({span})"
+    return f"within noise ({span})"
+
+
+def difference_verdict(a: dict, b: dict) -> str | None:
+    """Whether row ``a`` scores above row ``b`` over seeds (Welch's 95% interval of the
+    difference of their means): "met", "missed" (all of the interval below 0) or "not
+    resolved"; None unless both rows have at least two seeds."""
+    from scipy.stats import t
+
+    sa, sb = seed_scores(a), seed_scores(b)
+    if len(sa) < 2 or len(sb) < 2:
+        return None
+    ma, da, _ = seed_interval(sa)
+    mb, db, _ = seed_interval(sb)
+    va, vb = da**2 / len(sa), db**2 / len(sb)
+    se = (va + vb) ** 0.5
+    diff = ma - mb
+    if se == 0:
+        lo = hi = diff
+    else:
+        df = (va + vb) ** 2 / (va**2 / (len(sa) - 1) + vb**2 / (len(sb) - 1) or 1e-12)
+        half = float(t.ppf(0.975, df)) * se
+        lo, hi = diff - half, diff + half
+    span = f"{min(len(sa), len(sb))}+ seeds, difference {diff:+.2f}, 95% interval {lo:+.2f} to {hi:+.2f}"
+    if lo > 0:
+        return f"met ({span})"
+    if hi < 0:
+        return f"missed ({span})"
+    return f"not resolved ({span})"
+
+
+# Since b560cdb (this date) fine-tuning seeds torch before it draws a task head; teachers
+# trained before it cannot be rebuilt bit for bit.
+SEEDED_HEADS_SINCE = "2026-11-22T18:43:34+00:00"
+_CURRENT_TEACHERS: list[dict] | None = None
+
+
+def current_teachers() -> list[dict]:
+    """The rows of benchmarks/results/teachers.json: the teachers the recipes rebuild."""
+    global _CURRENT_TEACHERS
+    if _CURRENT_TEACHERS is None:
+        path = RESULTS / "teachers.json"
+        _CURRENT_TEACHERS = json.loads(path.read_text())["rows"] if path.is_file() else []
+    return _CURRENT_TEACHERS
+
+
+def first_teacher(row: dict, teachers: list[dict] | None = None) -> bool:
+    """Whether ``row`` was measured against a teacher the recipe no longer rebuilds: its
+    ``reference_score`` is not (within ``TEACHER_TOLERANCE``) the score of the task's teacher
+    in teachers.json, or that teacher itself predates seeded heads. False for rows with no
+    reference in the teacher's metric, or for a task with no teacher row."""
+    teachers = current_teachers() if teachers is None else teachers
+    current = next((t for t in teachers if t["task"] == row["task"]), None)
+    ref = row.get("reference_score")
+    if current is None or ref is None or row.get("metric") != current.get("metric"):
+        return False
+    if str(current.get("date")) < SEEDED_HEADS_SINCE:
+        return True
+    if row.get("date") and str(row["date"]) < str(current.get("date")):
+        return True  # measured before the current teacher was built: an earlier one
+    return not same_teacher(ref, current["score"])
+
+
+FIRST_TEACHER = "first teacher, not rebuildable"
+RETIMED = "re-timed by the protocol"
+UNDER_LOAD = "timed under load, not re-timed"
+
+
+def timing_label(row: dict) -> str:
+    """How a row's latency was taken: by the shared re-timing protocol
+    (``gearshift.measure.retime``, with its spread), a quiet re-time or a quiet in-run
+    timing without a spread (``extras.timing_conditions``), else "timed under load, not
+    re-timed"."""
+    e = row.get("extras", {})
+    timing = e.get("retime")
+    if timing:
+        lo, hi = timing["ratio_b32_spread"] if "ratio_b32_spread" in timing else (None, None)
+        spread = f", spread {lo:.3f}-{hi:.3f}" if lo is not None else ""
+        return f"{RETIMED}{spread}"
+    return e.get("timing_conditions") or UNDER_LOAD
+
+
+def timing_short(row: dict) -> str:
+    """``timing_label`` in a word or two, for table cells: "loaded", "quiet, no spread", or
+    the protocol's "re-timed, spread lo-hi"."""
+    label = timing_label(row)
+    if label == UNDER_LOAD:
+        return "loaded"
+    if label.startswith(RETIMED):
+        return label.replace(RETIMED, "re-timed")
+    return "quiet, no spread" if "quiet" in label else label
+
+
 def _quiet(row: dict) -> bool:
     """Whether a row's latency was re-measured with nothing else running (``--retime``)."""
-    return bool(row.get("extras", {}).get("latency_measured"))
+    return bool(
+        row.get("extras", {}).get("latency_measured") or row.get("extras", {}).get("retime")
+    )
 
 
-def _plugin_target_table(rows: list[dict], ffn: str, layer: str) -> list[str]:
-    """Per GLUE task and averaged: the issue's k=4 targets for plugins ``ffn``/``layer``."""
+def _plugin_target_table(rows: list[dict], ffn: str, layer: str, floors: dict) -> list[str]:
+    """Per GLUE task and averaged: the k=4 targets for plugins ``ffn``/``layer``. A task
+    where the plugin or its teacher has no signal (``floors``) is shown and left out of
+    the means; the means name the tasks they cover."""
     per_task = []
     for task in GLUE5:
         teacher = _pick(rows, task, "full", "teacher")
@@ -344,38 +532,54 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str) -> list[str]:
         return []
     lines = [
         f"| task | teacher | {ffn} score | drop | FLOPs saved at 128 | b32 latency ratio "
-        f"| {layer} score | {layer} FLOPs saved |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| {layer} score | {layer} FLOPs saved | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    drops, saved, lat, layer_saved = [], [], [], []
+    drops, saved, lat, layer_saved, covered, skipped = [], [], [], [], [], []
     for task, teacher, f, lay in per_task:
-        drops.append(teacher - f["score"])
-        saved.append(f["extras"]["saved_flops_128"])
-        lat.append(f.get("latency_ratio_b32"))
-        if lay is not None:
-            layer_saved.append(lay["extras"]["saved_flops_128"])
+        signal = has_signal(f, floors, teacher)
+        if signal:
+            covered.append(task)
+            drops.append(teacher - f["score"])
+            saved.append(f["extras"]["saved_flops_128"])
+            lat.append(f.get("latency_ratio_b32"))
+            if lay is not None:
+                layer_saved.append(lay["extras"]["saved_flops_128"])
+        else:
+            skipped.append(task)
+        quiet = "" if has_signal({**f, "score": teacher}, floors) else f" ({NO_SIGNAL})"
+        first = " (first teacher, not rebuildable)" if first_teacher(f) else ""
+        score = f"{f['score']:.2f}" if signal else f"{f['score']:.2f} ({NO_SIGNAL})"
         lines.append(
-            f"| {task} | {teacher:.2f} | {f['score']:.2f} | {drops[-1]:+.2f} "
-            f"| {saved[-1]:.1%} | {lat[-1]:.3f}{'' if _quiet(f) else ' (loaded)'} | "
-            + (f"{lay['score']:.2f} | {layer_saved[-1]:.1%} |" if lay else "- | - |")
+            f"| {task} | {teacher:.2f}{quiet}{first} | {score} | "
+            f"{teacher - f['score']:+.2f} | {f['extras']['saved_flops_128']:.1%} | "
+            f"{f['latency_ratio_b32']:.3f} ({timing_short(f)}) | "
+            + (
+                f"{lay['score']:.2f} | {lay['extras']['saved_flops_128']:.1%} |"
+                if lay
+                else "- | - |"
+            )
+            + f" {seed_label([f])} |"
         )
-    if not all(_quiet(f) for _, _, f, _ in per_task):
-        lines.append(
-            "\n(loaded): timed while another benchmark ran on the second core, not yet "
-            "re-timed on a quiet machine (`benchmarks/plugins.py --retime`).\n"
-        )
-    n = len(per_task)
     d, sv, lt, ls = _mean(drops), _mean(saved), _mean(lat), _mean(layer_saved)
-    scope = "all five GLUE tasks" if n == 5 else f"{n} of the five GLUE tasks so far"
+    scope = ", ".join(covered) or "no task"
+    if skipped:
+        scope += f" ({', '.join(skipped)}: {NO_SIGNAL}, left out)"
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
     lines += [
         "",
-        f"Targets for `{ffn}`, averaged over {scope} (computed from the rows above):\n",
+        f"Targets for `{ffn}`, averaged over {scope} (computed from the rows above; one "
+        "seed per row):\n",
         "| target | measured | verdict |",
         "|---|---|---|",
-        f"| {ffn} score drop <= 1.0 point | {d:.2f} | {_verdict(d, 1.0, False, ' points')} |",
-        f"| {ffn} FLOPs saved at 128 >= 43% | {sv:.1%} | {_verdict(sv * 100, 43.0, True, ' pp')} |",
-        f"| {ffn} batch-32 latency <= 0.65x | {'-' if lt is None else f'{lt:.3f}'} "
-        f"| {_verdict(lt, 0.65, False)} |",
+        f"| {ffn} score drop <= 1.0 point | {fmt(d, '.2f')} "
+        f"| {_verdict(d, 1.0, False, ' points')} |",
+        f"| {ffn} FLOPs saved at 128 >= 43% | {fmt(sv, '.1%')} "
+        f"| {_verdict(None if sv is None else sv * 100, 43.0, True, ' pp')} |",
+        f"| {ffn} batch-32 latency <= 0.65x | {fmt(lt, '.3f')} | {_verdict(lt, 0.65, False)} |",
     ]
     if ls is not None:
         lines.append(
@@ -384,11 +588,14 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str) -> list[str]:
     return lines + [""]
 
 
-def plugins_targets(rows: list[dict]) -> str:
-    """The issue's targets, averaged over the GLUE tasks measured (k=4): the paper's plugin
-    (every token merged) and, where measured, the first token kept out (``-cls``)."""
-    lines = _plugin_target_table(rows, "k4-ffn", "k4-layer")
-    lines += _plugin_target_table(rows, "k4-ffn-cls", "k4-layer-cls")
+def plugins_targets(rows: list[dict], floors: dict | None = None) -> str:
+    """The targets, averaged over the GLUE tasks measured (k=4) whose rows have a signal
+    (``floors``; read from the dev data when None): the paper's plugin (every token
+    merged) and, where measured, the first token kept out (``-cls``)."""
+    if floors is None:
+        floors = constant_floors(GLUE5)
+    lines = _plugin_target_table(rows, "k4-ffn", "k4-layer", floors)
+    lines += _plugin_target_table(rows, "k4-ffn-cls", "k4-layer-cls", floors)
     variants = [
         r
         for r in rows
@@ -409,19 +616,35 @@ def plugins_targets(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def slim_targets(rows: list[dict]) -> str:
-    """SST-2: the best score at >= 8x fewer FLOPs than the teacher, per method."""
+def slim_variant(method: str) -> str:
+    """Whether a slim method is the target as first written (COST-EFF widths A and B and the
+    baselines, default schedule: f2f9782) or a later variant added after those missed
+    (width C, or a longer distillation schedule ``-steps<K>x``), kept as its own row."""
+    width = method.removesuffix(_schedule(method)).removesuffix("-cls").rsplit("-", 1)[-1]
+    if _schedule(method) or (method.startswith("cost-eff") and width not in ("A", "B")):
+        return "later variant"
+    return "as first written"
+
+
+def slim_targets(rows: list[dict], floors: dict | None = None) -> str:
+    """SST-2: the best score at >= 8x fewer FLOPs than the teacher, per method; each row
+    says whether it is the target as first written or a later variant (``slim_variant``),
+    and how many seeds it rests on. Then the curves (``slim_curves``, with the floor rule)
+    and latency against FLOPs."""
     teacher = _pick(rows, "sst2", "full", "teacher")
     if teacher is None:
         return ""
+    if floors is None:
+        floors = constant_floors(sorted({r["task"] for r in rows}))
     budget = teacher["flops_dynamic"] / 8
     lines = [
         f"SST-2 target: >= 96.5% of the teacher's {teacher['score']:.2f} "
         f"(= {0.965 * teacher['score']:.2f}; each row's share is of the teacher it was "
         f"measured against) at <= 1/8 of its FLOPs ({budget / 1e6:.1f} MFLOPs per example). "
-        "Best row of each method within that budget:\n",
-        "| method | setting | score | share of teacher | FLOPs ratio | verdict |",
-        "|---|---|---|---|---|---|",
+        "Best row of each method within that budget (the threshold of an early-exit row is "
+        "the best one on the dev set itself, so its score is optimistic):\n",
+        "| method | target | setting | score | share of teacher | FLOPs ratio | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     methods = sorted(
         {r["method"] for r in rows if r["task"] == "sst2" and r["method"] != "teacher"}
@@ -433,16 +656,22 @@ def slim_targets(rows: list[dict]) -> str:
             if r["task"] == "sst2" and r["method"] == m and r["flops_dynamic"] <= budget
         ]
         if not cands:
-            lines.append(f"| {m} | - | - | - | - | no row within the budget |")
+            lines.append(f"| {m} | {slim_variant(m)} | - | - | - | - | no row within the budget |")
             continue
         best = max(cands, key=lambda r: r["score"])
-        share = best["score"] / _reference(best, teacher)
-        verdict = _verdict(share * 100, 96.5, True, " pp")
+        ref = _reference(best, teacher)
+        share = best["score"] / ref
+        if not has_signal(best, floors, ref):
+            verdict = NO_SIGNAL
+        else:
+            verdict = target_verdict(
+                best, 96.5, True, " pp", transform=lambda x, ref=ref: 100 * x / ref
+            )
         lines.append(
-            f"| {m} | {best['setting']} | {best['score']:.2f} | {share:.1%} "
+            f"| {m} | {slim_variant(m)} | {best['setting']} | {best['score']:.2f} | {share:.1%} "
             f"| 1/{teacher['flops_dynamic'] / best['flops_dynamic']:.1f} | {verdict} |"
         )
-    return "\n".join(lines) + "\n" + slim_curves(rows) + slim_latency(rows)
+    return "\n".join(lines) + "\n" + slim_curves(rows, floors) + slim_latency(rows)
 
 
 SLIM_BASELINES = {  # curve name -> which methods form it (first-token "-cls" runs excluded)
@@ -516,12 +745,30 @@ def _frontier(rows: list[dict], budget: float) -> float | None:
     return max(scores) if scores else None
 
 
-def slim_curves(rows: list[dict]) -> str:
+def slim_curves(rows: list[dict], floors: dict | None = None) -> str:
     """Per task, the COST-EFF curve (best score at each FLOPs budget, over its widths and
-    thresholds) against each baseline's over the budgets both reach: where it falls below."""
-    rows = [r for r in rows if r.get("flops_dynamic")]
+    thresholds) against each baseline's over the budgets both reach: where it falls below.
+    Points within noise of the constant prediction (``floors``) leave both curves; a task
+    whose teacher has no signal gets one "no signal" line and no verdict."""
+    floors = floors or {}
+    teachers = {r["task"]: r for r in rows if r["method"] == "teacher"}
+    quiet_tasks = []
+    for task, t in teachers.items():
+        if not has_signal(t, floors):
+            quiet_tasks.append(task)
+    rows = [
+        r
+        for r in rows
+        if r.get("flops_dynamic")
+        and r["task"] not in quiet_tasks
+        and has_signal(r, floors, _reference(r, teachers.get(r["task"])))
+    ]
     tasks = [t for t in EXPECTED_TASKS["slim"] if any(r["task"] == t for r in rows)]
-    lines = []
+    lines = [
+        f"| {t} | all | every baseline | - | - | - | {NO_SIGNAL} (teacher "
+        f"{teachers[t]['score']:.2f}, within noise of the constant) |"
+        for t in quiet_tasks
+    ]
     schedules = sorted(
         {_schedule(r["method"]) for r in rows if _is_cost_eff(r["method"], _schedule(r["method"]))}
     )
@@ -570,9 +817,11 @@ def slim_curves(rows: list[dict]) -> str:
         "baseline's best at the same budget (negative: the baseline is better there), and the "
         "mean margin over the budgets either curve has a point at (a step where one curve's "
         "point sits just below the other's in FLOPs shows in the smallest margin alone). "
-        "Each schedule (default, or every distillation stage K times as long: `Kx`) is "
-        "compared with the baselines trained on the same schedule; the cut-and-fine-tuned "
-        "teacher keeps the teacher's recipe under every schedule.",
+        "Each schedule (default, or every distillation stage K times as long: `Kx`, a later "
+        "variant) is compared with the baselines trained on the same schedule; the "
+        "cut-and-fine-tuned teacher keeps the teacher's recipe under every schedule. Points "
+        "within noise of the constant prediction are left out of both curves; one seed per "
+        "point, so a margin under the dev metric's standard error (the floors table) is noise.",
         [
             "task",
             "schedule",
@@ -609,9 +858,12 @@ def slim_latency(rows: list[dict]) -> str:
     )
 
 
-def steps_summary(rows: list[dict]) -> str:
+def steps_summary(rows: list[dict], floors: dict | None = None) -> str:
     """Every task's encoder scores in one table: each shared variant at N = 6, 4, 3, 2 (Euler)
-    and Heun 3, 2 beside the teacher, the fair reference and the best 3-pass dropped teacher."""
+    and Heun 3, 2 beside the teacher, the fair reference and the best 3-pass dropped teacher.
+    A cell within noise of the constant prediction (``floors``) reads "no signal"; a task
+    whose rows were measured against a teacher the recipe no longer rebuilds says so."""
+    floors = floors or {}
     settings = ["N=6 euler", "N=4 euler", "N=3 euler", "N=2 euler", "N=3 heun", "N=2 heun"]
     lines = []
     for task in [t for t in EXPECTED_TASKS["steps"] if t != "wikitext2"]:
@@ -622,31 +874,45 @@ def steps_summary(rows: list[dict]) -> str:
         fair = next((r for r in mine if r["method"] == "unshared-finetuned"), None)
         cut = _cut_reference(mine, task)
         drop = _best_drop(mine, task)
-        refs = " / ".join(
-            f"{r['score']:.2f}" if r is not None else "-" for r in (teacher, fair, cut, drop)
-        )
-        for method in sorted({r["method"] for r in mine if r["method"].startswith("shared-g")}):
+
+        def cell(r: dict | None) -> str:
+            if r is None:
+                return "-"
+            if not has_signal(r, floors):
+                return NO_SIGNAL
+            mean, sd, _ = seed_interval(seed_scores(r))
+            return f"{mean:.2f}" if len(seed_scores(r)) == 1 else f"{mean:.2f} ± {sd:.2f}"
+
+        refs = " / ".join(cell(r) for r in (teacher, fair, cut, drop))
+        shared = [r for r in mine if r["method"].startswith("shared-g")]
+        if any(first_teacher(r) for r in shared):
+            refs += f" ({FIRST_TEACHER})"
+        for method in sorted({r["method"] for r in shared}):
             got = [_pick(mine, task, s, method) for s in settings]
-            cells = [f"{g['score']:.2f}" if g else "-" for g in got]
+            cells = [cell(g) for g in got]
             lines.append(f"| {task} | {method} | " + " | ".join(cells) + f" | {refs} |")
     return _table(
         "Every task at a glance (main metric; references: teacher / unshared fine-tuned like "
         "the shared models / its first 3 layers fine-tuned like them / best teacher cut to 3 "
-        "passes, no re-training):",
+        "passes, no re-training; one seed per cell, mean ± standard deviation where a cell has "
+        f"several; {NO_SIGNAL}: within noise of the constant prediction):",
         ["task", "variant", "N=6", "N=4", "N=3 (a=2)", "N=2", "Heun 3", "Heun 2", "references"],
         lines,
     )
 
 
-def steps_targets(rows: list[dict]) -> str:
+def steps_targets(rows: list[dict], floors: dict | None = None) -> str:
     """SST-2: each shared model at a = 2 (N = 3 Euler steps) against itself at a = 1, the
     naive model at a = 2 and the teacher cut to 3 layer passes; its layer latency at a = 2.
     Then every task's scores in one table (``steps_summary``), the fidelity and init tables
-    and the decoders."""
+    and the decoders. Cells with no signal (``floors``; read from the dev data when None)
+    get no verdict."""
+    if floors is None:
+        floors = constant_floors(sorted({r["task"] for r in rows}))
     return (
-        _steps_sst2(rows)
+        _steps_sst2(rows, floors)
         + steps_latency(rows)
-        + steps_summary(rows)
+        + steps_summary(rows, floors)
         + steps_fidelity(rows)
         + steps_init(rows)
         + decoder_summary(rows)
@@ -671,8 +937,9 @@ def steps_latency(rows: list[dict]) -> str:
             for size in (1, 32):
                 got = e[f"layer_ratio_b{size}"]
                 targets.append(
-                    f"| layer latency at a = 2 <= 0.55x of a = 1, {r['method']}, batch {size} "
-                    f"| {got:.3f} | {_verdict(got, 0.55, False)} |"
+                    f"| later variant, not a replacement: layer latency at a = 2 <= 0.55x of "
+                    f"a = 1, {r['method']}, batch {size} | {got:.3f} ({timing_short(r)}) "
+                    f"| {_verdict(got, 0.55, False)} |"
                 )
     table = _table(
         "Layer latency on its own (`steps.py latency`; shared models made from MiniLM-L6, "
@@ -799,7 +1066,7 @@ def decoder_summary(rows: list[dict]) -> str:
     )
 
 
-def _steps_sst2(rows: list[dict]) -> str:
+def _steps_sst2(rows: list[dict], floors: dict | None = None) -> str:
     sst = [r for r in rows if r["task"] == "sst2"]
     teacher = _pick(sst, "sst2", "unshared, 6 layers", "teacher")
     best_drop = _best_drop(sst, "sst2")
@@ -817,36 +1084,44 @@ def _steps_sst2(rows: list[dict]) -> str:
         sharing += ", per-layer LayerNorms" if ln else ""
         sharing += ", a step size drawn per group" if pg else ""
         a2, a1 = aware["score"], full["score"]
+        first = f" (measured against the {FIRST_TEACHER})" if first_teacher(aware) else ""
+        drop_verdict = (
+            f"{_verdict(a1 - a2, 1.5, False, ' points')} ({seed_label([aware, full])})"
+            if len(seed_scores(aware)) < 2 or len(seed_scores(aware)) != len(seed_scores(full))
+            else target_verdict(
+                [x - y for x, y in zip(seed_scores(full), seed_scores(aware))], 1.5, False
+            )
+        )
         lines += [
             f"SST-2, {sharing}, step-aware, at a = 2 (N = 3 Euler steps): {a2:.2f}; "
-            f"at a = 1: {a1:.2f}.\n",
+            f"at a = 1: {a1:.2f}{first}.\n",
             "| target | measured | verdict |",
             "|---|---|---|",
-            f"| within 1.5 points of itself at a = 1 | drop {a1 - a2:.2f} "
-            f"| {_verdict(a1 - a2, 1.5, False, ' points')} |",
+            f"| within 1.5 points of itself at a = 1 | drop {a1 - a2:.2f} | {drop_verdict} |",
         ]
         if naive is not None:
             lines.append(
                 f"| better than the naive model at a = 2 ({naive['score']:.2f}) "
-                f"| {a2 - naive['score']:+.2f} | {_better(aware, naive)} |"
+                f"| {a2 - naive['score']:+.2f} | {_better(aware, naive, floors)} |"
             )
         if best_drop is not None:
             lines.append(
                 f"| better than the teacher cut to 3 layer passes (best: {best_drop['method']}, "
                 f"{best_drop['score']:.2f}) | {a2 - best_drop['score']:+.2f} "
-                f"| {_better(aware, best_drop)} |"
+                f"| {_better(aware, best_drop, floors)} |"
             )
         if cut is not None:
             lines.append(
                 f"| (not a target) better than the pre-trained model's first 3 layers "
                 f"fine-tuned the same way ({cut['score']:.2f}) | {a2 - cut['score']:+.2f} "
-                f"| {_better(aware, cut)} |"
+                f"| {_better(aware, cut, floors)} |"
             )
         for b in (1, 32):
             ratio = aware["extras"].get(f"latency_ratio_b{b}_vs_n6")
             lines.append(
-                f"| batch-{b} latency at a = 2 <= 0.55x of a = 1 (whole model) "
-                f"| {'-' if ratio is None else f'{ratio:.3f}'} | {_verdict(ratio, 0.55, False)} |"
+                f"| batch-{b} latency at a = 2 <= 0.55x of a = 1 (whole model; the target as "
+                f"first written) | {'-' if ratio is None else f'{ratio:.3f}'} "
+                f"({timing_short(aware)}) | {_verdict(ratio, 0.55, False)} |"
             )
         if teacher is not None:
             gap = f"{teacher['score'] - a1:.2f}"
@@ -924,21 +1199,149 @@ def ae_steps_of(row: dict) -> tuple[int, int]:
     return steps, int(found.group(1)) if found else steps
 
 
-def constant_floors(tasks: list[str]) -> dict[str, float]:
-    """Per task, the best dev score of one constant prediction (``constant_score``): what a
-    compressed model that has lost everything still scores. Empty where the dev data is
-    not on this machine (the report then leaves out what needs it)."""
-    from gearshift.data import constant_score, load_examples
+# A score is a signal only when it sits at least this many standard errors of the dev
+# metric above the best constant prediction; closer, it is "no signal": it enters no mean,
+# no verdict and no bold cell.
+NOISE_SES = 2.0
+
+
+class Floor(NamedTuple):
+    """The best constant prediction on a task's dev set (``score``, points, in ``metric``)
+    and the standard error of the dev metric at that level (``se``, points) over ``n``
+    examples. ``line`` is the score a row must reach to count as a signal."""
+
+    task: str
+    metric: str
+    score: float
+    se: float
+    n: int
+
+    @property
+    def line(self) -> float:
+        """The constant's score plus ``NOISE_SES`` standard errors."""
+        return self.score + NOISE_SES * self.se
+
+    def signal(self, score: float) -> bool:
+        """Whether ``score`` is at least ``NOISE_SES`` standard errors above the constant."""
+        return score >= self.line - 1e-9
+
+
+def constant_floor(task: str, labels: list) -> Floor:
+    """The floor of ``task`` on dev ``labels``: the best constant prediction's score
+    (``gearshift.data.constant_score``: the majority class's accuracy, the F1 of answering
+    positive every time, 0 for Matthews and for a correlation) and the standard error of the
+    metric there: accuracy sqrt(p(1 - p) / n) at the majority share p; the all-positive F1
+    2q / (1 + q) by the delta method, 2 / (1 + q)^2 sqrt(q(1 - q) / n) at the positive
+    share q; Matthews 1 / sqrt(n) and a correlation 1 / sqrt(n - 2) (the standard errors of
+    a correlation of 0). Raises ``DataError`` for a metric with no such floor."""
+    import math
+
+    from gearshift.data import constant_score, get_task
     from gearshift.errors import DataError
 
-    floors = {}
+    spec = get_task(task)
+    metric, n = spec.main_metric, len(labels)
+    score = constant_score(spec, labels)
+    if n < 3:
+        raise DataError(f"{spec.name}: a floor needs at least 3 dev labels, got {n}")
+    if metric == "accuracy":
+        p = score / 100
+        se = math.sqrt(p * (1 - p) / n)
+    elif metric == "f1" and spec.num_labels == 2:
+        q = sum(1 for y in labels if int(y) == 1) / n
+        se = 2 / (1 + q) ** 2 * math.sqrt(q * (1 - q) / n)
+    elif metric == "matthews":
+        se = 1 / math.sqrt(n)
+    elif metric in ("pearson", "spearman"):
+        se = 1 / math.sqrt(n - 2)
+    else:
+        raise DataError(f"{spec.name}: no constant-prediction floor for metric {metric!r}")
+    return Floor(spec.name, metric, score, 100 * se, n)
+
+
+_FLOORS: dict[str, Floor | None] = {}
+
+
+def constant_floors(tasks: list[str]) -> dict[str, Floor]:
+    """Per task, its ``Floor`` from the dev data (computed once per process). Tasks with no
+    such floor (entity F1, perplexity) or whose dev data is not on this machine are left
+    out: their rows are never called "no signal"."""
+    from gearshift.data import load_examples
+    from gearshift.errors import DataError
+
     for task in tasks:
-        try:
-            examples = load_examples(task, "dev")
-        except (DataError, OSError):
-            return {}
-        floors[task] = constant_score(task, [e.label for e in examples])
-    return floors
+        if task not in _FLOORS:
+            try:
+                examples = load_examples(task, "dev")
+                _FLOORS[task] = constant_floor(task, [e.label for e in examples])
+            except (DataError, OSError, KeyError, ValueError):
+                _FLOORS[task] = None
+    return {t: f for t in tasks if (f := _FLOORS.get(t)) is not None}
+
+
+def _floor_of(floors: dict, task: str) -> Floor | None:
+    """``floors[task]`` as a ``Floor`` (a bare number: a floor of that score, no noise)."""
+    f = floors.get(task)
+    if f is None or isinstance(f, Floor):
+        return f
+    return Floor(task, "", float(f), 0.0, 0)
+
+
+def has_signal(row: dict, floors: dict, reference: float | None = None) -> bool:
+    """Whether ``row`` (and ``reference``, the score of the teacher it was measured against)
+    are at least ``NOISE_SES`` standard errors above its task's constant prediction. Rows
+    in another metric than the floor's (cosine, perplexity) and tasks with no floor count
+    as signal."""
+    floor = _floor_of(floors, row["task"])
+    if floor is None or (floor.metric and row.get("metric") != floor.metric):
+        return True
+    return floor.signal(row["score"]) and (reference is None or floor.signal(reference))
+
+
+NO_SIGNAL = "no signal"
+
+
+def floors_section(floors: dict[str, Floor], teachers: list[dict]) -> str:
+    """The floor rule, once at the top of BENCHMARKS.md: each task's constant prediction,
+    its standard error and the line a score must reach, and which current teachers (rows of
+    teachers.json) are below that line."""
+    if not floors:
+        return (
+            "**Floors not computed**: the GLUE dev data is not on this machine "
+            "(`GEARSHIFT_DATA`), so no cell is checked against the constant prediction.\n"
+        )
+    lines = [
+        "## Floors: what counts as a signal\n",
+        "A score counts only when it is at least "
+        f"{NOISE_SES:g} standard errors of the dev metric above the best constant prediction "
+        "(computed from the dev labels by `report.constant_floor`). A cell where the row, or "
+        f"the teacher it was measured against, is below that line is shown `{NO_SIGNAL}` and "
+        "enters no mean, no verdict and no bold; every mean names the tasks it covers.\n",
+        "| task | metric | dev examples | constant prediction | standard error | line "
+        "(constant + 2 SE) | current teacher |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_task = {r["task"]: r for r in teachers}
+    below = []
+    for task, f in floors.items():
+        t = by_task.get(task)
+        cell = "-"
+        if t is not None:
+            ok = f.signal(t["score"])
+            cell = f"{t['score']:.2f}" + ("" if ok else f" ({NO_SIGNAL})")
+            if not ok:
+                below.append(f"{task} ({t['score']:.2f} against a line of {f.line:.2f})")
+        lines.append(
+            f"| {task} | {f.metric} | {f.n} | {f.score:.2f} | {f.se:.2f} | {f.line:.2f} | {cell} |"
+        )
+    if below:
+        lines.append(
+            "\n**Below the line**: the current teacher of "
+            + "; ".join(below)
+            + " is within noise of a constant answer, so every row measured against it is "
+            f"`{NO_SIGNAL}`: those rows are listed but say nothing about a method."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _ratio_of(row: dict) -> int:
@@ -950,18 +1353,51 @@ def _ratio_of(row: dict) -> int:
 CLAIM_AE, CLAIM_RIVALS = "ae-grouped", ("svd", "fwsvd")
 
 
-def _claim_verdicts(table: dict[tuple[str, int], float | None], ratios, label: str) -> list[str]:
-    """One verdict row per ratio where the claim's three mean drops exist in ``table``."""
+class Covered(NamedTuple):
+    """A mean over the tasks whose rows carry a signal (``tasks``); ``skipped``: the tasks
+    measured but left out as "no signal". ``value`` is None when no task is left."""
+
+    value: float | None
+    tasks: tuple[str, ...]
+    skipped: tuple[str, ...] = ()
+
+    def cell(self, fmt: str) -> str:
+        """The mean formatted with ``fmt``, naming the tasks left out; "no signal" if none
+        is left."""
+        if self.value is None:
+            return NO_SIGNAL
+        text = fmt.format(self.value)
+        return text + (f" (w/o {', '.join(self.skipped)})" if self.skipped else "")
+
+
+def signal_mean(items: list[tuple[dict, float | None, float]], floors: dict) -> Covered:
+    """The mean of the values of ``items`` (row, its reference score, value) whose row and
+    reference have a signal (``has_signal``), with the tasks it covers and skips."""
+    keep = [(r, v) for r, ref, v in items if has_signal(r, floors, ref)]
+    skipped = tuple(r["task"] for r, ref, _ in items if not has_signal(r, floors, ref))
+    return Covered(_mean([v for _, v in keep]), tuple(r["task"] for r, _ in keep), skipped)
+
+
+def _claim_verdicts(common, ratios, label: str) -> list[str]:
+    """One verdict row per ratio where the claim's three methods have rows on every task:
+    ``common(methods, ratio)`` gives each method's mean drop over the tasks where all of
+    them have a signal (None: some row missing)."""
     out = []
     for k in ratios:
-        ae, svd, fw = (table.get((m, k)) for m in (CLAIM_AE, *CLAIM_RIVALS))
-        if None in (ae, svd, fw):
+        means = common((CLAIM_AE, *CLAIM_RIVALS), k)
+        if means is None:
             continue
-        verdict = (
-            "holds"
-            if ae < min(svd, fw)
-            else f"does not hold (ae-grouped drop {ae:.2f}; svd {svd:.2f}, fwsvd {fw:.2f})"
-        )
+        ae, svd, fw = (means[m].value for m in (CLAIM_AE, *CLAIM_RIVALS))
+        over = ", ".join(means[CLAIM_AE].tasks)
+        if ae is None:
+            verdict = f"{NO_SIGNAL} (no task where all three rows have one)"
+        elif ae < min(svd, fw):
+            verdict = f"holds (over {over})"
+        else:
+            verdict = (
+                f"does not hold (ae-grouped drop {ae:.2f}; svd {svd:.2f}, fwsvd {fw:.2f}; "
+                f"over {over})"
+            )
         out.append(
             f"| grouped autoencoder above truncated SVD and FWSVD{label} | {k} | {verdict} |"
         )
@@ -969,34 +1405,70 @@ def _claim_verdicts(table: dict[tuple[str, int], float | None], ratios, label: s
 
 
 def _ratio_table(
-    methods: list[str], ratios: list[int], table: dict[tuple[str, int], float | None], fmt: str
+    methods: list[str], ratios: list[int], table: dict[tuple[str, int], object], fmt: str
 ) -> list[str]:
-    """A markdown table, a method per line and a ratio per column ("-": no value)."""
+    """A markdown table, a method per line and a ratio per column ("-": no value; a
+    ``Covered`` mean names the tasks it leaves out)."""
     lines = ["| method | " + " | ".join(f"ratio {k}" for k in ratios) + " |"]
     lines.append("|---|" + "---|" * len(ratios))
     for m in methods:
-        cells = ["-" if table[m, k] is None else fmt.format(table[m, k]) for k in ratios]
+        cells = []
+        for k in ratios:
+            v = table[m, k]
+            cells.append(
+                "-" if v is None else v.cell(fmt) if isinstance(v, Covered) else fmt.format(v)
+            )
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
 
-def factorize_targets(rows: list[dict], floors: dict[str, float] | None = None) -> str:
+def _common_means(of_tasks, value, floors: dict):
+    """``common(methods, ratio)``: each method's ``Covered`` mean of ``value(row)`` over
+    the tasks where every one of ``methods`` has a signal (None unless each has a row on
+    every task; ``of_tasks(method, ratio)`` gives the rows, each with its reference)."""
+
+    def common(methods, ratio):
+        got = {m: of_tasks(m, ratio) for m in methods}
+        if any(g is None for g in got.values()):
+            return None
+        tasks = [r["task"] for r, _ in next(iter(got.values()))]
+        ok = [
+            t
+            for i, t in enumerate(tasks)
+            if all(has_signal(got[m][i][0], floors, got[m][i][1]) for m in methods)
+        ]
+        skipped = tuple(t for t in tasks if t not in ok)
+        return {
+            m: Covered(
+                _mean([value(r, ref) for r, ref in got[m] if r["task"] in ok]), tuple(ok), skipped
+            )
+            for m in methods
+        }
+
+    return common
+
+
+def factorize_targets(rows: list[dict], floors: dict | None = None) -> str:
     """Per ratio, no fine-tuning, averaged over the tasks measured: every method's score
     drop from the teacher, and the share of the teacher's margin over a constant prediction
-    that it keeps (``floors``: per task, that constant's score; read from the dev data when
-    not given); the paper's claim (grouped autoencoder above svd and fwsvd) and ours
-    (ae-act above the strongest baseline at ratio 4)."""
+    that it keeps (``floors``: per task, its ``Floor``; read from the dev data when not
+    given). Cells with no signal (``has_signal``) enter no mean; each mean names the tasks
+    it leaves out. The paper's claim (grouped autoencoder above svd and fwsvd) and ours
+    (ae-act above the strongest baseline at ratio 4) compare means over the tasks where
+    every compared row has a signal."""
     base = [r for r in rows if r["setting"].endswith("no fine-tuning")]
     teachers = {r["task"]: r for r in rows if r["method"] == "teacher"}
     tasks = sorted({r["task"] for r in base} & set(teachers))
     ratios = sorted({_ratio_of(r) for r in base})
     methods = sorted({r["method"] for r in base})
+    if floors is None:
+        floors = constant_floors(sorted({r["task"] for r in rows}))
     if not tasks:  # the fine-tuning protocol's table alone, if it has rows
-        finetune = factorize_finetune_table(rows)
+        finetune = factorize_finetune_table(rows, floors)
         return "\n".join(finetune[1:]) + "\n" if finetune else ""
 
-    def of_tasks(method: str, ratio: int) -> list[dict] | None:
-        """The method's row on every task, None unless every task has it."""
+    def of_tasks(method: str, ratio: int) -> list[tuple[dict, float]] | None:
+        """The method's row on every task with its reference, None unless every task has it."""
         got = [
             _pick(
                 base,
@@ -1007,81 +1479,78 @@ def factorize_targets(rows: list[dict], floors: dict[str, float] | None = None) 
             )
             for t in tasks
         ]
-        return None if any(r is None for r in got) else got
+        if any(r is None for r in got):
+            return None
+        return [(r, _reference(r, teachers[r["task"]])) for r in got]
 
-    def drop(method: str, ratio: int) -> float | None:
-        """Mean score drop over the tasks, None unless every task has the row."""
+    def drop(method: str, ratio: int) -> Covered | None:
+        """Mean score drop over the tasks with a signal, None unless every task has the row."""
         got = of_tasks(method, ratio)
         if got is None:
             return None
-        return _mean([_reference(r, teachers[r["task"]]) - r["score"] for r in got])
+        return signal_mean([(r, ref, ref - r["score"]) for r, ref in got], floors)
 
-    if floors is None:
-        floors = constant_floors(tasks)
+    def share(r: dict, ref: float) -> float:
+        """The share of the teacher's margin over the constant that ``r`` keeps."""
+        floor = _floor_of(floors, r["task"]).score
+        return max(0.0, (r["score"] - floor) / (ref - floor)) if ref > floor else 0.0
 
-    def kept(method: str, ratio: int) -> float | None:
-        """Mean share of the teacher's margin over a constant prediction kept (0 at or below
-        the constant), None unless every task has the row and its floor."""
+    def kept(method: str, ratio: int) -> Covered | None:
+        """Mean share of the teacher's margin over a constant prediction kept, over the
+        tasks with a signal; None unless every task has the row and its floor."""
         got = of_tasks(method, ratio)
         if got is None or any(t not in floors for t in tasks):
             return None
-        shares = []
-        for r in got:
-            ref, floor = _reference(r, teachers[r["task"]]), floors[r["task"]]
-            shares.append(max(0.0, (r["score"] - floor) / (ref - floor)) if ref > floor else 0.0)
-        return _mean(shares)
+        return signal_mean([(r, ref, share(r, ref)) for r, ref in got], floors)
 
     table = {(m, k): drop(m, k) for m in methods for k in ratios}
     kept_table = {(m, k): kept(m, k) for m in methods for k in ratios}
+    quiet = [t for t in tasks if has_signal(teachers[t], floors)]
+    loud = [t for t in tasks if t not in quiet]
+    scope = ", ".join(quiet) + (
+        f" ({', '.join(loud)}: the teacher itself has {NO_SIGNAL})" if loud else ""
+    )
     lines = [
-        f"Mean score drop from the teacher with no fine-tuning, over {', '.join(tasks)} "
-        "(lower is better; computed from the rows above):\n",
+        f"Mean score drop from the teacher with no fine-tuning, over {scope}; a cell names "
+        f"the tasks it leaves out as {NO_SIGNAL} (lower is better; computed from the rows "
+        "above):\n",
         *_ratio_table(methods, ratios, table, "{:.2f}"),
     ]
     if any(v is not None for v in kept_table.values()):
-        closest = min(tasks, key=lambda t: teachers[t]["score"] - floors[t])
         lines += [
             "",
             "The same rows as the share of the teacher's margin over one constant prediction "
-            "that each keeps, averaged over the tasks (higher is better; 0 at or below the "
-            "constant, which a model that has lost everything still scores: "
-            + ", ".join(f"{t} {floors[t]:.2f}" for t in tasks)
-            + f"). A drop hides that a row at the constant has lost everything: on {closest} "
-            f"the constant is only {teachers[closest]['score'] - floors[closest]:.2f} below "
-            "the teacher.\n",
+            "that each keeps, averaged over the same tasks (higher is better; constants: "
+            + ", ".join(f"{t} {_floor_of(floors, t).score:.2f}" for t in tasks)
+            + ").\n",
             *_ratio_table(methods, ratios, kept_table, "{:.1%}"),
         ]
+    drops = _common_means(of_tasks, lambda r, ref: ref - r["score"], floors)
+    shares = _common_means(of_tasks, share, floors)
     lines += ["", "| claim | ratio | verdict |", "|---|---|---|"]
-    lines += _claim_verdicts(table, ratios, "")
+    lines += _claim_verdicts(drops, ratios, "")
     if 4 in ratios:
-        ours = {
-            m: table[m, 4] for m in ("ae-act", "ae-act-grouped") if table.get((m, 4)) is not None
-        }
-        others = {
-            m: table[m, 4]
-            for m in methods
-            if not m.startswith("ae") and table.get((m, 4)) is not None
-        }
-        if ours and others:
-            best_ours = min(ours, key=ours.get)
-            best_other = min(others, key=others.get)
-            verdict = "met" if ours[best_ours] < others[best_other] else "missed"
+        ours = [m for m in ("ae-act", "ae-act-grouped") if table.get((m, 4)) is not None]
+        others = [m for m in methods if not m.startswith("ae") and table.get((m, 4)) is not None]
+        for means, word, better, fmt in (
+            (drops, "drop", min, "{:.2f}"),
+            (shares, "share of the margin over a constant kept", max, "{:.1%}"),
+        ):
+            if not ours or not others or (word != "drop" and any(t not in floors for t in tasks)):
+                continue
+            got = means(ours + others, 4)
+            if got is None or got[ours[0]].value is None:
+                continue
+            best_ours = better(ours, key=lambda m: got[m].value)
+            best_other = better(others, key=lambda m: got[m].value)
+            a, b = got[best_ours].value, got[best_other].value
+            verdict = "met" if better(a, b) == a and a != b else "missed"
             lines.append(
-                f"| activation-weighted autoencoder ({best_ours}, drop {ours[best_ours]:.2f}) "
-                f"above the strongest baseline ({best_other}, drop {others[best_other]:.2f}) "
-                f"| 4 | {verdict} |"
+                f"| activation-weighted autoencoder ({best_ours}, {word} {fmt.format(a)}) "
+                f"above the strongest baseline ({best_other}, {fmt.format(b)}), over "
+                f"{', '.join(got[best_ours].tasks)} | 4 | {verdict} |"
             )
-        ours = {m: kept_table[m, 4] for m in ours if kept_table.get((m, 4)) is not None}
-        others = {m: kept_table[m, 4] for m in others if kept_table.get((m, 4)) is not None}
-        if ours and others:
-            best_ours = max(ours, key=ours.get)
-            best_other = max(others, key=others.get)
-            verdict = "met" if ours[best_ours] > others[best_other] else "missed"
-            lines.append(
-                f"| the same, by the share of the margin over a constant kept ({best_ours} "
-                f"{ours[best_ours]:.1%}; {best_other} {others[best_other]:.1%}) | 4 | {verdict} |"
-            )
-    lines += factorize_finetune_table(rows)
+    lines += factorize_finetune_table(rows, floors)
     autoencoders = [
         r for r in base if r.get("extras", {}).get("factorize_method", "").startswith("ae")
     ]
@@ -1099,11 +1568,14 @@ def factorize_targets(rows: list[dict], floors: dict[str, float] | None = None) 
     return "\n".join(lines) + "\n"
 
 
-def factorize_finetune_table(rows: list[dict]) -> list[str]:
+def factorize_finetune_table(rows: list[dict], floors: dict | None = None) -> list[str]:
     """The paper's protocol (compress pre-trained, then fine-tune), one table per fine-tuning
     schedule (e.g. "fine-tune (2000 examples, 3 epochs)"): per method and ratio, the mean
     drop from the uncompressed pre-trained model fine-tuned the same way, over the tasks that
-    have that reference; the paper's claim checked again on these rows."""
+    have that reference; the paper's claim checked again on these rows. Cells with no signal
+    (``floors``; read from the dev data when None) enter no mean and no verdict."""
+    if floors is None:
+        floors = constant_floors(sorted({r["task"] for r in rows}))
     prefix = "uncompressed pre-trained then "
     schedules = sorted(
         {
@@ -1115,12 +1587,12 @@ def factorize_finetune_table(rows: list[dict]) -> list[str]:
     lines = []
     for schedule in schedules:
         lines += _finetune_table(
-            [r for r in rows if r["setting"].endswith(f"then {schedule}")], schedule
+            [r for r in rows if r["setting"].endswith(f"then {schedule}")], schedule, floors
         )
     return lines
 
 
-def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
+def _finetune_table(rows: list[dict], protocol: str, floors: dict) -> list[str]:
     """``factorize_finetune_table`` for the rows of one fine-tuning schedule."""
     refs = {r["task"]: r for r in rows if r["method"] == "uncompressed+finetune"}
     tuned = [r for r in rows if r["method"].endswith("+finetune") and r["task"] in refs]
@@ -1132,23 +1604,29 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
     methods = sorted({r["method"].removesuffix("+finetune") for r in tuned}, key=_method_order)
     index = {(r["task"], _ratio_of(r), r["method"].removesuffix("+finetune")): r for r in tuned}
 
-    def drop(method: str, ratio: int) -> float | None:
+    def of_tasks(method: str, ratio: int) -> list[tuple[dict, float]] | None:
         got = [index.get((t, ratio, method)) for t in tasks]
         if any(r is None for r in got):
             return None
-        return _mean([refs[r["task"]]["score"] - r["score"] for r in got])
+        return [(r, refs[r["task"]]["score"]) for r in got]
+
+    def drop(method: str, ratio: int) -> Covered | None:
+        got = of_tasks(method, ratio)
+        if got is None:
+            return None
+        return signal_mean([(r, ref, ref - r["score"]) for r, ref in got], floors)
 
     table = {(m, k): drop(m, k) for m in methods for k in ratios}
     lines = [
         "",
         f"The paper's protocol (compress the pre-trained model, then {protocol}): mean score "
         "drop from the uncompressed pre-trained model fine-tuned the same way, over "
-        f"{', '.join(tasks)} (reference: "
+        f"{', '.join(tasks)}, a cell naming the tasks it leaves out as {NO_SIGNAL} (reference: "
         + ", ".join(f"{t} {refs[t]['score']:.2f}" for t in tasks)
         + "):\n",
         *_ratio_table(methods, ratios, table, "{:.2f}"),
     ]
-    lines += _score_by_cell(index, tasks, ratios, methods)
+    lines += _score_by_cell(index, tasks, ratios, methods, floors, refs)
     per_row = sorted(tuned, key=lambda r: (r["task"], _ratio_of(r), r["method"]))
     lines += [
         "",
@@ -1162,15 +1640,18 @@ def _finetune_table(rows: list[dict], protocol: str) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
         *(
             f"| {r['task']} | {r['method'].removesuffix('+finetune')} | "
-            f"{_ratio_of(r)} | {r['score']:.2f} | "
+            f"{_ratio_of(r)} | {r['score']:.2f}"
+            f"{'' if has_signal(r, floors, refs[r['task']]['score']) else ' (' + NO_SIGNAL + ')'} | "
             f"{refs[r['task']]['score'] - r['score']:.2f} | {' | '.join(_diagnosis(r))} |"
             for r in per_row
         ),
     ]
-    verdicts = _claim_verdicts(table, ratios, ", fine-tuned")
+    common = _common_means(of_tasks, lambda r, ref: ref - r["score"], floors)
+    verdicts = _claim_verdicts(common, ratios, ", fine-tuned")
     if verdicts:
         lines += ["", "| claim | ratio | verdict |", "|---|---|---|", *verdicts]
-    return lines + _claim_by_cell(index, rows) + _variant_diagnosis(rows, index)
+    signal = {key: has_signal(r, floors, refs[r["task"]]["score"]) for key, r in index.items()}
+    return lines + _claim_by_cell(index, rows, signal) + _variant_diagnosis(rows, index)
 
 
 def _method_order(method: str) -> tuple[int, str, bool]:
@@ -1182,28 +1663,47 @@ def _method_order(method: str) -> tuple[int, str, bool]:
 
 
 def _score_by_cell(
-    index: dict[tuple[str, int, str], dict], tasks: list[str], ratios: list[int], methods
+    index: dict[tuple[str, int, str], dict],
+    tasks: list[str],
+    ratios: list[int],
+    methods,
+    floors: dict | None = None,
+    refs: dict[str, dict] | None = None,
 ) -> list[str]:
     """The fine-tuned score of every method on every task, the ratios side by side in one
-    cell ("-": not measured), each cell's best in bold where the cell's rows differ (a cell
-    where every row ties, e.g. at a constant answer, ranks nothing)."""
+    cell ("-": not measured; "no signal": the row or its reference (``refs``: task ->
+    reference row) is within noise of the constant, ``floors``), each cell's best in bold
+    where the cell's rows with a signal differ."""
+    floors, refs = floors or {}, refs or {}
+
+    def signal(t: str, k: int, m: str) -> bool:
+        ref = refs.get(t)
+        return has_signal(index[t, k, m], floors, ref["score"] if ref else None)
+
     best = {}
     for t in tasks:
         for k in ratios:
-            got = {round(index[t, k, m]["score"], 2) for m in methods if (t, k, m) in index}
+            got = {
+                round(index[t, k, m]["score"], 2)
+                for m in methods
+                if (t, k, m) in index and signal(t, k, m)
+            }
             if len(got) > 1:
                 best[t, k] = max(got)
 
     def cell(t: str, k: int, m: str) -> str:
         if (t, k, m) not in index:
             return "-"
+        if not signal(t, k, m):
+            return NO_SIGNAL
         score = round(index[t, k, m]["score"], 2)
         return f"**{score:.2f}**" if best.get((t, k)) == score else f"{score:.2f}"
 
     head = "fine-tuned score, ratio " + " / ".join(str(k) for k in ratios)
     return [
         "",
-        "Score by task, the ratios side by side (bold: the cell's best, where its rows differ):\n",
+        "Score by task, the ratios side by side (bold: the cell's best, where its rows with "
+        "a signal differ):\n",
         f"| {head} | " + " | ".join(tasks) + " |",
         "|---|" + "---|" * len(tasks),
         *(
@@ -1276,14 +1776,20 @@ def _claim_verdict(ae: float, svd: float, fw: float) -> str:
     return "holds" if ae > best else "does not hold"
 
 
-def _claim_by_cell(index: dict[tuple[str, int, str], dict], rows: list[dict]) -> list[str]:
+def _claim_by_cell(
+    index: dict[tuple[str, int, str], dict],
+    rows: list[dict],
+    signal: dict[tuple[str, int, str], bool] | None = None,
+) -> list[str]:
     """The paper's claim (grouped autoencoder above truncated SVD and FWSVD) on each task and
     ratio where the three fine-tuned rows exist in ``index`` ((task, ratio, method) -> row),
     before every task's row is in for the mean. It holds on a cell when ae-grouped scores
     above both. Where ``rows`` also hold ae-grouped fine-tuned with its compressed form at
     another learning rate (``+finetune-lr<LR>``), the claim is checked again with the
     autoencoder's best compressed-form row, the protocol's included (the rivals keep the
-    protocol's)."""
+    protocol's). A cell where one of the three rows has no signal (``signal``, keyed like
+    ``index``) gets no verdict."""
+    signal = signal or {}
     best: dict[tuple[str, int], dict] = {}
     for r in rows:
         if r["method"].startswith(f"{CLAIM_AE}+finetune-lr"):
@@ -1297,14 +1803,21 @@ def _claim_by_cell(index: dict[tuple[str, int, str], dict], rows: list[dict]) ->
         if None in got:
             continue
         ae, svd, fw = (r["score"] for r in got)
-        line = f"| {t} | {k} | {ae:.2f} | {svd:.2f} | {fw:.2f} | {_claim_verdict(ae, svd, fw)} |"
+        quiet = [m for m in (CLAIM_AE, *CLAIM_RIVALS) if not signal.get((t, k, m), True)]
+        claim = f"{NO_SIGNAL} ({', '.join(quiet)})" if quiet else _claim_verdict(ae, svd, fw)
+        line = f"| {t} | {k} | {ae:.2f} | {svd:.2f} | {fw:.2f} | {claim} |"
         if best:
             other = best.get((t, k))
             if other is None:
                 line += " not measured | - |"
             else:
                 lr = other["method"].split("+finetune-lr")[1]
-                then = _claim_verdict(max(ae, other["score"]), svd, fw)
+                rivals_quiet = [m for m in quiet if m != CLAIM_AE]
+                then = (
+                    f"{NO_SIGNAL} ({', '.join(rivals_quiet)})"
+                    if rivals_quiet
+                    else _claim_verdict(max(ae, other["score"]), svd, fw)
+                )
                 line += f" {other['score']:.2f} (lr {lr}) | {then} |"
         out.append(line)
     if not out:
@@ -1331,46 +1844,109 @@ TARGETS = {
 }
 
 
-def main() -> int:
-    parts = [INTRO]
-    for path in sorted(RESULTS.glob("*.json")):
-        data = json.loads(path.read_text())
-        name = data.get("benchmark", path.stem)
-        rows = data.get("rows", [])
-        if not rows:
-            continue
-        parts.append(f"## {name}\n")
-        if name in NOTES:
-            parts.append(NOTES[name] + "\n")
+def evidence(row: dict, floors: dict, teacher: dict | None = None) -> str:
+    """A row's evidence flags for the raw table: "no signal" (within noise of the constant,
+    it or its teacher), "first teacher" (measured against a teacher the recipe no longer
+    rebuilds), how its latency was taken where it has one, and "seed ?" where its seed is
+    not known; "-" when none applies."""
+    flags = []
+    if "task" in row and row.get("score") is not None:
+        if not has_signal(row, floors, _reference(row, teacher)):
+            flags.append(NO_SIGNAL)
+        if first_teacher(row):
+            flags.append("first teacher")
+    if row.get("latency_ratio_b1") is not None or row.get("latency_ratio_b32") is not None:
+        flags.append(timing_short(row))
+    if "seed" in row and row["seed"] is None and "seed_scores" not in row.get("extras", {}):
+        flags.append("seed ?")
+    return "; ".join(flags) or "-"
+
+
+def latency_provenance(rows: list[dict]) -> str:
+    """One line counting how the rows' latencies were taken (``timing_label``)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.get("latency_ratio_b1") is not None or r.get("latency_ratio_b32") is not None:
+            label = timing_label(r)
+            counts[label] = counts.get(label, 0) + 1
+    if not counts:
+        return ""
+    return (
+        "Latency provenance (`evidence` column: loaded / quiet, no spread / re-timed): "
+        + "; ".join(f"{n} row{'s' * (n != 1)} {label}" for label, n in counts.items())
+        + ". Only the shared protocol (`gearshift.measure.retime`, `--retime`) gives a spread.\n"
+    )
+
+
+def render_section(name: str, rows: list[dict], floors: dict, filename: str) -> str:
+    """One benchmark's section of BENCHMARKS.md. A benchmark the report does not know (no
+    entry in ``NOTES``, ``COLUMNS`` or ``TARGETS``) gets its rows in the default columns;
+    register its note, columns and a ``TARGETS[name](rows)`` function to say more."""
+    rows = [r for r in rows if isinstance(r, dict)]
+    parts = [f"## {name}\n"]
+    if name in NOTES:
+        parts.append(NOTES[name] + "\n")
+    graded = all("task" in r and "method" in r for r in rows)
+    if graded:
         cover = coverage(name, rows)
         if cover:
             parts.append(cover)
-        generations = teacher_generations(rows)
-        if generations:
-            parts.append(generations)
-        parts.append(markdown_table(rows, COLUMNS.get(name)) + "\n")
-        if name in TARGETS:
-            summary = TARGETS[name](rows)
-            if summary:
-                parts.append("### Targets\n")
-                parts.append(summary)
-        seen: dict[tuple, list[str]] = {}  # (command, machine) -> dates of its rows
-        for r in rows:
-            seen.setdefault((r.get("command"), r.get("machine")), []).append(str(r.get("date")))
-        retimed = []
-        for r in rows:
-            m = r.get("extras", {}).get("latency_measured")
-            key = m and (m["command"], m["date"], m["machine"])
-            if key and key not in retimed:
-                retimed.append(key)
-        parts.append("Reproduce / provenance:\n")
-        for (command, machine), dates in seen.items():
-            first, last = min(dates), max(dates)
-            when = first if first == last else f"{first} to {last}"
-            parts.append(f"- `{command}` ({when}; {machine})")
-        for command, date, machine in retimed:
-            parts.append(f"- latency ratios re-measured: `{command}` ({date}; {machine})")
-        parts.append(f"\nRaw rows: `benchmarks/results/{path.name}`.\n")
+        if all("setting" in r and "score" in r for r in rows):
+            generations = teacher_generations(rows)
+            if generations:
+                parts.append(generations)
+    provenance = latency_provenance(rows)
+    if provenance:
+        parts.append(provenance)
+    columns = list(COLUMNS.get(name) or [])
+    if graded:
+        teachers = {r["task"]: r for r in rows if r["method"] == "teacher"}
+        rows_shown = [{**r, "evidence": evidence(r, floors, teachers.get(r["task"]))} for r in rows]
+        columns = (columns or ["task", "method", "setting", "score", "reference_score"]) + [
+            "evidence"
+        ]
+    else:
+        rows_shown = rows
+    parts.append(markdown_table(rows_shown, columns or None) + "\n")
+    if name in TARGETS and graded:
+        summary = TARGETS[name](rows)
+        if summary:
+            parts.append("### Targets\n")
+            parts.append(summary)
+    seen: dict[tuple, list[str]] = {}  # (command, machine) -> dates of its rows
+    for r in rows:
+        seen.setdefault((r.get("command"), r.get("machine")), []).append(str(r.get("date")))
+    retimed = []
+    for r in rows:
+        m = r.get("extras", {}).get("latency_measured")
+        key = m and (m["command"], m["date"], m["machine"])
+        if key and key not in retimed:
+            retimed.append(key)
+    parts.append("Reproduce / provenance:\n")
+    for (command, machine), dates in seen.items():
+        first, last = min(dates), max(dates)
+        when = first if first == last else f"{first} to {last}"
+        parts.append(f"- `{command}` ({when}; {machine})")
+    for command, date, machine in retimed:
+        parts.append(f"- latency ratios re-measured: `{command}` ({date}; {machine})")
+    parts.append(f"\nRaw rows: `benchmarks/results/{filename}`.\n")
+    return "\n".join(parts)
+
+
+def main() -> int:
+    files = []
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            print(f"skipped {path.name}: not a results file (no 'rows' list)")
+            continue
+        if data["rows"]:
+            files.append((data.get("benchmark", path.stem), data["rows"], path.name))
+    tasks = sorted({r["task"] for _, rows, _ in files for r in rows if "task" in r})
+    floors = constant_floors(tasks)
+    parts = [INTRO, floors_section(floors, current_teachers())]
+    for name, rows, filename in files:
+        parts.append(render_section(name, rows, floors, filename))
     OUT.write_text("\n".join(parts).rstrip() + "\n")
     print(f"wrote {OUT}")
     return 0

@@ -47,11 +47,14 @@ def _steps_rows(aware_a2: float, naive_a2: float, ratio_b32: float) -> list[dict
 
 def test_steps_targets_met_and_missed(report):
     met = report.steps_targets(_steps_rows(aware_a2=84.0, naive_a2=60.0, ratio_b32=0.52))
-    assert "| within 1.5 points of itself at a = 1 | drop 1.00 | met |" in met
-    untested = "(significance not tested: no predictions stored)"
+    assert "| within 1.5 points of itself at a = 1 | drop 1.00 | met (1 seed) |" in met
+    untested = "(1 seed; significance not tested: no predictions stored)"
     assert f"naive model at a = 2 (60.00) | +24.00 | met {untested} |" in met
     assert f"(best: teacher-drop-first, 80.00) | +4.00 | met {untested} |" in met
-    assert "batch-32 latency at a = 2 <= 0.55x of a = 1 (whole model) | 0.520 | met |" in met
+    assert (
+        "batch-32 latency at a = 2 <= 0.55x of a = 1 (whole model; the target as first "
+        "written) | 0.520 (loaded) | met |"
+    ) in met
     assert "sits 3.00 (naive: 2.00) points below it after 600" in met
     assert "fair reference" not in met
 
@@ -96,14 +99,14 @@ def test_steps_targets_met_and_missed(report):
         "fully shared, a step size drawn per group, step-aware, at a = 2 (N = 3 Euler steps): 85.00"
         in (with_pg)
     )
-    assert "| within 1.5 points of itself at a = 1 | drop 0.50 | met |" in with_pg
+    assert "| within 1.5 points of itself at a = 1 | drop 0.50 | met (1 seed) |" in with_pg
     assert f"naive model at a = 2 (60.00) | +25.00 | met {untested} |" in with_pg
 
     missed = report.steps_targets(_steps_rows(aware_a2=79.0, naive_a2=79.0, ratio_b32=0.6))
-    assert "drop 6.00 | missed by 4.50 points |" in missed
+    assert "drop 6.00 | missed by 4.50 points (1 seed) |" in missed
     assert f"(79.00) | +0.00 | missed: a tie {untested} |" in missed  # a tie: not better
     assert f"| -1.00 | missed: 1.00 points worse {untested} |" in missed
-    assert "| 0.600 | missed by 0.050 |" in missed
+    assert "| 0.600 (loaded) | missed by 0.050 |" in missed
 
 
 def test_factorize_targets_average_only_complete_rows(report):
@@ -123,22 +126,27 @@ def test_factorize_targets_average_only_complete_rows(report):
     }
     data = rows("sst2", 80.0, scores) + rows("rte", 60.0, {k: v - 20 for k, v in scores.items()})
     data += rows("sst2", 80.0, {("svd", 2): 79.0})  # no rte row at ratio 2: not averaged
-    text = report.factorize_targets(data)
+    text = report.factorize_targets(data, floors={})
     assert "| svd | - | 10.00 |" in text
-    assert "| grouped autoencoder above truncated SVD and FWSVD | 4 | holds |" in text
-    assert "ae-act, drop 1.00) above the strongest baseline (svdllm, drop 2.00) | 4 | met |" in text
+    over = "over rte, sst2"
+    assert f"| grouped autoencoder above truncated SVD and FWSVD | 4 | holds ({over}) |" in text
+    assert (
+        f"ae-act, drop 1.00) above the strongest baseline (svdllm, 2.00), {over} | 4 | met |"
+    ) in text
 
     # the share of the teacher's margin over a constant prediction: sst2 floor 50 (margin
-    # 30); rte floor 59 (teacher 60), where svdllm (58) and ae-act (59) keep nothing (0)
-    text = report.factorize_targets(data, floors={"sst2": 50.0, "rte": 59.0})
-    assert "| svdllm | - | 46.7% |" in text  # (28/30 + 0) / 2
-    assert "| ae-act | - | 48.3% |" in text  # (29/30 + 0) / 2
-    assert "constant kept (ae-act 48.3%; svdllm 46.7%) | 4 | met |" in text
+    # 30); rte floor 58.5 with no noise (teacher 60): svdllm's 58 has no signal there, and
+    # the mean leaves rte out of its row and of the comparison
+    text = report.factorize_targets(data, floors={"sst2": 50.0, "rte": 58.5})
+    assert "| svdllm | - | 93.3% (w/o rte) |" in text  # 28/30
+    assert "| ae-act | - | 65.0% |" in text  # (29/30 + 0.5/1.5) / 2
+    assert "| svdllm | - | 2.00 (w/o rte) |" in text  # the drop leaves rte out too
+    assert "constant kept 96.7%) above the strongest baseline (svdllm, 93.3%), over sst2" in text
     assert "constant" not in report.factorize_targets(data, floors={})  # no data: no table
 
     data = [r for r in data if r["method"] != "ae-act"]
     data += rows("sst2", 80.0, {("ae-act", 4): 70.0}) + rows("rte", 60.0, {("ae-act", 4): 50.0})
-    assert "| 4 | missed |" in report.factorize_targets(data, floors={})
+    assert "over rte, sst2 | 4 | missed |" in report.factorize_targets(data, floors={})
 
 
 def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
@@ -161,12 +169,15 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
             tuned(task, "ae-grouped", 4, ref - 2),
         ]
     data.append(tuned("sst2", "svd", 10, 50.0))  # no rte row at ratio 10: not averaged
-    text = report.factorize_targets(data)
+    text = report.factorize_targets(data, floors={})
     assert "drop from the uncompressed pre-trained model fine-tuned the same way" in text
     assert "(reference: rte 60.00, sst2 80.00)" in text
     assert "| svd | 6.00 | - |" in text and "| ae-grouped | 2.00 | - |" in text
     assert "| sst2 | svd | 10 | 50.00 | 30.00 |" in text  # each row, even unaveraged ones
-    assert "| grouped autoencoder above truncated SVD and FWSVD, fine-tuned | 4 | holds |" in text
+    assert (
+        "| grouped autoencoder above truncated SVD and FWSVD, fine-tuned | 4 | holds (over rte, sst2) |"
+        in text
+    )
     # the claim cell by cell, where the three rows exist (sst2 at ratio 10 has svd alone)
     assert "| rte | 4 | 58.00 | 54.00 | 56.00 | holds |" in text
     assert "| sst2 | 4 | 78.00 | 74.00 | 76.00 | holds |" in text
@@ -195,7 +206,7 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     setting = f"ratio 4, grouped, compress pre-trained, rebuild dense, then {protocol}"
     dense = _row("rte", "ae-grouped+finetune-dense", setting, 59.0, **diag)
     dense["extras"].update(train_loss_last=0.4, weight_change=0.01)
-    diagnosed = report.factorize_targets(data + [dense])
+    diagnosed = report.factorize_targets(data + [dense], floors={})
     assert "| rte | ae-grouped | 4 | 58.00 | 2.00 | 0.050 | 0.693 -> 0.690 | 0.500 |" in diagnosed
     diagnosis = diagnosed.split("Diagnosis")[1]
     assert (
@@ -208,10 +219,10 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
     for lr, score in (("1e-05", 57.0), ("1e-06", 55.0)):
         setting = f"ratio 4, grouped, compress pre-trained, compressed parameters at lr {lr}, "
         data.append(_row("rte", f"ae-grouped+finetune-lr{lr}", setting + f"then {protocol}", score))
-    again = report.factorize_targets(data)
+    again = report.factorize_targets(data, floors={})
     assert "| rte | 4 | 58.00 | 54.00 | 56.00 | holds | 57.00 (lr 1e-05) | holds |" in again
     data[-2]["score"] = 59.5  # lr 1e-05 now above the protocol's 58
-    again = report.factorize_targets(data)
+    again = report.factorize_targets(data, floors={})
     assert "| rte | 4 | 58.00 | 54.00 | 56.00 | holds | 59.50 (lr 1e-05) | holds |" in again
     assert "| sst2 | 4 | 78.00 | 74.00 | 76.00 | holds | not measured | - |" in again
     del data[-2:]
@@ -225,25 +236,36 @@ def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
             "sst2", "svd+finetune", f"ratio 4, per-layer, compress pre-trained then {longer}", 85.0
         ),
     ]
-    both = report.factorize_targets(data + other)
+    both = report.factorize_targets(data + other, floors={})
     assert text.rstrip("\n") in both  # the first schedule's table is unchanged
     assert f"then {longer}): mean score drop" in both and "(reference: sst2 88.00)" in both
     assert "| svd | 3.00 |" in both
     data = [r for r in data if not (r["method"] == "ae-grouped+finetune" and r["task"] == "rte")]
     data.append(tuned("rte", "ae-grouped", 4, 50.0))
-    text = report.factorize_targets(data)
-    assert "fine-tuned | 4 | does not hold (ae-grouped drop 6.00; svd 6.00, fwsvd 4.00) |" in text
+    text = report.factorize_targets(data, floors={})
+    assert (
+        "fine-tuned | 4 | does not hold (ae-grouped drop 6.00; svd 6.00, fwsvd 4.00; over rte, sst2) |"
+        in text
+    )
     assert "| rte | 4 | 50.00 | 54.00 | 56.00 | does not hold |" in text
     assert "| sst2 | 4 | 78.00 | 74.00 | 76.00 | holds |" in text
     data[-1]["score"] = 56.0  # level with fwsvd: named as a tie, still not above
-    text = report.factorize_targets(data)
+    text = report.factorize_targets(data, floors={})
     assert "| rte | 4 | 56.00 | 54.00 | 56.00 | does not hold (tie) |" in text
     assert "| fwsvd | **56.00** / - |" in text and "| ae-grouped | **56.00** / - |" in text
     for r in data:
         if r["task"] == "rte" and r["method"].endswith("+finetune"):
             r["score"] = 52.71  # every row the same constant answer: nothing in bold
-    text = report.factorize_targets(data)
+    text = report.factorize_targets(data, floors={})
     assert "| svd | 52.71 / - |" in text and "| ae-grouped | 52.71 / - |" in text
+    # with rte's floor at 52.71 +- 1.5 those rows, and the cell's claim, have no signal
+    floor = report.Floor("rte", "accuracy", 52.71, 1.5, 277)
+    text = report.factorize_targets(data, floors={"rte": floor})
+    assert "| svd | no signal / - |" in text and "| ae-grouped | no signal / - |" in text
+    assert "| rte | 4 | 52.71 | 52.71 | 52.71 | no signal (ae-grouped, svd, fwsvd) |" in text
+    assert "| svd | 6.00 (w/o rte) | - |" in text
+    assert "| rte | svd | 4 | 52.71 (no signal) |" in text
+    assert "holds (over sst2) |" in text
 
 
 def test_command_line_quotes_arguments(report):
@@ -266,11 +288,13 @@ def test_steps_better_than_naive_needs_a_significant_difference(report):
         return out
 
     clear = report.steps_targets(rows(aware_right=80, naive_right=60))
-    assert "| +20.00 | met (20 vs 0 examples right by one only, p = 1.91e-06) |" in clear
+    assert "| +20.00 | met (1 seed; 20 vs 0 examples right by one only, p = 1.91e-06) |" in clear
     close = report.steps_targets(rows(aware_right=80, naive_right=77))
-    assert "| +3.00 | not significant (3 vs 0 examples right by one only, p = 0.25) |" in close
+    assert (
+        "| +3.00 | not significant (1 seed; 3 vs 0 examples right by one only, p = 0.25) |" in close
+    )
     worse = report.steps_targets(rows(aware_right=70, naive_right=77))
-    assert "| -7.00 | missed (0 vs 7 examples right by one only" in worse
+    assert "| -7.00 | missed (1 seed; 0 vs 7 examples right by one only" in worse
 
 
 def test_slim_curves_compare_best_scores_over_shared_budgets(report):
@@ -460,9 +484,12 @@ def test_steps_latency_takes_the_layers_time_and_checks_the_target(report):
     text = report.steps_latency(data)
     assert text.index("| latency-g1-ln | N=6 euler |") < text.index("| latency-g1-ln | N=3 euler")
     assert "| latency-g1-ln | N=3 euler | 0.510 | 0.500 | 0.560 | 0.520 | 0.50 / 3.0 |" in text
-    assert "a = 1, latency-g1-ln, batch 1 | 0.510 | met |" in text
-    assert "a = 1, latency-g2-ln, batch 1 | 0.560 | missed by 0.010 |" in text
-    assert "a = 1, latency-g2-ln, batch 32 | 0.490 | met |" in text
+    assert "a = 1, latency-g1-ln, batch 1 | 0.510 (loaded) | met |" in text
+    assert "later variant, not a replacement: layer latency" in text
+    assert (
+        "a = 1, latency-g2-ln, batch 1 | 0.560 (loaded) | missed by" in text
+    )
+    assert "a = 1, latency-g2-ln, batch 32 | 0.490 (loaded) | met" in text
     assert report.steps_latency([_row("sst2", "shared-g1", "N=3 euler", 80.0)]) == ""
 
 
