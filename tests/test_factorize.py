@@ -277,8 +277,10 @@ def test_grouped_svd_shares_one_basis_tensor_and_saves_it_once(tmp_path):
         keys = list(f.keys())
     assert sum(k.endswith("attn.k.basis.weight") for k in keys) == 1
     assert sum(k.endswith("attn.k.coefficients.weight") for k in keys) == 3
-    meta = json.loads((tmp_path / "g" / "gearshift.json").read_text())
-    assert meta["groups"]["attn.k@0-2"]["members"] == [f"blocks.{i}.attn.k" for i in range(3)]
+    forms = json.loads((tmp_path / "g" / "gearshift.json").read_text())["config"]["forms"]
+    assert [p for p, f in forms.items() if f.get("shared") == "attn.k@0-2"] == [
+        f"blocks.{i}.attn.k" for i in range(3)
+    ]
     again = load_factorized(tmp_path / "g")
     assert again.blocks[0].attn.k.basis is again.blocks[2].attn.k.basis
     assert torch.equal(logits(again, batch), out)
@@ -407,9 +409,9 @@ def test_save_and_reload_give_identical_outputs(method, grouped, tmp_path):
     folder = save_factorized(model, tmp_path / "m", extra={"task": {"name": "sst2"}})
     assert is_factorized_folder(folder)
     meta = json.loads((folder / "gearshift.json").read_text())
-    assert meta["kind"] == "factorized-model" and meta["factorize"]["method"] == method
+    assert meta["kind"] == "model" and meta["factorize"]["method"] == method
     assert meta["task"] == {"name": "sst2"}
-    assert meta["modules"]["blocks.0.attn.q"]["type"] in ("low_rank_linear", "decoded_linear")
+    assert meta["config"]["forms"]["blocks.0.attn.q"]["form"] in ("low-rank", "decoded")
     again = load_factorized(folder)
     assert again.factorize_config.method == method
     assert torch.equal(logits(again, batch), out)
@@ -473,19 +475,20 @@ def test_loading_wrong_or_damaged_folders_raises_clear_errors(tmp_path):
     (folder / "moved.safetensors").rename(folder / "model.safetensors")
 
     meta = json.loads((folder / "gearshift.json").read_text())
-    meta["modules"]["blocks.0.attn.q"]["rank"] += 1
+    forms = meta["config"]["forms"]
+    forms["blocks.0.attn.q"]["rank"] += 1
     (folder / "gearshift.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="blocks.0.attn.q.*shape"):
         load_factorized(folder)
 
-    meta["modules"]["blocks.0.attn.q"]["rank"] -= 1
-    meta["modules"]["blocks.7.attn.q"] = meta["modules"]["blocks.0.attn.q"]
+    forms["blocks.0.attn.q"]["rank"] -= 1
+    forms["blocks.7.attn.q"] = forms["blocks.0.attn.q"]
     (folder / "gearshift.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="blocks.7.attn.q"):
         load_factorized(folder)
 
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
-    del meta["modules"]["blocks.7.attn.q"]
+    del forms["blocks.7.attn.q"]
     (folder / "gearshift.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="cannot be read"):
         load_factorized(folder)

@@ -115,8 +115,8 @@ def test_low_rank_word_embedding_runs_and_round_trips(tmp_path):
     torch.manual_seed(0)
     model = Transformer(tiny_config(word_rank=3, head={"kind": "classification", "num_labels": 2}))
     model.eval()
-    assert model.embeddings.word.weight.shape == (50, 3)
-    assert model.embeddings.word_project.weight.shape == (16, 3)
+    assert model.embeddings.word.codes.weight.shape == (50, 3)
+    assert model.embeddings.word.projection.weight.shape == (16, 3)
     ids = torch.randint(0, 50, (2, 7))
     with torch.no_grad():
         before = model(ids).logits

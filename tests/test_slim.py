@@ -237,11 +237,11 @@ def test_low_rank_word_embedding_is_the_truncated_svd():
     base = tiny()
     w = base.embeddings.word.weight.detach()
     low = factorize_word_embedding(base, 6)
-    approx = low.embeddings.word.weight @ low.embeddings.word_project.weight.t()
+    approx = low.embeddings.word.codes.weight @ low.embeddings.word.projection.weight.t()
     s = torch.linalg.svdvals(w)
     assert torch.allclose((approx - w).norm(), s[6:].norm(), rtol=1e-4)
     lower = factorize_word_embedding(low, 3)  # again, from the factorized form
-    assert lower.config.word_rank == 3 and lower.embeddings.word.weight.shape == (60, 3)
+    assert lower.config.word_rank == 3 and lower.embeddings.word.codes.weight.shape == (60, 3)
     with pytest.raises(ConfigError, match="rank"):
         factorize_word_embedding(base, 16)
 

@@ -9,10 +9,16 @@ Counting runs the model for real, because methods change what runs (merged token
 exit early, low-rank Linears). FlopCounterMode does not see PyTorch's fused CPU attention
 kernel, so counting switches the runtime to explicit attention matmuls through
 :data:`gearshift.runtime.modules.EXPLICIT_ATTENTION`; :func:`analytic_flops` is the check.
+
+int8 Linears (torch's ``quantized::linear_dynamic``) have no formula in FlopCounterMode;
+counting gives them one: the same multiply-adds as the float Linear, 2 per multiply-add. An
+int8 multiply-add is cheaper than a float one on most CPUs, but it is the same work in this
+convention, which counts arithmetic, not its cost; latency says what int8 saves.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -90,7 +96,7 @@ def count_flops(
     model.eval()
     token = EXPLICIT_ATTENTION.set(explicit_attention)
     try:
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping=_custom_formulas())
         with torch.no_grad(), counter:
             model(**inputs)
     finally:
@@ -99,6 +105,17 @@ def count_flops(
         for p in frozen:
             p.requires_grad_(True)
     return int(counter.get_total_flops())
+
+
+def _int8_linear_flops(x_shape, packed_weight, *args, out_shape=None, **kwargs) -> int:
+    """quantized::linear_dynamic: ``x`` (..., m) times an int8 (n x m) weight, 2 per
+    multiply-add like a float Linear (the packed weight has no shape; the output has n)."""
+    return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * out_shape[-1]
+
+
+def _custom_formulas() -> dict:
+    """FLOP formulas FlopCounterMode lacks: torch's dynamic int8 Linear."""
+    return {torch.ops.quantized.linear_dynamic: _int8_linear_flops}
 
 
 def attention_flops(config: ModelConfig, seq_len: int, batch: int = 1) -> int:
@@ -116,32 +133,55 @@ def attention_flops(config: ModelConfig, seq_len: int, batch: int = 1) -> int:
 
 
 def analytic_flops(config: ModelConfig, seq_len: int, batch: int = 1) -> int:
-    """Return the closed-form FLOPs of the unmodified model on ``batch`` rows of ``seq_len``.
+    """Return the closed-form FLOPs of the model ``config`` describes on ``batch`` rows of
+    ``seq_len``, model edits included.
 
     Counts, per layer (each layer with its own block's width; a shared block counts once per
     layer that runs it): the Q, K, V, O projections, attention scores and weighted values,
-    and the two FFN matmuls; plus ALBERT's E -> d embedding projection, a factorized word
-    embedding's r -> E projection, and the head
-    (pooler-like dense + output for sequence heads, output per token for token heads, the
-    vocabulary projection for ``lm``). A block with 0 heads or 0 FFN neurons runs no matmul.
+    and the two FFN matmuls; plus ALBERT's E -> d embedding projection, a low-rank word
+    embedding's r -> E projection, and the head (pooler-like dense + output for sequence
+    heads, output per token for token heads, the vocabulary projection for ``lm``). A block
+    with 0 heads or 0 FFN neurons runs no matmul.
+
+    Each Linear counts by its form (``config.forms``): dense ``2 m n`` per token; low-rank
+    ``2 r (m + n)`` (two matmuls through rank r); int8 the same ``2 m n`` as dense (the same
+    multiply-adds, see the module docstring); decoded ``2 m n`` too, since its weight is
+    rebuilt once, at load time, and cached: the rebuild costs nothing per example (it is the
+    compression report's ``decode_flops``, paid once).
     """
     n, d, dh = seq_len, config.hidden_size, config.head_dim
     per_example = 0
     e = config.embedding_size or d
     if config.word_rank:
-        per_example += 2 * n * config.word_rank * e  # the factorized word embedding's r -> E
+        per_example += _linear_flops(config, "embeddings.word.projection", config.word_rank, e, n)
     if config.embedding_size:
-        per_example += 2 * n * config.embedding_size * d
+        per_example += _linear_flops(config, "embeddings.project", config.embedding_size, d, n)
     for layer in range(config.num_layers):
-        shape = config.layer_shape(layer)
-        inner = shape.num_heads * dh
-        if shape.num_heads:
-            per_example += 4 * 2 * n * d * inner  # Q, K, V and O projections
-        if shape.intermediate_size:
-            per_example += 2 * 2 * n * d * shape.intermediate_size  # FFN in and out
+        block = config.layer_to_block[layer]
+        shape = config.blocks[block]
+        inner, ffn = shape.num_heads * dh, shape.intermediate_size
+        if shape.num_heads:  # Q, K, V and O projections
+            for name, m, out in (
+                ("q", d, inner),
+                ("k", d, inner),
+                ("v", d, inner),
+                ("o", inner, d),
+            ):
+                per_example += _linear_flops(config, f"blocks.{block}.attn.{name}", m, out, n)
+        if ffn:  # FFN in and out
+            per_example += _linear_flops(config, f"blocks.{block}.ffn.inp", d, ffn, n)
+            per_example += _linear_flops(config, f"blocks.{block}.ffn.out", ffn, d, n)
     per_example += attention_flops(config, seq_len)
     per_example += _head_flops(config, seq_len)
     return batch * per_example
+
+
+def _linear_flops(config: ModelConfig, path: str, m: int, n: int, tokens: int) -> int:
+    """FLOPs of the Linear at ``path`` (m -> n) on ``tokens`` tokens, by its form."""
+    form = config.forms.get(path, {})
+    if form.get("form") == "low-rank":
+        return 2 * tokens * form["rank"] * (m + n)
+    return 2 * tokens * m * n  # dense, int8 (same multiply-adds), decoded (weight cached)
 
 
 def _head_flops(config: ModelConfig, seq_len: int) -> int:
@@ -149,14 +189,14 @@ def _head_flops(config: ModelConfig, seq_len: int) -> int:
     head, d = config.head, config.hidden_size
     if head.kind in ("classification", "regression"):
         out = 1 if head.kind == "regression" else head.num_labels
-        dense = 2 * d * d if head.dense_activation else 0
-        return dense + 2 * d * out
+        dense = _linear_flops(config, "head.dense", d, d, 1) if head.dense_activation else 0
+        return dense + _linear_flops(config, "head.out", d, out, 1)
     if head.kind == "token_classification":
-        return 2 * seq_len * d * head.num_labels
+        return _linear_flops(config, "head.out", d, head.num_labels, seq_len)
     if head.kind == "lm":
-        if config.word_rank and not config.tie_word_embeddings:
-            return 2 * seq_len * d * config.vocab_size
-        if config.word_rank:  # tied and factorized: h P, then the (V x r) codes
+        if not config.tie_word_embeddings:
+            return _linear_flops(config, "lm_head", d, config.vocab_size, seq_len)
+        if config.word_rank:  # tied and low rank: h P, then the (V x r) codes
             return 2 * seq_len * (d * config.word_rank + config.word_rank * config.vocab_size)
         return 2 * seq_len * d * config.vocab_size
     return 0

@@ -3,11 +3,26 @@
 Per-block shapes live here (heads kept and FFN width of every distinct parameter block), and
 so does the layer -> block map that expresses parameter sharing (ALBERT, or the shared
 models of methods/steps). A plain BERT has ``layer_to_block == [0, 1, ..., L-1]``.
+
+Every model edit is described here, so an edited model is a plain model folder: per-block
+widths (slim), ``word_rank`` (a low-rank word embedding: slim or factorize) and ``forms``,
+the form of each edited Linear (or of a decoded word embedding) by module path:
+
+- ``{"form": "low-rank", "rank": r}``: :class:`~gearshift.runtime.forms.LowRankLinear`;
+- ``{"form": "decoded", "code_size": c, "transposed": bool, "decoder": {...}}``:
+  :class:`~gearshift.runtime.forms.DecodedLinear` (``transposed`` absent on the embedding);
+- ``{"form": "int8", "qscheme": "per-channel" | "per-tensor"}``:
+  :class:`~gearshift.runtime.quant.Int8Linear`. A low-rank module's factors are Linears of
+  their own, ``<path>.basis`` and ``<path>.coefficients``, and take int8 entries.
+
+A low-rank or decoded entry with ``"shared": name`` shares its basis (decoder) with every
+entry of that name (Basis Sharing, a grouped autoencoder); its tensors are stored once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +32,14 @@ from gearshift.errors import ConfigError
 logger = logging.getLogger("gearshift.runtime")
 
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "tanh")
+FORMS = ("low-rank", "decoded", "int8")
+FORM_KEYS = {  # required keys of each form's entry (besides "form"; "shared" is optional)
+    "low-rank": ("rank",),
+    "decoded": ("code_size", "decoder"),
+    "int8": ("qscheme",),
+}
+DECODER_KEYS = ("code_size", "row_size", "widths", "negative_slope")
+WORD_EMBEDDING = "embeddings.word"
 HEAD_KINDS = (None, "classification", "regression", "token_classification", "lm")
 
 
@@ -78,6 +101,8 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
     source: str | None = None  # where the weights came from (path or hub name)
+    # module path -> form of an edited Linear (see the module docstring); {} = all dense
+    forms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.blocks = [b if isinstance(b, BlockShape) else BlockShape(**b) for b in self.blocks]
@@ -111,6 +136,54 @@ class ModelConfig:
             raise ConfigError(f"norm_position must be 'post' or 'pre', got {self.norm_position!r}")
         if self.head.kind not in HEAD_KINDS:
             raise ConfigError(f"head kind {self.head.kind!r} unknown; use one of {HEAD_KINDS}")
+        self._validate_forms()
+
+    def _validate_forms(self) -> None:
+        if not isinstance(self.forms, dict):
+            raise ConfigError(f"forms must map module paths to forms, got {type(self.forms)}")
+        shared: dict[str, tuple] = {}
+        for path, spec in self.forms.items():
+            where = f"forms[{path!r}]"
+            if not isinstance(spec, dict) or spec.get("form") not in FORMS:
+                raise ConfigError(f"{where} = {spec!r}: give a dict with 'form' one of {FORMS}")
+            kind = spec["form"]
+            lacking = [k for k in FORM_KEYS[kind] if k not in spec]
+            if lacking:
+                raise ConfigError(f"{where} ({kind}) lacks {', '.join(lacking)}")
+            if kind == "low-rank" and not (isinstance(spec["rank"], int) and spec["rank"] >= 1):
+                raise ConfigError(f"{where}: rank {spec['rank']!r} must be an int >= 1")
+            if kind == "decoded":
+                bad = [k for k in DECODER_KEYS if k not in (spec["decoder"] or {})]
+                if bad:
+                    raise ConfigError(f"{where}: the decoder entry lacks {', '.join(bad)}")
+            if kind == "int8" and spec["qscheme"] not in ("per-channel", "per-tensor"):
+                raise ConfigError(
+                    f"{where}: qscheme {spec['qscheme']!r} must be per-channel or per-tensor"
+                )
+            if path == WORD_EMBEDDING and kind != "decoded":
+                raise ConfigError(
+                    f"{where}: a low-rank word embedding is described by word_rank, and int8 "
+                    "applies to Linears; the word embedding's own form can only be 'decoded'"
+                )
+            if path == WORD_EMBEDDING and self.word_rank is not None:
+                raise ConfigError(f"{where} is decoded but word_rank={self.word_rank} is set")
+            name = spec.get("shared")
+            if name is not None and kind != "int8":
+                part = (kind, spec.get("rank"), json.dumps(spec.get("decoder"), sort_keys=True))
+                if shared.setdefault(name, part) != part:
+                    raise ConfigError(
+                        f"{where}: shared part {name!r} is {part[:2]} here but {shared[name][:2]} "
+                        "in another entry; members of one group share one basis (decoder)"
+                    )
+        # A shared basis is one module: int8 in all of its members or in none.
+        for name in shared:
+            members = [p for p, s in self.forms.items() if s.get("shared") == name]
+            int8 = {f"{p}.basis" in self.forms for p in members}
+            if len(int8) > 1:
+                raise ConfigError(
+                    f"forms: the basis shared as {name!r} is int8 in some members and float in "
+                    f"others ({', '.join(members)}); quantize all of them or none"
+                )
 
     # ------------------------------------------------------------------ views
     @property

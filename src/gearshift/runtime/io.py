@@ -20,9 +20,11 @@ from safetensors.torch import load_file, save_file
 from gearshift import backbones
 from gearshift.atomic import atomic_directory
 from gearshift.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
-from gearshift.errors import ArtifactError
+from gearshift.errors import ArtifactError, ConfigError
 from gearshift.paths import resolve_model_name
 from gearshift.runtime.config import BlockShape, HeadConfig, ModelConfig
+from gearshift.runtime.edits import check_forms, unique_state
+from gearshift.runtime.forms import materialize
 from gearshift.runtime.model import Transformer
 
 logger = logging.getLogger("gearshift.runtime")
@@ -214,7 +216,14 @@ def save_model(
     tokenizer=None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Save ``model`` as a gearshift folder; returns its path."""
+    """Save ``model`` as a gearshift folder; returns its path.
+
+    An edited model (factorized, slim, int8, any mix) is a plain model folder: its config
+    records every edit (``forms``, ``word_rank``, per-block widths) and model.safetensors
+    holds every tensor once (a shared basis or decoder under its first member's name; int8
+    weights as int8 values, scales and zero points). Raises ConfigError when the config does
+    not describe the modules (an edit that did not record itself)."""
+    check_forms(model)
 
     def write(tmp: Path) -> None:
         meta = {
@@ -224,7 +233,7 @@ def save_model(
             **(extra or {}),
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in unique_state(model).items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
@@ -299,6 +308,23 @@ def folder_kind(folder: str | os.PathLike) -> str | None:
     return meta.get("kind", "model") if isinstance(meta, dict) else None
 
 
+# Tensors saved under older names: (old, new). Slim's low-rank word embedding was two
+# modules, ``word`` (V x r) and ``word_project`` (r -> E), before it became the runtime's one
+# LowRankEmbedding shared with factorize.
+LEGACY_KEYS = (
+    ("embeddings.word.weight", "embeddings.word.codes.weight"),
+    ("embeddings.word_project.weight", "embeddings.word.projection.weight"),
+)
+
+
+def _renamed_legacy_keys(state: dict, expected: Mapping[str, torch.Tensor]) -> dict:
+    """``state`` with tensors saved under an older name moved to the name ``expected`` has."""
+    for old, new in LEGACY_KEYS:
+        if old in state and old not in expected and new in expected and new not in state:
+            state[new] = state.pop(old)
+    return state
+
+
 def read_weights(folder: str | os.PathLike, expected: Mapping[str, torch.Tensor]) -> dict:
     """Read ``folder``'s model.safetensors and check it holds exactly the tensors (names and
     shapes) of ``expected`` (the state dict of the model gearshift.json describes);
@@ -316,6 +342,7 @@ def read_weights(folder: str | os.PathLike, expected: Mapping[str, torch.Tensor]
         raise ArtifactError(
             f"{weights} cannot be read as safetensors ({exc}); the file is damaged, re-save it"
         ) from exc
+    state = _renamed_legacy_keys(state, expected)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -351,8 +378,13 @@ def load_model(folder: str | os.PathLike) -> Transformer:
 
         module, _, name = FOLDER_KINDS[kind].partition(":")
         return getattr(importlib.import_module(module), name)(folder)
-    model = Transformer(ModelConfig.from_dict(meta["config"]))
-    model.load_state_dict(read_weights(folder, model.state_dict()))
+    try:
+        model = Transformer(ModelConfig.from_dict(meta["config"]))
+    except ConfigError as exc:
+        raise ArtifactError(f"{folder / CONFIG_NAME}: {exc}") from exc
+    # aliases of a shared basis or decoder are not stored: sharing fills them
+    model.load_state_dict(read_weights(folder, unique_state(model)), strict=False)
+    materialize(model)
     return model.eval()
 
 

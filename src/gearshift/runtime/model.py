@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gearshift.runtime.config import ModelConfig
+from gearshift.runtime.edits import build_forms
+from gearshift.runtime.forms import word_logits
 from gearshift.runtime.modules import AttentionMask, Block, Embeddings, Head, LayerNorms
 from gearshift.runtime.plan import ForwardPlan, Step, default_steps
 
@@ -63,6 +65,7 @@ class Transformer(nn.Module):
         if config.head.kind == "lm" and not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._default_steps = default_steps(config.layer_to_block)
+        build_forms(self)  # model edits the config records: low-rank, decoded, int8 modules
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -87,9 +90,7 @@ class Transformer(nn.Module):
         """Next-token logits from hidden states (tied to the word embedding unless untied)."""
         if self.lm_head is not None:
             return self.lm_head(h)
-        if self.embeddings.word_project is not None:  # factorized: W = A P^T
-            h = h @ self.embeddings.word_project.weight
-        return F.linear(h, self.embeddings.word.weight)
+        return word_logits(self.embeddings.word, h)
 
     # ------------------------------------------------------------------ forward
     def forward(

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gearshift.runtime.config import BlockShape, ModelConfig
+from gearshift.runtime.forms import LowRankEmbedding
 
 # Measurement switch: FLOP counting needs attention as explicit matmuls (PyTorch's
 # FlopCounterMode does not see the fused CPU attention kernel). Set via
@@ -85,16 +86,19 @@ class AttentionMask:
 class Embeddings(nn.Module):
     """Token + position (+ token type) embeddings, optional LayerNorm, optional E -> d projection.
 
-    With ``config.word_rank`` the word embedding is factorized: ``word`` (V x r) then
-    ``word_project`` (r -> E, no bias)."""
+    With ``config.word_rank`` the word embedding is low rank (slim's embedding rank, or
+    factorize's SVD of it): a :class:`~gearshift.runtime.forms.LowRankEmbedding`, ``(V x r)``
+    codes then an ``r -> E`` projection."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         e = config.embedding_size or config.hidden_size
-        # A slenderized model's word embedding is low rank: (V x r) codes, then r -> E.
         r = config.word_rank
-        self.word = nn.Embedding(config.vocab_size, r or e, padding_idx=config.pad_token_id)
-        self.word_project = nn.Linear(r, e, bias=False) if r else None
+        self.word = (
+            LowRankEmbedding(config.vocab_size, e, r, padding_idx=config.pad_token_id)
+            if r
+            else nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
+        )
         self.position = nn.Embedding(config.max_positions, e)
         self.token_type = (
             nn.Embedding(config.type_vocab_size, e) if config.type_vocab_size else None
@@ -124,8 +128,6 @@ class Embeddings(nn.Module):
         if position_ids is None:
             position_ids = self.position_ids(input_ids, past)
         x = self.word(input_ids)
-        if self.word_project is not None:
-            x = self.word_project(x)
         x = x + self.position(position_ids)
         if self.token_type is not None:
             if token_type_ids is None:

@@ -35,25 +35,21 @@ from gearshift.methods.factorize.calibration import (
     token_weighted_error,
 )
 from gearshift.methods.factorize.config import EMBEDDING_TYPE, LOW_RANK_METHODS, FactorizeConfig
-from gearshift.methods.factorize.model import (
-    Target,
-    Unit,
-    find_targets,
-    materialize,
-    plan_units,
-    replace_module,
+from gearshift.methods.factorize.model import Target, Unit, find_targets, plan_units
+from gearshift.methods.factorize.svd import (
+    low_rank_factors,
+    row_weights_from_importance,
+    whitening_from_gram,
 )
-from gearshift.methods.factorize.modules import (
+from gearshift.runtime.edits import record_forms
+from gearshift.runtime.forms import (
     DecodedEmbedding,
     DecodedLinear,
     LowRankEmbedding,
     LowRankLinear,
     RowDecoder,
-)
-from gearshift.methods.factorize.svd import (
-    low_rank_factors,
-    row_weights_from_importance,
-    whitening_from_gram,
+    materialize,
+    replace_module,
 )
 
 logger = logging.getLogger("gearshift.factorize")
@@ -178,8 +174,9 @@ def compress(
     ``stats``: statistics already collected from this model by :func:`calibrate` (then the
     batches are not read); the report's times charge the collection passes this method
     needs, so they stay comparable with a compression that collects its own.
-    The config is recorded as ``model.factorize_config`` and the report as
-    ``model.factorize_report`` (both saved by :func:`save_factorized`).
+    The compressed modules' forms are recorded in ``model.config`` (so the model saves and
+    loads as a plain model); the config is recorded as ``model.factorize_config`` and the
+    report as ``model.factorize_report`` (both saved by :func:`save_factorized`).
     """
     config.validate()
     start = time.perf_counter()
@@ -232,6 +229,8 @@ def compress(
         report.original_weights += info["original_weights"]
         report.stored += info["stored"]
     materialize(model)
+    if hasattr(model, "config"):
+        record_forms(model)  # the config now describes the compressed model (saves as a model)
     report.achieved_ratio = report.original_weights / max(report.stored, 1)
     report.params_after = count_parameters(model)
     report.flops_per_token_before = sum(m["flops_per_token_before"] for m in report.modules)

@@ -5,53 +5,59 @@ Targets are the runtime's named Linears, ``blocks[i].attn.{q,k,v,o}`` and
 factorization problem: a single target, or (grouped mode) one module type over a group of
 blocks, solved jointly.
 
-A compressed model saves as a folder in its compressed form:
-
-- ``gearshift.json``: ``kind: "factorized-model"``, the model config, the method config
-  (``factorize``), one entry per compressed module (its type, shape, rank or code size, its
-  group) and one per group (the shared basis or decoder and its members);
-- ``model.safetensors``: every tensor once: factors, codes, norms, decoders, and the
-  uncompressed rest; a basis or decoder shared by a group is stored under its first
-  member's name only.
-
-:func:`load_factorized` rebuilds ``Transformer(config)``, swaps in empty compressed modules
-of the saved shapes (shared ones shared again), loads the weights and rebuilds the decoded
-weights once.
+A compressed model is a plain model whose ``ModelConfig`` records each compressed module's
+form (``forms``: low-rank with its rank, decoded with its code size and decoder, a shared
+basis or decoder by its group's name; ``word_rank`` for a low-rank word embedding).
+:func:`save_factorized` is :func:`gearshift.runtime.save_model` plus the method config
+(``factorize``) and the compression report in gearshift.json; model.safetensors holds every
+tensor once (a basis or decoder shared by a group under its first member's name).
+:func:`load_factorized` loads such a folder, and the folders of kind ``"factorized-model"``
+that gearshift wrote before the config recorded forms (their module and group entries
+become forms).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from gearshift.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from gearshift.constants import CONFIG_NAME
 from gearshift.errors import ArtifactError, ConfigError
 from gearshift.methods.factorize.config import EMBEDDING_TYPE, LINEAR_TYPES, FactorizeConfig
-from gearshift.methods.factorize.modules import (
+from gearshift.runtime.config import ModelConfig
+from gearshift.runtime.edits import record_forms, unique_state
+from gearshift.runtime.forms import (
     COMPRESSED_TYPES,
     DecodedEmbedding,
-    DecodedLinear,
     LowRankEmbedding,
-    LowRankLinear,
-    RowDecoder,
+    materialize,
+    replace_module,
 )
-from gearshift.runtime.config import ModelConfig
-from gearshift.runtime.io import (
-    folder_kind,
-    read_meta,
-    read_weights,
-    write_folder_atomically,
-)
+from gearshift.runtime.io import folder_kind, load_model, read_meta, read_weights, save_model
 from gearshift.runtime.model import Transformer
+from gearshift.runtime.quant import Int8Linear
 
-KIND = "factorized-model"
+LEGACY_KIND = "factorized-model"  # folders written before ModelConfig recorded forms
+KIND = LEGACY_KIND  # the name FOLDER_KINDS and older code use
+
+__all__ = [
+    "Target",
+    "Unit",
+    "densify",
+    "find_targets",
+    "is_factorized_folder",
+    "load_factorized",
+    "materialize",
+    "plan_units",
+    "replace_module",
+    "save_factorized",
+    "unique_state",
+]
 
 
 # ---------------------------------------------------------------------- targets and units
@@ -99,7 +105,10 @@ def find_targets(model: Transformer, config: FactorizeConfig) -> list[Target]:
     if EMBEDDING_TYPE in config.modules:
         word = model.embeddings.word
         if isinstance(word, COMPRESSED_TYPES):
-            raise ConfigError("embeddings.word is already compressed; compress the original model")
+            raise ConfigError(
+                "embeddings.word is already compressed (low rank or decoded); compress the "
+                "original model, or leave embeddings.word out of modules"
+            )
         targets.append(Target(EMBEDDING_TYPE, EMBEDDING_TYPE, None, word))
     for b in blocks:
         for kind in LINEAR_TYPES:
@@ -109,6 +118,11 @@ def find_targets(model: Transformer, config: FactorizeConfig) -> list[Target]:
             module = model.get_submodule(name)
             if isinstance(module, COMPRESSED_TYPES):
                 raise ConfigError(f"{name} is already compressed; compress the original model")
+            if isinstance(module, Int8Linear):
+                raise ConfigError(
+                    f"{name} is int8: factorize needs float weights; factorize first, then "
+                    "quantize (int8 then applies to the low-rank factors)"
+                )
             if module.weight.numel() == 0:
                 continue
             targets.append(Target(name, kind, b, module))
@@ -141,13 +155,6 @@ def plan_units(targets: list[Target], config: FactorizeConfig) -> list[Unit]:
     return units
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` where the submodule ``name`` is."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-
-
 def compressed_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The compressed modules of ``model`` by name, in model order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, COMPRESSED_TYPES)}
@@ -159,6 +166,8 @@ def densify(model: nn.Module) -> nn.Module:
     function and is stored and trained as an uncompressed model: what a diagnosis needs to
     tell the compressed form's start from its parametrisation."""
     for name, m in list(compressed_modules(model).items()):
+        if any(isinstance(sub, Int8Linear) for sub in m.modules()):
+            raise ConfigError(f"densify: {name} has int8 factors; densify before quantizing")
         with torch.no_grad():
             weight = m.weight  # rebuilt; copied once, into the plain module below
         like = {"device": weight.device, "dtype": weight.dtype}  # a half model stays half
@@ -173,164 +182,12 @@ def densify(model: nn.Module) -> nn.Module:
     for attr in ("factorize_config", "factorize_report"):
         if hasattr(model, attr):
             delattr(model, attr)
+    if hasattr(model, "config"):
+        record_forms(model)
     return model
 
 
-def materialize(model: nn.Module) -> None:
-    """Rebuild every decoded weight now (done at load time and after compression)."""
-    for m in model.modules():
-        if isinstance(m, DecodedLinear | DecodedEmbedding):
-            m.materialize()
-
-
-# ---------------------------------------------------------------------- module specs
-def module_spec(module: nn.Module, group: str | None) -> dict[str, Any]:
-    """What rebuilds an empty copy of a compressed module (saved in gearshift.json)."""
-    if isinstance(module, LowRankLinear):
-        return {
-            "type": "low_rank_linear",
-            "in_features": module.in_features,
-            "out_features": module.out_features,
-            "rank": module.rank,
-            "bias": module.bias is not None,
-            "group": group,
-        }
-    if isinstance(module, LowRankEmbedding):
-        return {
-            "type": "low_rank_embedding",
-            "num_embeddings": module.num_embeddings,
-            "embedding_dim": module.embedding_dim,
-            "rank": module.rank,
-            "padding_idx": module.padding_idx,
-            "group": group,
-        }
-    if isinstance(module, DecodedLinear):
-        return {
-            "type": "decoded_linear",
-            "in_features": module.in_features,
-            "out_features": module.out_features,
-            "code_size": module.code_size,
-            "bias": module.bias is not None,
-            "transposed": module.transposed,
-            "decoder": module.decoder.spec(),
-            "group": group,
-        }
-    if isinstance(module, DecodedEmbedding):
-        return {
-            "type": "decoded_embedding",
-            "num_embeddings": module.num_embeddings,
-            "embedding_dim": module.embedding_dim,
-            "code_size": module.code_size,
-            "padding_idx": module.padding_idx,
-            "decoder": module.decoder.spec(),
-            "group": group,
-        }
-    raise TypeError(f"{type(module).__name__} is not a compressed module")
-
-
-def _shared_part(module: nn.Module) -> nn.Module | None:
-    if isinstance(module, LowRankLinear):
-        return module.basis
-    if isinstance(module, DecodedLinear | DecodedEmbedding):
-        return module.decoder
-    return None
-
-
-def describe(model: nn.Module) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Return (modules, groups): the specs of every compressed module, and of each shared
-    basis/decoder with its members. A shared part's group is named by ``group_name`` (set
-    by compress) or else by its first member."""
-    modules = compressed_modules(model)
-    owners: dict[int, list[str]] = {}
-    parts: dict[int, nn.Module] = {}
-    for name, m in modules.items():
-        part = _shared_part(m)
-        if part is not None:
-            owners.setdefault(id(part), []).append(name)
-            parts[id(part)] = part
-    groups: dict[str, dict] = {}
-    group_of: dict[str, str] = {}
-    for key, names in owners.items():
-        if len(names) < 2:
-            continue
-        part = parts[key]
-        gname = getattr(part, "group_name", None) or names[0]
-        if isinstance(part, RowDecoder):
-            groups[gname] = {"kind": "decoder", "decoder": part.spec(), "members": names}
-        else:
-            groups[gname] = {
-                "kind": "basis",
-                "in_features": part.in_features,
-                "rank": part.out_features,
-                "members": names,
-            }
-        for n in names:
-            group_of[n] = gname
-    specs = {name: module_spec(m, group_of.get(name)) for name, m in modules.items()}
-    return specs, groups
-
-
-def _build(spec: dict[str, Any], shared: nn.Module | None) -> nn.Module:
-    kind = spec["type"]
-    if kind == "low_rank_linear":
-        return LowRankLinear(
-            spec["in_features"], spec["out_features"], spec["rank"], spec["bias"], basis=shared
-        )
-    if kind == "low_rank_embedding":
-        return LowRankEmbedding(
-            spec["num_embeddings"], spec["embedding_dim"], spec["rank"], spec["padding_idx"]
-        )
-    decoder = shared if shared is not None else _decoder(spec["decoder"])
-    if kind == "decoded_linear":
-        return DecodedLinear(
-            spec["in_features"],
-            spec["out_features"],
-            spec["code_size"],
-            decoder,
-            spec["bias"],
-            spec["transposed"],
-        )
-    if kind == "decoded_embedding":
-        return DecodedEmbedding(
-            spec["num_embeddings"],
-            spec["embedding_dim"],
-            spec["code_size"],
-            decoder,
-            spec["padding_idx"],
-        )
-    raise ArtifactError(f"unknown compressed module type {kind!r}")
-
-
-def _decoder(spec: dict[str, Any]) -> RowDecoder:
-    return RowDecoder(spec["code_size"], spec["row_size"], spec["widths"], spec["negative_slope"])
-
-
-def _shared_from_group(group: dict[str, Any]) -> nn.Module:
-    if group["kind"] == "decoder":
-        return _decoder(group["decoder"])
-    if group["kind"] == "basis":
-        return nn.Linear(group["in_features"], group["rank"], bias=False)
-    raise ArtifactError(f"unknown group kind {group['kind']!r}")
-
-
 # ---------------------------------------------------------------------- save / load
-def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with every shared tensor kept once, under its first name."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[tuple] = set()
-    for key, t in model.state_dict().items():
-        ident = (
-            (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-            if t.numel()
-            else ("key", key)
-        )
-        if ident in seen:
-            continue
-        seen.add(ident)
-        out[key] = t
-    return out
-
-
 def save_factorized(
     model: Transformer,
     folder: str | os.PathLike,
@@ -338,7 +195,9 @@ def save_factorized(
     tokenizer: Any = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Save a compressed model as a gearshift folder in its compressed form; return its path.
+    """Save a compressed model as a gearshift model folder in its compressed form; return
+    its path. gearshift.json adds the method config (``factorize``) and the compression
+    report to the model config, which records every compressed module's form.
 
     ``config`` defaults to the one :func:`compress` recorded on the model; ``extra`` adds
     entries to gearshift.json (e.g. the task a teacher was trained on).
@@ -346,105 +205,98 @@ def save_factorized(
     config = config or getattr(model, "factorize_config", None)
     if config is None:
         raise ConfigError("save_factorized needs the FactorizeConfig the model was compressed with")
-    modules, groups = describe(model)
-    if not modules:
+    if not compressed_modules(model):
         raise ConfigError("the model has no compressed modules: save it with runtime.save_model")
+    record_forms(model)  # modules built by hand (or before compress recorded them) count too
     report = getattr(model, "factorize_report", None)
-
-    def write(tmp: Path) -> None:
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "kind": KIND,
-            "config": model.config.to_dict(),
-            "factorize": config.to_dict(),
-            "modules": modules,
-            "groups": groups,
-            **({"compression": report.summary_dict()} if report is not None else {}),
-            **(extra or {}),
-        }
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in unique_state(model).items()}
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "kind": KIND})
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-
-    return write_folder_atomically(folder, write)
+    meta = {
+        "factorize": config.to_dict(),
+        **({"compression": report.summary_dict()} if report is not None else {}),
+        **(extra or {}),
+    }
+    return save_model(model, folder, tokenizer=tokenizer, extra=meta)
 
 
 def is_factorized_folder(folder: str | os.PathLike) -> bool:
-    """True when ``folder`` holds a model saved by :func:`save_factorized`."""
-    return folder_kind(folder) == KIND
+    """True when ``folder`` holds a model saved by :func:`save_factorized` (it records the
+    factorize config), in today's format or the older ``factorized-model`` one."""
+    kind = folder_kind(folder)
+    if kind == LEGACY_KIND:
+        return True
+    return kind == "model" and "factorize" in read_meta(folder)
 
 
 def load_factorized(folder: str | os.PathLike) -> Transformer:
-    """Load a folder written by :func:`save_factorized`; outputs equal the saved model's."""
+    """Load a folder written by :func:`save_factorized` (or an older ``factorized-model``
+    folder); outputs equal the saved model's. The method config is ``model.factorize_config``."""
     folder = Path(folder)
     meta = read_meta(folder)
     where = folder / CONFIG_NAME
-    if meta.get("kind") != KIND:
+    kind = meta.get("kind", "model")
+    if kind == "model" and "factorize" in meta:
+        model = load_model(folder)
+    elif kind == LEGACY_KIND:
+        model = _load_legacy(folder, meta)
+    else:
         raise ArtifactError(
-            f"{where} has kind {meta.get('kind')!r}, not {KIND!r}: load a plain model with "
-            "gearshift.runtime.load_model"
+            f"{where} is a {kind!r} folder without a 'factorize' entry, not a compressed model: "
+            "load a plain model with gearshift.runtime.load_model"
         )
+    model.factorize_config = FactorizeConfig.from_dict(meta["factorize"])
+    return model
+
+
+# ---------------------------------------------------------------------- older folders
+def legacy_forms(
+    modules: dict[str, dict[str, Any]], groups: dict[str, dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], int | None]:
+    """``(forms, word_rank)`` from the ``modules`` and ``groups`` entries of a
+    ``factorized-model`` gearshift.json; KeyError names an entry's missing field."""
+    forms: dict[str, dict[str, Any]] = {}
+    word_rank = None
+    for name, spec in modules.items():
+        kind, group = spec["type"], spec.get("group")
+        if group is not None and group not in groups:
+            raise ArtifactError(
+                f"{name} belongs to group {group!r}, which is not listed in 'groups'"
+            )
+        if kind == "low_rank_embedding":
+            if name != EMBEDDING_TYPE:
+                raise ArtifactError(f"a low-rank embedding at {name!r}: only {EMBEDDING_TYPE}")
+            word_rank = spec["rank"]
+            continue
+        if kind == "low_rank_linear":
+            form: dict[str, Any] = {"form": "low-rank", "rank": spec["rank"]}
+        elif kind in ("decoded_linear", "decoded_embedding"):
+            form = {"form": "decoded", "code_size": spec["code_size"], "decoder": spec["decoder"]}
+            if kind == "decoded_linear":
+                form["transposed"] = spec["transposed"]
+        else:
+            raise ArtifactError(f"unknown compressed module type {kind!r} for {name}")
+        if group is not None:
+            form["shared"] = group
+        forms[name] = form
+    return forms, word_rank
+
+
+def _load_legacy(folder: Path, meta: dict[str, Any]) -> Transformer:
+    where = folder / CONFIG_NAME
     for key in ("modules", "factorize"):
         if not isinstance(meta.get(key), dict):
             raise ArtifactError(
                 f"{where} has no {key!r} entry; re-save the model with save_factorized"
             )
     config = ModelConfig.from_dict(meta["config"])
-    fconfig = FactorizeConfig.from_dict(meta["factorize"])
-    model = Transformer(config)
-    groups = meta.get("groups") or {}
-    shared: dict[str, nn.Module] = {}
-    for name, spec in meta["modules"].items():
-        try:
-            current = model.get_submodule(name)
-        except AttributeError as exc:
-            raise ArtifactError(
-                f"{where}: module {name!r} does not exist in the model its config describes"
-            ) from exc
-        try:
-            group = spec.get("group")
-            part = None
-            if group is not None:
-                if group not in groups:
-                    raise ArtifactError(
-                        f"{where}: {name} belongs to group {group!r}, which is not listed in 'groups'"
-                    )
-                if group not in shared:
-                    shared[group] = _shared_from_group(groups[group])
-                    shared[group].group_name = group
-                part = shared[group]
-            new = _build(spec, part)
-        except KeyError as exc:
-            raise ArtifactError(
-                f"{where}: the entry of {name} lacks {exc}; re-save the model"
-            ) from exc
-        _check_fits(where, name, current, new)
-        replace_module(model, name, new)
+    try:
+        config.forms, config.word_rank = legacy_forms(meta["modules"], meta.get("groups") or {})
+        config.validate()
+        model = Transformer(config)
+    except KeyError as exc:
+        raise ArtifactError(f"{where}: a module entry lacks {exc}; re-save the model") from exc
+    except (ArtifactError, ConfigError) as exc:
+        raise ArtifactError(f"{where}: {exc}") from exc
     state = read_weights(folder, unique_state(model))
     model.load_state_dict(state, strict=False)  # aliases of shared tensors are filled by sharing
-    model.factorize_config = fconfig
     model.eval()
     materialize(model)
     return model
-
-
-def _check_fits(where: Path, name: str, current: nn.Module, new: nn.Module) -> None:
-    if isinstance(current, nn.Linear):
-        ok = isinstance(new, LowRankLinear | DecodedLinear) and (
-            new.in_features,
-            new.out_features,
-        ) == (current.in_features, current.out_features)
-    elif isinstance(current, nn.Embedding):
-        ok = isinstance(new, LowRankEmbedding | DecodedEmbedding) and (
-            new.num_embeddings,
-            new.embedding_dim,
-        ) == (current.num_embeddings, current.embedding_dim)
-    else:
-        ok = False
-    if not ok:
-        raise ArtifactError(
-            f"{where}: the saved {name} ({type(new).__name__}) does not fit the model's "
-            f"{type(current).__name__} of that name; the file is damaged or from another model"
-        )

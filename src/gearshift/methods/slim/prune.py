@@ -10,7 +10,10 @@ exits' losses (the joint calibration COST-EFF argues for) or the last exit's onl
 Pruning slices the weights (q/k/v rows and o columns of the kept heads, FFN in rows and out
 columns of the kept neurons); hidden size and depth stay, and per-layer widths (0 included)
 go into the model config, so the result saves and reloads as an ordinary model. The word
-embedding is factorized by truncated SVD into ``(V x r) @ (r x d)`` (``config.word_rank``).
+embedding is factorized by truncated SVD into ``(V x r) @ (r x d)``: the runtime's
+:class:`~gearshift.runtime.forms.LowRankEmbedding` (``config.word_rank``), the same module
+factorize's SVD of the embedding makes. Pruning reads and slices float weights, so it comes
+before the edits that change their form (factorize, int8) and refuses a model that has them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from torch import nn
 from gearshift.errors import ConfigError
 from gearshift.measure.flops import analytic_flops
 from gearshift.runtime.config import BlockShape, ModelConfig
+from gearshift.runtime.edits import record_forms
+from gearshift.runtime.forms import LowRankEmbedding
 from gearshift.runtime.model import Transformer
 
 
@@ -49,6 +54,18 @@ def blocks_of(model: nn.Module) -> Transformer:
     return base
 
 
+def dense_blocks(model: Transformer, what: str) -> None:
+    """Raise ConfigError when a block Linear of ``model`` is not a plain float Linear
+    (low rank, decoded, int8): ``what`` needs the weights themselves."""
+    edited = [p for p in model.config.forms if p.startswith("blocks.")]
+    if edited:
+        form = model.config.forms[edited[0]]["form"]
+        raise ConfigError(
+            f"{what} needs dense float block weights, but {edited[0]} is {form} "
+            f"({len(edited)} edited block modules): slim first, then factorize or quantize"
+        )
+
+
 def taylor_importance(
     model: nn.Module,
     batches: Iterable[Any],
@@ -60,6 +77,7 @@ def taylor_importance(
     its parameters are not changed, and dropout is off (eval mode) while scoring.
     """
     base = blocks_of(model)
+    dense_blocks(base, "Taylor importance")
     was_training = model.training
     model.eval()
     heads = [torch.zeros(b.attn.num_heads) for b in base.blocks]
@@ -167,6 +185,7 @@ def prune(
 ) -> Transformer:
     """A copy of ``model`` with only the given heads and neurons of each layer."""
     base = blocks_of(model)
+    dense_blocks(base, "pruning")
     cfg = base.config
     L, dh = cfg.num_layers, cfg.head_dim
     if len(keep_heads) != L or len(keep_neurons) != L:
@@ -193,24 +212,28 @@ def prune(
 
 def factorize_word_embedding(model: Transformer, rank: int) -> Transformer:
     """A copy whose word embedding is its best rank-``rank`` approximation (truncated SVD),
-    stored as ``(V x r)`` codes and an ``r -> E`` projection."""
+    stored as ``(V x r)`` codes and an ``r -> E`` projection (a low-rank embedding is cut
+    to the lower rank from its product)."""
     base = blocks_of(model)
-    emb = base.embeddings
-    w = emb.word.weight.detach().float()
-    if emb.word_project is not None:
-        w = w @ emb.word_project.weight.detach().float().t()
+    word = base.embeddings.word
+    if not isinstance(word, nn.Embedding | LowRankEmbedding):
+        raise ConfigError(
+            f"the word embedding is {type(word).__name__} (decoded by factorize); a low-rank "
+            "embedding replaces it from a dense table: densify it first"
+        )
+    with torch.no_grad():
+        w = word.weight.detach().float()  # a low-rank table's product C P^T
     V, E = w.shape
     if not 1 <= rank < min(V, E):
         raise ConfigError(f"word embedding rank {rank} must be between 1 and {min(V, E) - 1}")
     u, s, vt = torch.linalg.svd(w, full_matrices=False)
     codes = u[:, :rank] * s[:rank]
     new = copy.deepcopy(base)
-    new.config.word_rank = rank
-    new.embeddings.word = nn.Embedding(V, rank, padding_idx=emb.word.padding_idx)
-    new.embeddings.word_project = nn.Linear(rank, E, bias=False)
+    new.embeddings.word = LowRankEmbedding(V, E, rank, padding_idx=word.padding_idx)
     with torch.no_grad():
-        new.embeddings.word.weight.copy_(codes)
-        new.embeddings.word_project.weight.copy_(vt[:rank].t())
+        new.embeddings.word.codes.weight.copy_(codes)
+        new.embeddings.word.projection.weight.copy_(vt[:rank].t())
+    record_forms(new)  # word_rank = rank
     return new
 
 
