@@ -486,9 +486,7 @@ def test_steps_latency_takes_the_layers_time_and_checks_the_target(report):
     assert "| latency-g1-ln | N=3 euler | 0.510 | 0.500 | 0.560 | 0.520 | 0.50 / 3.0 |" in text
     assert "a = 1, latency-g1-ln, batch 1 | 0.510 (loaded) | met |" in text
     assert "later variant, not a replacement: layer latency" in text
-    assert (
-        "a = 1, latency-g2-ln, batch 1 | 0.560 (loaded) | missed by" in text
-    )
+    assert "a = 1, latency-g2-ln, batch 1 | 0.560 (loaded) | missed by" in text
     assert "a = 1, latency-g2-ln, batch 32 | 0.490 (loaded) | met" in text
     assert report.steps_latency([_row("sst2", "shared-g1", "N=3 euler", 80.0)]) == ""
 
@@ -500,3 +498,141 @@ def test_coverage_does_not_count_a_task_with_only_its_teacher_row(report):
     assert text.startswith("**Incomplete**") and "still to run: mrpc, rte" in text
     rows += [_row(t, "cost-eff-A", "no early exit", 80.0) for t in ("mrpc", "rte")]
     assert report.coverage("slim", rows).startswith("Tasks measured: cola, mrpc, rte, sst2")
+
+
+def test_constant_floor_and_its_standard_error_come_from_the_labels(report):
+    acc = report.constant_floor("rte", [1] * 60 + [0] * 40)
+    assert acc.metric == "accuracy" and acc.n == 100 and acc.score == pytest.approx(60.0)
+    assert acc.se == pytest.approx(100 * (0.6 * 0.4 / 100) ** 0.5)  # 4.90
+    assert acc.line == pytest.approx(60.0 + 2 * acc.se)
+    assert acc.signal(69.9) and not acc.signal(69.7)
+    f1 = report.constant_floor("mrpc", [1] * 70 + [0] * 30)  # always "paraphrase"
+    assert f1.score == pytest.approx(100 * 2 * 0.7 / 1.7)
+    assert f1.se == pytest.approx(100 * 2 / 1.7**2 * (0.7 * 0.3 / 100) ** 0.5)
+    assert report.constant_floor("cola", [1] * 70 + [0] * 30).se == pytest.approx(10.0)
+    stsb = report.constant_floor("stsb", [float(i % 5) for i in range(102)])
+    assert (stsb.score, stsb.se) == (0.0, pytest.approx(10.0))
+
+
+def _floors(report):
+    return {
+        "sst2": report.Floor("sst2", "accuracy", 50.0, 2.0, 872),  # line 54
+        "rte": report.Floor("rte", "accuracy", 52.7, 3.0, 277),  # line 58.7
+    }
+
+
+def test_no_signal_cells_enter_no_mean_and_no_verdict(report):
+    floors = _floors(report)
+    rows = []
+    for task, teacher, plugin in (("sst2", 88.0, 87.5), ("rte", 56.68, 55.0)):
+        rows.append(_row(task, "teacher", "full", teacher))
+        p = _row(task, "plugin", "k4-ffn", plugin, saved_flops_128=0.46)
+        p["reference_score"], p["latency_ratio_b32"] = teacher, 0.6
+        rows.append(p)
+    text = report.plugins_targets(rows, floors=floors)
+    assert "| rte | 56.68 (no signal) | 55.00 (no signal) |" in text
+    assert "averaged over sst2 (rte: no signal, left out)" in text
+    assert "| k4-ffn score drop <= 1.0 point | 0.50 | met |" in text  # sst2 alone
+    assert "| 1 seed |" in text
+    # a row clear of the line counts even where a neighbour's does not
+    assert report.has_signal(rows[1], floors, 88.0)
+    assert not report.has_signal(rows[3], floors, 56.68)
+    assert not report.has_signal({**rows[3], "score": 60.0}, floors, 56.68)  # the teacher
+    assert report.has_signal({**rows[3], "metric": "cosine"}, floors)  # another metric
+    # every task without a signal: no mean at all, no verdict
+    only_rte = report.plugins_targets(rows[2:], floors=floors)
+    assert "averaged over no task (rte: no signal, left out)" in only_rte
+    assert "| k4-ffn score drop <= 1.0 point | - | not measured |" in only_rte
+    # the raw table's evidence column and the one line at the top
+    assert report.evidence(rows[3], floors, rows[2]).startswith("no signal")
+    top = report.floors_section(floors, [rows[0], rows[2]])
+    assert "| rte | accuracy | 277 | 52.70 | 3.00 | 58.70 | 56.68 (no signal) |" in top
+    assert "**Below the line**: the current teacher of rte (56.68 against a line" in top
+    assert "sst2 (" not in top.split("Below the line")[1]
+    assert "not computed" in report.floors_section({}, [])
+
+
+def test_steps_verdicts_give_no_signal_below_the_line(report):
+    floors = {"sst2": report.Floor("sst2", "accuracy", 50.0, 2.0, 872)}
+    text = report.steps_targets(_steps_rows(aware_a2=84.0, naive_a2=53.0, ratio_b32=0.5), floors)
+    assert "| +31.00 | no signal (shared-g1-naive) |" in text
+    summary = text.split("Every task at a glance")[1]
+    assert "| sst2 | shared-g1-naive | 86.00 | - | no signal |" in summary
+
+
+def test_verdicts_over_seeds_use_the_interval(report):
+    def seeds(score, *spread, method="m", setting="s"):
+        return [
+            {**_row("sst2", method, setting, score + d), "seed": 42 + i}
+            for i, d in enumerate((0.0, *spread))
+        ]
+
+    one = report._pick(seeds(80.0), "sst2", "s", "m")
+    assert report.seed_label([one]) == "1 seed" and report.score_cell(one) == "80.00 (1 seed)"
+    three = report._pick(seeds(80.0, 1.0, -1.0), "sst2", "s", "m")
+    assert three["score"] == pytest.approx(80.0) and three["extras"]["seeds"] == [42, 43, 44]
+    assert report.seed_label([three, one]) == "1 seed"  # the comparison's weakest side
+    assert report.score_cell(three) == "80.00 ± 1.00 (3 seeds)"
+    mean, sd, half = report.seed_interval([79.0, 80.0, 81.0])
+    assert (mean, sd) == (pytest.approx(80.0), pytest.approx(1.0))
+    assert half == pytest.approx(4.303 / 3**0.5, rel=1e-3)  # t(0.975, 2) sd / sqrt(3)
+    # a target met by the mean but not by the whole interval is within noise
+    assert report.target_verdict(three, 77.0, True).startswith("met (3 seeds")
+    assert report.target_verdict(three, 79.5, True).startswith("within noise (3 seeds")
+    assert report.target_verdict(three, 90.0, True).startswith("missed (3 seeds")
+    assert report.target_verdict(one, 79.5, True) == "met (1 seed)"
+    # X beats Y: the interval of the difference of the means over seeds
+    lo = report._pick(seeds(70.0, 1.0, -1.0, method="b"), "sst2", "s", "b")
+    assert report.difference_verdict(three, lo).startswith("met (3+ seeds, difference +10.00")
+    assert report.difference_verdict(lo, three).startswith("missed")
+    close = report._pick(seeds(80.5, 1.0, -1.0, method="c"), "sst2", "s", "c")
+    assert report.difference_verdict(close, three).startswith("not resolved")
+    assert report.difference_verdict(three, one) is None  # one seed: McNemar or plain
+    assert report._better(three, lo).startswith("met (3+ seeds")
+    assert "1 seed" in report._better(three, one)
+    # rows of one setting with the same seed are not seeds: the first is kept
+    same = [{**r, "seed": 42} for r in seeds(80.0, 1.0)]
+    assert report._pick(same, "sst2", "s", "m")["score"] == 80.0
+
+
+def test_references_the_recipe_no_longer_rebuilds_are_marked(report):
+    teachers = [
+        {**_row("mrpc", "teacher", "full", 86.16), "date": "2026-11-23T05:35:27+00:00"},
+        {**_row("conll2003", "teacher", "full", 90.58), "date": "2026-11-22T09:41:43+00:00"},
+    ]
+    for t in teachers:
+        t["metric"] = "f1"
+    rebuilt = {**_row("mrpc", "plugin", "k4", 80.0), "metric": "f1", "reference_score": 86.16}
+    rebuilt["date"] = "2026-11-24T00:00:00+00:00"
+    assert not report.first_teacher(rebuilt, teachers)
+    assert report.first_teacher({**rebuilt, "reference_score": 86.94}, teachers)  # another
+    early = {**rebuilt, "date": "2026-11-22T12:00:00+00:00"}  # before the rebuild: earlier
+    assert report.first_teacher(early, teachers)
+    conll = {**rebuilt, "task": "conll2003", "reference_score": 90.58}
+    assert report.first_teacher(conll, teachers)  # a teacher from before seeded heads
+    assert not report.first_teacher({**rebuilt, "task": "sst2"}, teachers)  # no teacher row
+
+
+def test_timing_labels_say_how_each_latency_was_taken(report):
+    row = {**_row("sst2", "m", "s", 80.0), "latency_ratio_b32": 0.6}
+    assert report.timing_label(row) == "timed under load, not re-timed"
+    assert report.timing_short(row) == "loaded"
+    quiet = {**row, "extras": {"timing_conditions": "quiet (other jobs paused), one run"}}
+    assert report.timing_short(quiet) == "quiet, no spread"
+    retimed = {**row, "extras": {"retime": {"ratio_b32_spread": [0.58, 0.61]}}}
+    assert report.timing_label(retimed) == "re-timed by the protocol, spread 0.580-0.610"
+    text = report.latency_provenance([row, quiet, retimed, _row("sst2", "m", "t", 1.0)])
+    assert "1 row timed under load, not re-timed" in text and "3 rows" not in text
+
+
+def test_a_result_file_the_report_does_not_know_gets_a_generic_section(report):
+    rows = [
+        {**_row("sst2", "served", "batch 8", 88.0), "latency_ratio_b1": 0.9},
+        {"endpoint": "/v1/classify", "p50_ms": 12.0, "command": "x", "date": "d", "machine": "m"},
+    ]
+    text = report.render_section("serve", rows, {}, "serve.json")
+    assert text.startswith("## serve\n") and "Raw rows: `benchmarks/results/serve.json`" in text
+    assert "1 row timed under load, not re-timed" in text
+    graded = report.render_section("compose", rows[:1], {}, "compose.json")
+    assert "| evidence |" in graded and "| loaded; seed ? |" in graded
+    assert "### Targets" not in graded
