@@ -12,7 +12,7 @@ VPY=.venv/bin/python
 if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install -q "torch==2.13.0"
 fi
-if ! "$VPY" -c "import gearshift, transformers, accelerate, pytest" 2>/dev/null \
+if ! "$VPY" -c "import gearshift, transformers, accelerate, pytest, onnxruntime" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.gearshift-installed ]; then
   "$VPY" -m pip install -q -e ".[dev]"
   touch .venv/.gearshift-installed

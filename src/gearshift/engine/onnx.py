@@ -1,0 +1,302 @@
+"""ONNX export of a gearshift model (or a stack at one setting), run with ONNX Runtime.
+
+Export uses torch's TorchScript exporter (``torch.onnx.export(..., dynamo=False)``): it traces
+one forward on an example batch that has padding (so the masked attention path is the one
+recorded), with batch and sequence length as dynamic axes. The graph is then checked
+against eager on other shapes. A model whose forward depends on the sequence length in Python
+(token merging computes n/k and pads to a multiple of k) traces to a graph valid for one
+length only: such a model is exported once per *length bucket* (the sequence is padded with
+masked pad tokens up to a multiple of ``bucket``), each graph checked against eager.
+
+``int8=True`` quantizes the exported fp32 graph with ONNX Runtime's dynamic int8
+(``onnxruntime.quantization.quantize_dynamic``, int8 weights, activations quantized per
+call): what Optimum's dynamic quantization does.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings
+import weakref
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gearshift.engine.base import (
+    Engine,
+    EngineOutput,
+    LogitsModule,
+    batch_inputs,
+    dequantized_copy,
+    has_quantized_linear,
+    input_names,
+    model_config,
+    pad_id,
+)
+from gearshift.errors import ConfigError
+
+logger = logging.getLogger("gearshift.engine")
+
+DEFAULT_OPSET = 17
+PARITY_ATOL = 1e-4  # fp32 graph vs eager, absolute, on logits
+
+
+def _require_ort():
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - installed by scripts/setup.sh
+        raise ConfigError(
+            "the onnx engines need onnx and onnxruntime: run scripts/setup.sh "
+            "(or pip install 'onnx>=1.16,<2' 'onnxruntime>=1.18,<2')"
+        ) from exc
+
+
+def example_batch(model: nn.Module, batch: int = 3, length: int = 16, seed: int = 0):
+    """A batch to trace or check with: random ids, rows of decreasing length (the last row
+    mostly padding, so padded windows and masked attention are exercised), token types 0
+    then 1 where the family has them. Returns the inputs in :func:`input_names` order."""
+    config = model_config(model)
+    g = torch.Generator().manual_seed(seed)
+    pid = pad_id(model)
+    low = 3 if config.vocab_size > 8 else 0
+    ids = torch.randint(low, config.vocab_size, (batch, length), generator=g)
+    ids[ids == pid] = (pid + 1) % config.vocab_size
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(1, batch):
+        real = max(2, length - (length * row) // batch - row)
+        if row == batch - 1:
+            real = min(real, 2)
+        ids[row, real:] = pid
+        mask[row, real:] = 0
+    types = torch.zeros_like(ids)
+    types[:, length // 2 :] = 1
+    types = types * mask
+    return batch_inputs(input_names(model), ids, mask, types)
+
+
+def _restore_without_views(self, u: torch.Tensor, x: torch.Tensor, info) -> torch.Tensor:
+    """:meth:`TokenRestorer.forward` without in-place writes into views (which the
+    TorchScript exporter does not carry into the graph): the same sums, as whole tensors."""
+    off = 1 if info.first_kept else 0
+    body_u = u[:, off:]
+    n_body = x.shape[1] - off
+    rep = body_u.repeat_interleave(self.k, dim=1)[:, :n_body]
+    if self.bottleneck:
+        a = self.down_token(x)
+        merged = self.down_merged(body_u).repeat_interleave(self.k, dim=1)[:, :n_body]
+        body_a = a[:, off:] + merged
+        a = torch.cat([a[:, :off], body_a], dim=1) if off else body_a
+        body = self.up(torch.tanh(a))[:, off:] + rep
+    else:
+        body = rep
+    return torch.cat([u[:, :1], body], dim=1) if off else body
+
+
+@contextmanager
+def exportable():
+    """Within the block, modules whose eager form writes into views run an equivalent form
+    the exporter traces faithfully (token restoring of plugins)."""
+    try:
+        from gearshift.methods.plugins.modules import TokenRestorer
+    except ImportError:  # pragma: no cover - the plugins method is part of gearshift
+        yield
+        return
+    original = TokenRestorer.forward
+    TokenRestorer.forward = _restore_without_views
+    try:
+        yield
+    finally:
+        TokenRestorer.forward = original
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    setting: Mapping[str, Any] | None = None,
+    opset: int = DEFAULT_OPSET,
+    seq_len: int | None = None,
+) -> Path:
+    """Write ``model`` (at ``setting``, for a stack) as an ONNX graph to ``path``.
+
+    Inputs are named input_ids, attention_mask (and token_type_ids where the family has
+    them), int64 (B, n); the output is ``logits``. Batch is always dynamic; the sequence
+    length is dynamic unless ``seq_len`` fixes it. A torch-int8 model is exported as its
+    fp32 equivalent (dequantized weights). Returns ``path``.
+    """
+    path = Path(path)
+    names = input_names(model)
+    if has_quantized_linear(model):
+        model = dequantized_copy(model)
+    module = LogitsModule(model, names, setting).eval()
+    example = example_batch(model, length=seq_len or 16)
+    with torch.no_grad():
+        out = _eager_output(model, names, setting, example)
+    if getattr(out, "exit_step", None) is not None:
+        raise ConfigError(
+            "this model exits early (data-dependent control flow), which one ONNX graph cannot "
+            "express; run it with engine='eager', or turn the exits off in its setting"
+        )
+    dynamic = {name: {0: "batch"} if seq_len else {0: "batch", 1: "sequence"} for name in names}
+    dynamic["logits"] = {0: "batch"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad(), exportable():
+        warnings.simplefilter("ignore")  # tracer warnings about Python bools are expected
+        torch.onnx.export(
+            module,
+            tuple(example),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return path
+
+
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
+    """Dynamic int8 quantization of an ONNX graph with ONNX Runtime (int8 weights,
+    per-tensor); returns ``int8_path``."""
+    _require_ort()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    return Path(int8_path)
+
+
+def session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session on ``path`` with ``threads`` intra-op threads (default:
+    torch's current count), one inter-op thread, sequential execution, all graph
+    optimizations."""
+    _require_ort()
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _eager_output(model, names, setting, inputs):
+    from gearshift.engine.base import applied
+
+    with applied(model, setting):
+        return model(**dict(zip(names, inputs)))
+
+
+def _run(sess, names: list[str], inputs: list[torch.Tensor]) -> np.ndarray:
+    wanted = {i.name for i in sess.get_inputs()}  # an input the graph never reads is dropped
+    feed = {n: t.numpy().astype(np.int64) for n, t in zip(names, inputs) if n in wanted}
+    return sess.run(["logits"], feed)[0]
+
+
+class OnnxEngine(Engine):
+    """A gearshift model (at one setting) run by ONNX Runtime, fp32 or dynamic int8.
+
+    ``engine(input_ids, attention_mask=None, token_type_ids=None)`` returns an
+    :class:`~gearshift.engine.base.EngineOutput`. ``mode`` is "dynamic" (one graph for any
+    length) or "bucketed" (one graph per length bucket, built on first use). ``folder``
+    keeps the graphs (default: a temporary folder removed with the engine).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        int8: bool = False,
+        threads: int | None = None,
+        setting: Mapping[str, Any] | None = None,
+        folder: str | Path | None = None,
+        opset: int = DEFAULT_OPSET,
+        bucket: int = 16,
+        check: bool = True,
+    ) -> None:
+        _require_ort()
+        self.config = model_config(model)
+        self.names = input_names(model)
+        self.pad_id = pad_id(model)
+        self.int8, self.threads, self.opset, self.bucket = int8, threads, opset, bucket
+        self.setting = dict(setting or {})
+        if folder is None:
+            folder = tempfile.mkdtemp(prefix="gearshift-onnx-")
+            self._finalizer = weakref.finalize(self, shutil.rmtree, folder, True)
+        self.folder = Path(folder)
+        self._model = dequantized_copy(model) if has_quantized_linear(model) else model
+        self._sessions: dict[int | None, Any] = {}
+        self.mode = "dynamic"
+        self._build(None)
+        if check and not self._dynamic_ok():
+            self.mode = "bucketed"
+            self._sessions.clear()
+            logger.info("the graph depends on the sequence length: one graph per %d tokens", bucket)
+
+    @property
+    def name(self) -> str:
+        return "onnx-int8" if self.int8 else "onnx"
+
+    def graph_path(self, seq_len: int | None = None) -> Path:
+        """The ONNX file the engine runs for ``seq_len`` (None: the dynamic graph)."""
+        stem = "model" if seq_len is None else f"model-n{seq_len}"
+        return self.folder / (f"{stem}.int8.onnx" if self.int8 else f"{stem}.onnx")
+
+    def _build(self, seq_len: int | None):
+        fp32 = self.folder / ("model.onnx" if seq_len is None else f"model-n{seq_len}.onnx")
+        if not fp32.is_file():
+            export_onnx(self._model, fp32, self.setting, self.opset, seq_len)
+        path = fp32
+        if self.int8:
+            path = self.graph_path(seq_len)
+            if not path.is_file():
+                quantize_int8(fp32, path)
+        self._sessions[seq_len] = session(path, self.threads)
+        return self._sessions[seq_len]
+
+    def _fp32_matches(self, sess, inputs) -> bool:
+        with torch.no_grad():
+            ref = _eager_output(self._model, self.names, self.setting, inputs).logits.numpy()
+        try:
+            got = _run(sess, self.names, inputs)
+        except Exception as exc:  # ORT refuses a shape the trace fixed
+            logger.debug("dynamic graph failed on shape %s: %s", tuple(inputs[0].shape), exc)
+            return False
+        return got.shape == ref.shape and bool(np.abs(got - ref).max() <= PARITY_ATOL)
+
+    def _dynamic_ok(self) -> bool:
+        """Whether the dynamic fp32 graph equals eager at lengths other than the traced one."""
+        fp32 = session(self.folder / "model.onnx", self.threads)
+        probes = [example_batch(self._model, 2, 7, seed=1), example_batch(self._model, 4, 23, 2)]
+        return all(self._fp32_matches(fp32, p) for p in probes)
+
+    def _session_for(self, n: int):
+        if self.mode == "dynamic":
+            return self._sessions[None], n
+        length = -(-n // self.bucket) * self.bucket
+        length = min(length, max(n, self.config.max_positions))
+        if length not in self._sessions:
+            self._build(length)
+        return self._sessions[length], length
+
+    def run(self, inputs: list[torch.Tensor]) -> EngineOutput:
+        n = inputs[0].shape[1]
+        sess, length = self._session_for(n)
+        if length != n:  # pad with masked pad tokens up to the bucket's length
+            extra = length - n
+            padded = []
+            for name, t in zip(self.names, inputs):
+                value = self.pad_id if name == "input_ids" else 0
+                padded.append(torch.nn.functional.pad(t, (0, extra), value=value))
+            inputs = padded
+        logits = torch.from_numpy(_run(sess, self.names, inputs))
+        if logits.dim() == 3 and length != n:  # token classification: drop the bucket's pads
+            logits = logits[:, :n]
+        return EngineOutput(logits=logits)

@@ -1,0 +1,145 @@
+"""Engines (ONNX Runtime fp32/int8, torch.compile) against the eager runtime on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the onnx engines need scripts/setup.sh's onnxruntime")
+
+from conftest import FAMILIES, random_batch  # noqa: E402
+
+from gearshift import engine  # noqa: E402
+from gearshift.engine.onnx import OnnxEngine  # noqa: E402
+from gearshift.errors import ConfigError  # noqa: E402
+from gearshift.runtime import load_hf  # noqa: E402
+
+SHAPES = [(3, 11), (1, 5), (5, 19), (2, 3)]  # every row keeps a real token
+
+
+@pytest.fixture(scope="module")
+def tiny(hf_tiny_dir):
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = load_hf(str(hf_tiny_dir(family, "classification")))
+        return cache[family]
+
+    return get
+
+
+def _batches(family):
+    for i, (b, n) in enumerate(SHAPES):
+        batch = random_batch(family, b, n, seed=i + 5)
+        if b == 1:  # one row without any padding: the unmasked case
+            batch["attention_mask"][:] = 1
+        yield batch
+
+
+def _eager(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnx_matches_eager_on_every_family(tiny, family):
+    model = tiny(family)
+    run = engine.build(model, "onnx", threads=1)
+    assert run.mode == "dynamic"
+    for batch in _batches(family):
+        got = run(**batch).logits
+        ref = _eager(model, batch)
+        assert got.shape == ref.shape
+        assert (got - ref).abs().max() <= 1e-4, (family, tuple(batch["input_ids"].shape))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_onnx_int8_is_quantized_and_close(tiny, family):
+    import onnx
+
+    model = tiny(family)
+    run = engine.build(model, "onnx-int8", threads=1)
+    ops = {node.op_type for node in onnx.load(str(run.graph_path())).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}, ops
+    batch = random_batch(family, 4, 9)
+    got, ref = run(**batch).logits, _eager(model, batch)
+    diff = (got - ref).abs().max()
+    assert 0 < diff < 0.05 * max(1.0, float(ref.abs().max())) + 0.05
+
+
+@pytest.mark.slow  # inductor compiles each family once (tens of seconds on a busy CPU)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compiled_matches_eager(tiny, family):
+    model = tiny(family)
+    run = engine.build(model, "compiled", threads=1)
+    for batch in list(_batches(family))[:2]:
+        assert (run(**batch).logits - _eager(model, batch)).abs().max() <= 1e-4
+
+
+def test_eager_engine_is_the_model(tiny):
+    model = tiny("bert")
+    batch = random_batch("bert")
+    assert torch.equal(engine.build(model, "eager")(**batch).logits, _eager(model, batch))
+
+
+def test_unknown_engine_names_the_choices(tiny):
+    with pytest.raises(ConfigError, match="onnx-int8"):
+        engine.build(tiny("bert"), "tensorrt")
+
+
+def test_factorized_model_exports(tiny):
+    import copy
+
+    from gearshift.methods.factorize.model import replace_module
+    from gearshift.methods.factorize.modules import LowRankLinear
+
+    model = copy.deepcopy(tiny("bert"))
+    torch.manual_seed(0)
+    for name in ["blocks.0.ffn.inp", "blocks.1.attn.q", "blocks.2.ffn.out"]:
+        old = model.get_submodule(name)
+        new = LowRankLinear(old.in_features, old.out_features, rank=4)
+        replace_module(model, name, new)
+    run = engine.build(model, "onnx", threads=1)
+    for batch in _batches("bert"):
+        assert (run(**batch).logits - _eager(model, batch)).abs().max() <= 1e-4
+
+
+def test_torch_int8_model_exports_as_its_fp32_equivalent(tiny):
+    model = torch.ao.quantization.quantize_dynamic(tiny("bert"), {torch.nn.Linear}, torch.qint8)
+    fp32 = engine.dequantized_copy(model)
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in fp32.modules())
+    run = engine.build(model, "onnx", threads=1)
+    for batch in _batches("bert"):
+        ref = _eager(fp32, batch)
+        assert (run(**batch).logits - ref).abs().max() <= 1e-4
+        # the dequantized graph computes what torch's int8 kernels approximate
+        assert (ref - _eager(model, batch)).abs().max() < 0.05
+
+
+def test_plugin_stack_exports_per_length_bucket(tiny):
+    from gearshift.methods.plugins import Plugin, PluginConfig, PluginModel
+
+    base = tiny("bert")
+    torch.manual_seed(0)
+    plugin = Plugin(PluginConfig(k=4, bottleneck=8, merge="learned"), base)
+    with torch.no_grad():
+        for p in plugin.parameters():
+            p.normal_(std=0.1)
+    stack = PluginModel(base)
+    stack.add_plugin("k4", plugin)
+    setting = {"plugins": "k4"}
+    run = engine.build(stack, "onnx", threads=1, setting=setting)
+    assert run.mode == "bucketed"  # n/k is fixed when traced
+    for batch in _batches("bert"):
+        with torch.no_grad(), stack.using(**setting):
+            ref = stack(**batch).logits
+        with torch.no_grad():
+            plain = base(**batch).logits
+        assert (ref - plain).abs().max() > 1e-3  # the plugin changes the output
+        assert (run(**batch).logits - ref).abs().max() <= 1e-4
+
+
+def test_onnx_engine_keeps_its_graphs_in_folder(tiny, tmp_path):
+    run = OnnxEngine(tiny("distilbert"), threads=1, folder=tmp_path)
+    assert run.graph_path() == tmp_path / "model.onnx" and run.graph_path().is_file()
