@@ -146,7 +146,8 @@ def load_hf(
     folder = _hf_folder(resolve_model_name(name_or_path))
     if not (folder / "config.json").is_file():
         raise ArtifactError(
-            f"{folder} has no config.json: it is not a Hugging Face checkpoint folder"
+            f"{folder} is not a model folder: it has neither {CONFIG_NAME} (a gearshift model) "
+            "nor config.json (a Hugging Face checkpoint); pass the folder a model was saved to"
         )
     hf_config = AutoConfig.from_pretrained(str(folder))
     if head_kind == "auto":
@@ -170,7 +171,19 @@ def load_hf(
                 f"{folder}: weight {k} has shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}"
             )
     if fresh:
-        logger.info("new head weights (trained from scratch): %s", ", ".join(fresh))
+        # an output layer for a new task is expected; a missing pooler is not: the head then
+        # starts from random weights where the checkpoint's users expect a trained one
+        pooler = [k for k in fresh if k.startswith("head.dense")]
+        log = logger.warning if pooler else logger.info
+        log(
+            "%s: new head weights, trained from scratch: %s%s",
+            name_or_path,
+            ", ".join(fresh),
+            " (the checkpoint has no pooler weights); fine-tune the model on its task "
+            "(gearshift finetune) before its scores mean anything"
+            if pooler
+            else "",
+        )
     if unused:
         logger.debug("unused checkpoint weights: %s", ", ".join(unused))
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
@@ -258,7 +271,8 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(
-            f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}; re-save the model"
+            f"{path} is not valid JSON ({exc}): the file is truncated or damaged; re-save the "
+            "model, or copy the folder again"
         ) from exc
     if not isinstance(meta, dict) or "config" not in meta:
         raise ArtifactError(
@@ -398,7 +412,10 @@ def load_pretrained(
     path = Path(resolve_model_name(name_or_path)).expanduser()
     if (path / CONFIG_NAME).is_file():
         model = load_model(path)
-        if head_kind not in ("auto", model.config.head.kind):
+        head = model.config.head
+        keep_labels = head_kind in ("auto", "regression") or not num_labels
+        wanted_labels = head.num_labels if keep_labels else num_labels
+        if head_kind != "auto" and (head_kind != head.kind or wanted_labels != head.num_labels):
             model.set_head(head_kind, num_labels, label_names)
             _init_head(model)
         return model

@@ -159,7 +159,12 @@ class History:
     def series(self) -> list[dict[str, Any]]:
         with self._lock:
             out = []
-            for b in self._buckets:
+            by_t = {b["t"]: b for b in self._buckets}
+            now = int(time.time())
+            first = max(self._buckets[0]["t"], now - self._buckets.maxlen + 1) if by_t else now
+            empty = {"arrivals": 0, "answered": 0, "rejected": 0, "lat": [], "gear": None}
+            for t in range(first, now + 1):  # idle seconds count as zero arrivals
+                b = by_t.get(t, {"t": t, **empty})
                 lat = sorted(b["lat"])
                 p99 = lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] if lat else None
                 out.append(
