@@ -496,6 +496,8 @@ def timing_label(row: dict) -> str:
     if timing:
         lo, hi = timing["ratio_b32_spread"] if "ratio_b32_spread" in timing else (None, None)
         spread = f", spread {lo:.3f}-{hi:.3f}" if lo is not None else ""
+        if timing.get("quiet") is False:
+            spread += f", under load ({timing.get('load_per_core', '?')} per core)"
         return f"{RETIMED}{spread}"
     return e.get("timing_conditions") or UNDER_LOAD
 

@@ -621,6 +621,8 @@ def test_timing_labels_say_how_each_latency_was_taken(report):
     assert report.timing_short(quiet) == "quiet, no spread"
     retimed = {**row, "extras": {"retime": {"ratio_b32_spread": [0.58, 0.61]}}}
     assert report.timing_label(retimed) == "re-timed by the protocol, spread 0.580-0.610"
+    loaded = {**row, "extras": {"retime": {"ratio_b32_spread": [0.5, 0.7], "quiet": False}}}
+    assert report.timing_short(loaded).endswith("under load (? per core)")
     text = report.latency_provenance([row, quiet, retimed, _row("sst2", "m", "t", 1.0)])
     assert "1 row timed under load, not re-timed" in text and "3 rows" not in text
 

@@ -1,0 +1,118 @@
+"""gearshift.measure.retime: the one timing protocol (quiet, fixed threads, interleaved,
+rounds with a spread) and its rows."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from gearshift.errors import ConfigError
+from gearshift.measure import retime as rt
+
+FAST = rt.TimingProtocol(warmup=1, repeats=5, rounds=3, max_load=float("inf"))
+B1 = {"input_ids": torch.ones(1, 4, dtype=torch.long)}
+B32 = {"input_ids": torch.ones(32, 4, dtype=torch.long)}
+
+
+def _sleeper(ms: float, calls: list | None = None, name: str = ""):
+    def run(batch):
+        if calls is not None:
+            calls.append(name)
+        time.sleep(ms / 1000)
+
+    return run
+
+
+def test_retime_interleaves_candidates_and_gives_a_spread_over_rounds():
+    calls: list[str] = []
+    candidates = {"ref": _sleeper(4, calls, "ref"), "half": _sleeper(2, calls, "half")}
+    batch = {"input_ids": torch.ones(1, 4, dtype=torch.long)}
+    got = rt.retime(candidates, {1: batch}, "ref", FAST)[1]
+    assert calls[:4] == ["ref", "half", "ref", "half"]  # round-robin, not one then the other
+    assert len(calls) == 2 * FAST.rounds * (FAST.warmup + FAST.repeats)
+    assert got.ratios["ref"] == 1.0 and len(got.rounds) == FAST.rounds
+    assert 0.3 < got.ratios["half"] < 0.8
+    lo, hi = got.spread["half"]
+    assert lo <= got.ratios["half"] <= hi
+    assert got.median_ms["ref"] > got.median_ms["half"]
+    with pytest.raises(ConfigError, match="reference 'teacher' is not one of"):
+        rt.retime(candidates, {1: batch}, "teacher", FAST)
+
+
+def test_a_busy_machine_is_refused_unless_the_load_is_recorded(monkeypatch):
+    monkeypatch.setattr(rt, "load_per_core", lambda: 1.7)
+    strict = rt.TimingProtocol(warmup=0, repeats=1, rounds=1, max_load=0.5)
+    with pytest.raises(ConfigError, match="not quiet: load average 1.70 per core.*--allow-load"):
+        rt.retime({"a": _sleeper(0)}, {1: B1}, "a", strict)
+    rows = [{"task": "t", "method": "teacher", "setting": "full", "score": 1.0}]
+    out = rt.retime_rows(
+        rows,
+        rows[0],
+        lambda r: _sleeper(0),
+        {1: B1},
+        command="c",
+        protocol=strict,
+        allow_load=True,
+    )
+    assert out[0]["extras"]["retime"]["quiet"] is False
+    assert out[0]["extras"]["retime"]["load_per_core"] == 1.7
+
+
+def test_retime_rows_replaces_ratios_keeps_the_old_ones_and_never_the_score():
+    teacher = {
+        "task": "sst2",
+        "method": "teacher",
+        "setting": "full",
+        "score": 88.0,
+        "latency_ratio_b1": 1.0,
+        "latency_ratio_b32": 1.0,
+        "extras": {},
+    }
+    fast = {
+        "task": "sst2",
+        "method": "m",
+        "setting": "k4",
+        "score": 80.0,
+        "latency_ratio_b1": 0.9,
+        "latency_ratio_b32": 0.7,
+        "extras": {"keep": 1},
+    }
+    speed = {"teacher": 4, "m": 2}
+    out = rt.retime_rows(
+        [teacher, fast],
+        teacher,
+        lambda r: _sleeper(speed[r["method"]]),
+        {1: B1, 32: B32},
+        command="python benchmarks/retime.py",
+        protocol=FAST,
+        machine="test machine",
+        date="2026-12-02T00:00:00+00:00",
+    )
+    t, m = out
+    assert (t["latency_ratio_b1"], t["latency_ratio_b32"]) == (1.0, 1.0)
+    assert m["score"] == 80.0 and m["extras"]["keep"] == 1
+    assert m["extras"]["latency_before_retime"] == {
+        "latency_ratio_b1": 0.9,
+        "latency_ratio_b32": 0.7,
+    }
+    rec = m["extras"]["retime"]
+    assert rec["ratio_b32"] == m["latency_ratio_b32"] and 0.3 < rec["ratio_b32"] < 0.8
+    lo, hi = rec["ratio_b32_spread"]
+    assert lo <= rec["ratio_b32"] <= hi
+    assert rec["protocol"]["rounds"] == 3 and rec["protocol"]["threads"] == 1
+    assert rec["command"] == "python benchmarks/retime.py" and rec["machine"] == "test machine"
+    assert fast["latency_ratio_b32"] == 0.7 and "retime" not in fast["extras"]  # copies
+    with pytest.raises(ConfigError, match="two rows of one"):
+        rt.retime_rows(
+            [fast, fast], teacher, lambda r: _sleeper(0), {1: B1}, command="c", protocol=FAST
+        )
+
+
+def test_protocol_settings_are_checked():
+    with pytest.raises(ConfigError, match="TimingProtocol.rounds must be an integer >= 1"):
+        rt.TimingProtocol(rounds=0)
+    with pytest.raises(ConfigError, match="max_load must be > 0"):
+        rt.TimingProtocol(max_load=0)
+    assert rt.TimingProtocol().threads == 1  # fixed threads by default
