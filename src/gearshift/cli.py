@@ -217,7 +217,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from gearshift.measure.evaluate import evaluate
 
     task = _resolve_task(args, args.model)
-    check_task_fits(args.model, task, force=args.force_task)
+    forced = check_task_fits(args.model, task, force=args.force_task)
+    if forced:
+        print(forced, file=sys.stderr)
     model, tok = model_for_task(args.model, task)
     trained = head_is_trained(model, args.model)
     if not trained:

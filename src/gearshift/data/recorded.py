@@ -155,14 +155,15 @@ def resolve_task(
     if model:
         from gearshift.paths import resolve_model_name
 
-        what = (
-            "it is not a fine-tuned gearshift folder"
-            if Path(resolve_model_name(model)).expanduser().is_dir()
-            else "it is not a local folder, and a hub name records no task"
-        )
+        if not Path(resolve_model_name(model)).expanduser().is_dir():
+            raise ConfigError(
+                f"--model {model}: no such model folder. Pass a folder written by gearshift "
+                "(e.g. runs/demo/teacher/best); for a Hugging Face hub model, which records no "
+                "task, also pass --task NAME"
+            )
         raise ConfigError(
-            f"no task given and {model} records none ({what}): pass --task NAME (see "
-            "`gearshift tasks`) or --train-file/--task-config"
+            f"no task given and {model} records none (it is not a fine-tuned gearshift "
+            "folder): pass --task NAME (see `gearshift tasks`) or --train-file/--task-config"
         )
     raise ConfigError(
         "no task given: pass --task NAME (see `gearshift tasks`) or --train-file/--task-config"
@@ -181,15 +182,16 @@ def describe_head(model: Any) -> str:
     return f"a {head.kind} head with {head.num_labels} labels{names}"
 
 
-def check_task_fits(model_name: str, task: TaskSpec, force: bool = False) -> None:
+def check_task_fits(model_name: str, task: TaskSpec, force: bool = False) -> str | None:
     """Refuse (ConfigError) to score ``model_name`` on ``task`` when it was fine-tuned on
     another task; the message names the model's task and head, the asked task and the fix.
-    ``force`` turns the refusal into a warning (the ``--force-task`` flag)."""
+    With ``force`` (the ``--force-task`` flag) return that as a warning to print instead;
+    None when the task fits."""
     from gearshift.paths import resolve_model_name
 
     info = _recorded(resolve_model_name(model_name))
     if info is None or info["name"] == task.name:
-        return
+        return None
     head = f"a {info.get('kind')} head"
     if info.get("label_names"):
         head += f" with labels {', '.join(map(str, info['label_names']))}"
@@ -202,7 +204,7 @@ def check_task_fits(model_name: str, task: TaskSpec, force: bool = False) -> Non
     )
     if not force:
         raise ConfigError(message)
-    logger.warning("--force-task: %s", message.split(" Its head")[0])
+    return "WARNING: --force-task: " + message.split(" Fine-tune it")[0]
 
 
 def model_for_task(model_name: str, task: TaskSpec) -> tuple[Any, Any]:

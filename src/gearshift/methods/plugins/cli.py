@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gearshift.errors import ConfigError, GearshiftError
+from gearshift.errors import ConfigError
 
 from .config import PluginConfig
 
@@ -136,15 +136,9 @@ def add_cli(subparsers: Any) -> None:
 
 
 def _task(name: str | None, model: str):
-    from gearshift.data import get_task
-    from gearshift.data.recorded import custom_task_of_folder, task_of_folder
+    from gearshift.data.recorded import resolve_task
 
-    if name:
-        return get_task(name)
-    found = custom_task_of_folder(model) or task_of_folder(model)
-    if found is None:
-        raise GearshiftError(f"no task given and {model} records none: pass --task NAME")
-    return get_task(found)
+    return resolve_task(model, name)  # --task, else the task the model records
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -249,8 +243,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from gearshift.data.recorded import model_for_task
     from gearshift.data.taskdata import TaskData
-    from gearshift.measure.evaluate import evaluate
     from gearshift.measure import flops_at_length
+    from gearshift.measure.evaluate import evaluate
 
     from .model import PluginModel
 
