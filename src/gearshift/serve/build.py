@@ -69,7 +69,12 @@ def plan_gears(
     folders: list[str] = (),
 ) -> tuple[dict[str, ModelEntry], list[tuple[str, str, dict[str, Any]]]]:
     """The models to load and the (gear, model key, setting) list, before measuring."""
-    plugin_map = dict(_name_of(p) for p in plugins)
+    named = [_name_of(p) for p in plugins]
+    plugin_map = dict(named)
+    if len(plugin_map) < len(named):
+        raise ConfigError(
+            f"plugin names {sorted(n for n, _ in named)} appear twice: name them NAME=DIR"
+        )
     models = {"base": ModelEntry(model, plugin_map)}
     gears: list[tuple[str, str, dict[str, Any]]] = [
         ("full", "base", {"plugins": None} if plugin_map else {})
