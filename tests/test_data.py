@@ -562,6 +562,35 @@ def test_custom_bad_rows(tmp_path):
     assert "'l'" in str(info.value)
 
 
+def test_custom_unclosed_quote_names_the_line_it_opens_on(tmp_path):
+    path = write(tmp_path / "q.csv", 'text,label\na,1\nb,0\n"c never closed,1\nd,0\n')
+    config = CustomTaskConfig(path=path, text_column="text", label_column="label", name="cq")
+    with pytest.raises(DataError) as info:
+        make_custom_task(config)
+    msg = str(info.value)
+    assert "line 4" in msg and "not closed" in msg and "line 5:" not in msg
+
+
+def test_custom_headerless_file_is_detected_not_silently_shortened(tmp_path):
+    """Columns given by index on a file whose first line is an example: refused with the
+    fix (--no-header), never read as a header; declared headerless, every row is kept."""
+    path = write(tmp_path / "plain.tsv", "good movie\t1\nbad movie\t0\nfine\t1\nmeh\t0\n")
+    config = CustomTaskConfig(path=path, text_column="0", label_column="1", name="hl")
+    with pytest.raises(DataError, match="--no-header"):
+        make_custom_task(config)
+    config = CustomTaskConfig(
+        path=path, text_column="0", label_column="1", name="hl", has_header=False
+    )
+    task = make_custom_task(config)
+    assert len(load_examples(task, "train")) + len(load_examples(task, "dev")) == 4
+    # a real header read by index is still fine: its label cell is no label
+    with_header = write(tmp_path / "h.tsv", "text\tlabel\ngood\t1\nbad\t0\nok\t1\n")
+    task = make_custom_task(
+        CustomTaskConfig(path=with_header, text_column="0", label_column="1", name="hh")
+    )
+    assert len(load_examples(task, "train")) + len(load_examples(task, "dev")) == 3
+
+
 def test_custom_config_errors(tmp_path):
     path = write(tmp_path / "train.csv", "t,l\na,x\nb,y\n")
     with pytest.raises(DataError, match="kind"):

@@ -327,3 +327,19 @@ def test_profiler_notices_do_not_leak_and_other_stderr_does(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "USDT" not in out.stderr and "keep this line" in out.stderr
+
+
+def test_load_and_predict_take_a_stack_folder(tmp_path, folders):
+    """A stack (gearshift.compose) loads through gearshift.load like any model and predicts
+    what its base predicts when no provider is switched on."""
+    from gearshift.compose import Stack, save_stack
+
+    base = load_pretrained(str(folders["teacher"]))
+    stack_dir = save_stack(Stack(base), tmp_path / "stack", tokenizer=load_tokenizer("minilm-l6"))
+    stack = gearshift.load(stack_dir)
+    texts = ["a gorgeous film", "a waste of time"]
+    got = gearshift.predict(stack, texts)
+    want = gearshift.predict(gearshift.load(folders["teacher"]), texts)
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    for g, w in zip(got, want):
+        assert g["probabilities"] == pytest.approx(w["probabilities"], abs=1e-6)

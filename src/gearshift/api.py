@@ -26,14 +26,17 @@ from gearshift.errors import ConfigError, DataError
 logger = logging.getLogger("gearshift")
 
 # Folder kinds gearshift.load dispatches on (gearshift.json's "kind"), each to the
-# "module:function" that loads such a folder, imported on first use. Plain models and the
-# method folders of runtime.io.FOLDER_KINDS go through runtime.load_model; a kind listed
-# here is tried first. ADD NEW KINDS HERE (one line each): the function takes the folder and
-# returns a module whose forward(input_ids, attention_mask=None, token_type_ids=None)
-# returns an output with .logits, and which has .config (the base ModelConfig).
+# "module:function" that loads such a folder, imported on first use. A kind listed here is
+# tried first; every other kind goes through runtime.load_model, which knows plain models
+# and the kinds packages declare (runtime.io.folder_kinds: the "gearshift.folder_kinds"
+# entry points). ADD NEW KINDS HERE (one line each) when they need more than load_model:
+# the function takes the folder and returns a module whose forward(input_ids,
+# attention_mask=None, token_type_ids=None) returns an output with .logits, and which has
+# .config (the base ModelConfig).
 LOADERS: dict[str, str] = {
-    # "stack": provided by gearshift.compose (a base model plus its plan providers)
-    "stack": "gearshift.compose:load_stack",
+    # a base model with its plan providers (gearshift.compose); listed here too so that a
+    # checkout whose entry points are not installed yet still loads stacks
+    "stack": "gearshift.compose.io:load_stack",
 }
 
 
@@ -51,7 +54,7 @@ def load(path: str | Any, **kwargs: Any) -> Any:
     from gearshift.errors import ArtifactError
     from gearshift.paths import resolve_model_name
     from gearshift.runtime import load_pretrained, load_tokenizer
-    from gearshift.runtime.io import FOLDER_KINDS, NOT_A_MODEL, folder_kind, load_model
+    from gearshift.runtime.io import NOT_A_MODEL, folder_kind, load_model
 
     name = str(path)
     check_model_exists(name)
@@ -75,18 +78,17 @@ def load(path: str | Any, **kwargs: Any) -> Any:
         model = loader(folder, **kwargs)
     elif kind in NOT_A_MODEL:
         raise ArtifactError(f"{folder} is a {kind!r} folder, not a model: {NOT_A_MODEL[kind]}")
-    elif kind == "model" or kind in FOLDER_KINDS:
+    else:  # a plain model, or a kind the runtime knows (runtime.io.folder_kinds)
         model = load_model(folder)
-    else:
-        known = ["model", *FOLDER_KINDS, *LOADERS]
-        raise ArtifactError(
-            f"{folder} is a {kind!r} folder, which gearshift.load does not know (known kinds: "
-            f"{', '.join(known)}); upgrade gearshift, or load it with the code that wrote it"
-        )
-    try:
-        model.tokenizer = load_tokenizer(name)
-    except ArtifactError:
-        model.tokenizer = None
+    model.tokenizer = None
+    # the folder's own tokenizer, else that of the checkpoint the model was built from
+    source = getattr(getattr(model, "config", None), "source", None)
+    for candidate in dict.fromkeys(c for c in (name, source) if c):
+        try:
+            model.tokenizer = load_tokenizer(candidate)
+            break
+        except ArtifactError:
+            continue
     model.folder = name
     return model.eval()
 
