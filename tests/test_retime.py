@@ -116,3 +116,74 @@ def test_protocol_settings_are_checked():
     with pytest.raises(ConfigError, match="max_load must be > 0"):
         rt.TimingProtocol(max_load=0)
     assert rt.TimingProtocol().threads == 1  # fixed threads by default
+
+
+def test_retime_script_reloads_saved_models_and_writes_the_protocol(
+    tmp_path, monkeypatch, capsys, hf_tiny_dir, load_benchmark
+):
+    """benchmarks/retime.py on a results file whose rows name saved tiny models: the rows
+    with their artifact get the protocol's ratio and spread, the others are listed with
+    the command that rebuilds them, and no score changes."""
+    from conftest import random_batch
+
+    from gearshift.measure.report import ResultsSink
+    from gearshift.runtime import load_pretrained, save_model
+
+    script = load_benchmark("retime")
+    model = load_pretrained(str(hf_tiny_dir("bert", "classification")))
+    save_model(model, tmp_path / "cache" / "sst2" / "best")  # the teacher to time against
+    student = save_model(model, tmp_path / "runs" / "student")
+    sink = ResultsSink(tmp_path / "steps.json", "steps")
+
+    def row(method, folder, score):
+        extras = {"model_dir": str(folder)} if folder else {}
+        return {
+            "task": "sst2",
+            "model": "m",
+            "method": method,
+            "setting": "s",
+            "metric": "accuracy",
+            "score": score,
+            "latency_ratio_b1": 0.9,
+            "latency_ratio_b32": 0.8,
+            "command": f"python benchmarks/steps.py {method}",
+            "extras": extras,
+        }
+
+    sink.add(
+        [
+            row("teacher", None, 88.0),
+            row("student", student, 80.0),
+            row("gone", tmp_path / "runs" / "gone", 70.0),
+        ]
+    )
+    monkeypatch.setattr(script, "RESULTS", tmp_path)
+    monkeypatch.setattr(script, "teacher_dir", lambda task: tmp_path / "cache" / task)
+    monkeypatch.setattr(script, "load_tokenizer", lambda path: None)
+    monkeypatch.setattr(script, "dev_texts", lambda task, limit: ["x"])
+    monkeypatch.setattr(script, "make_batch", lambda tok, texts, n: random_batch("bert", n, 7))
+    args = [
+        "steps",
+        "--tasks",
+        "sst2",
+        "--warmup",
+        "0",
+        "--repeats",
+        "2",
+        "--rounds",
+        "2",
+        "--max-load",
+        "1000",
+    ]
+    assert script.main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 with their artifact here, 1 without" in out
+    assert "gone | s:" in out and "rebuild: `python benchmarks/steps.py gone`" in out
+    rows = {r["method"]: r for r in ResultsSink(tmp_path / "steps.json", "steps").rows}
+    rec = rows["student"]["extras"]["retime"]
+    assert rows["student"]["latency_ratio_b32"] == rec["ratio_b32"]
+    assert rec["ratio_b32_spread"][0] <= rec["ratio_b32"] <= rec["ratio_b32_spread"][1]
+    assert rows["student"]["extras"]["latency_before_retime"]["latency_ratio_b32"] == 0.8
+    assert rows["student"]["score"] == 80.0 and rows["gone"]["latency_ratio_b32"] == 0.8
+    assert rows["teacher"]["latency_ratio_b32"] == 1.0
+    assert script.main(["plugins", "--tasks", "sst2"]) == 2  # plugins re-time themselves
