@@ -65,10 +65,15 @@ def build_forms(model: nn.Module) -> None:
             if id(current) not in int8:
                 if not isinstance(current, nn.Linear):
                     raise ConfigError(f"{where}: int8 needs a Linear, {path} is {_what(current)}")
-                int8[id(current)] = Int8Linear(
-                    current.in_features, current.out_features, current.bias is not None,
-                    spec["qscheme"],
-                )  # fmt: skip
+                int8[id(current)] = _named_like(
+                    current,
+                    Int8Linear(
+                        current.in_features,
+                        current.out_features,
+                        current.bias is not None,
+                        spec["qscheme"],
+                    ),
+                )
             replace_module(model, path, int8[id(current)])
             continue
         part = shared.get(name) if name is not None else None
@@ -113,6 +118,13 @@ def build_forms(model: nn.Module) -> None:
             part.group_name = name
             shared[name] = part
         replace_module(model, path, new)
+
+
+def _named_like(old: nn.Module, new: nn.Module) -> nn.Module:
+    """``new`` with ``old``'s group name (a shared basis keeps its name when it becomes int8)."""
+    if hasattr(old, "group_name"):
+        new.group_name = old.group_name
+    return new
 
 
 def _what(module: nn.Module) -> str:
@@ -287,7 +299,7 @@ def quantize_int8(
     for path in paths:
         linear = model.get_submodule(path)
         if id(linear) not in made:
-            made[id(linear)] = Int8Linear.from_linear(linear, qscheme)
+            made[id(linear)] = _named_like(linear, Int8Linear.from_linear(linear, qscheme))
         replace_module(model, path, made[id(linear)])
     record_forms(model)
     return model
