@@ -901,6 +901,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", default="runs/steps")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny budgets everywhere")
+    p.add_argument(
+        "--retime",
+        action="store_true",
+        help="re-time the recorded rows of --tasks from their saved models by the shared "
+        "timing protocol (benchmarks/retime.py) instead of running the part",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.distil_steps = min(args.distil_steps, 4)
@@ -925,6 +931,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.retime:  # the one timing protocol, shared by every benchmark
+        from retime import main as retime_main
+
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        return retime_main(["steps", "--tasks", *args.tasks, *threads] + ["--quick"] * args.quick)
     command = command_line(__file__, argv)
     sink = ResultsSink(args.out, "steps")
     with fixed_threads(args.threads):
