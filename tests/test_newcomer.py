@@ -343,3 +343,17 @@ def test_load_and_predict_take_a_stack_folder(tmp_path, folders):
     assert [g["label"] for g in got] == [w["label"] for w in want]
     for g, w in zip(got, want):
         assert g["probabilities"] == pytest.approx(w["probabilities"], abs=1e-6)
+
+
+@pytest.mark.integration
+def test_the_readme_python_snippet_runs(tmp_path, monkeypatch):
+    """The README's Python API block, run as a newcomer would (real MiniLM-L6 and SST-2)."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Python API") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "ensure_teacher(" not in code  # no hidden teacher training
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "runs" / "quickstart" / "copy" / "gearshift.json").is_file()
