@@ -286,12 +286,23 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-# Folder kinds other than "model": the function that loads each (imported on first use, so
-# the runtime does not import the methods), or the reason it is not a model on its own.
-FOLDER_KINDS: dict[str, str] = {
-    "factorized-model": "gearshift.methods.factorize.model:load_factorized",
-    "multi-exit-model": "gearshift.methods.slim.exits:load_multi_exit",
-}
+# Folder kinds other than "model" and the functions that load them. The runtime names no
+# method: a package declares the kinds it writes as entry points in the group
+# "gearshift.folder_kinds" (pyproject.toml; third-party methods can add theirs the same way),
+# or registers a loader at run time with :func:`register_folder_kind`.
+ENTRY_POINT_GROUP = "gearshift.folder_kinds"
+FOLDER_KINDS: dict[str, Any] = {}
+
+
+def folder_kinds() -> dict[str, Any]:
+    """Kind -> loader (a callable, or an entry point that gives one): the registered kinds
+    and those packages declare as entry points."""
+    from importlib.metadata import entry_points
+
+    kinds = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return kinds | FOLDER_KINDS
+
+
 NOT_A_MODEL: dict[str, str] = {
     "plugin": (
         "it is a compression plugin, not a model: load its base model, then attach it with "
@@ -301,11 +312,11 @@ NOT_A_MODEL: dict[str, str] = {
 }
 
 
-def register_folder_kind(kind: str, loader: str) -> None:
+def register_folder_kind(kind: str, loader: Any) -> None:
     """Make :func:`load_model` load folders whose gearshift.json says ``kind`` with
-    ``loader`` ("package.module:function", imported when such a folder is loaded)."""
-    if ":" not in loader:
-        raise ValueError(f"loader {loader!r} must look like 'package.module:function'")
+    ``loader(folder)`` (a callable)."""
+    if not callable(loader):
+        raise ValueError(f"loader for {kind!r} must be callable, got {type(loader).__name__}")
     FOLDER_KINDS[kind] = loader
 
 
@@ -382,16 +393,16 @@ def load_model(folder: str | os.PathLike) -> Transformer:
     if kind in NOT_A_MODEL:
         raise ArtifactError(f"{folder} cannot be loaded as a model: {NOT_A_MODEL[kind]}")
     if kind != "model":
-        if kind not in FOLDER_KINDS:
+        kinds = folder_kinds()
+        if kind not in kinds:
             raise ArtifactError(
                 f"{folder} holds a {kind!r} folder, which this gearshift cannot load (known: "
-                f"model, {', '.join(FOLDER_KINDS)}); upgrade gearshift or load it with the "
-                "method that wrote it"
+                f"model, {', '.join(sorted(kinds))}); upgrade gearshift, or reinstall it "
+                "(`pip install -e .`) if its entry points are missing"
             )
-        import importlib
-
-        module, _, name = FOLDER_KINDS[kind].partition(":")
-        return getattr(importlib.import_module(module), name)(folder)
+        loader = kinds[kind]
+        loader = loader.load() if hasattr(loader, "load") else loader
+        return loader(folder)
     try:
         model = Transformer(ModelConfig.from_dict(meta["config"]))
     except ConfigError as exc:

@@ -124,6 +124,7 @@ class Stack(nn.Module):
         for name, provider in (providers or {}).items():
             self.attach(provider, name)
         self.default_setting = dict(default_setting or {})
+        self.train(base.training)  # a stack of an eval-mode model is in eval mode
 
     # ------------------------------------------------------------------ views
     @property
@@ -164,6 +165,7 @@ class Stack(nn.Module):
         device = next((p.device for p in self.base.parameters()), None)
         if device is not None:
             provider.to(device)
+        provider.train(self.training)
         self.providers[name] = provider
         return provider
 

@@ -295,11 +295,20 @@ def plugin_flops(model_config: ModelConfig, plugin_config: PluginConfig, seq_len
         if p.placement == "layer" and shape.num_heads:
             total -= 8 * n * d * inner - 8 * mm * d * inner  # Q, K, V, O
             total -= 4 * n * n * inner - 4 * mm * mm * inner  # scores and weighted values
-        if p.merge == "learned":
-            total += 2 * m * (k * d) * k
-        total += 2 * m * k * d
-        if r:
-            total += 2 * m * d * r + 2 * n * d * r + 2 * n * r * d
+        total += plugin_own_flops(p, d, n)
+    return total
+
+
+def plugin_own_flops(plugin_config: PluginConfig, hidden_size: int, seq_len: int) -> int:
+    """The matmuls one covered layer's plugin adds for one example of ``seq_len`` tokens
+    (merger scores, weighted pooling, restorer; see :func:`plugin_flops`)."""
+    p, n, d = plugin_config, seq_len, hidden_size
+    k, r = p.k, p.bottleneck
+    m = math.ceil((n - 1 if p.keep_first_token else n) / k)
+    total = 2 * m * (k * d) * k if p.merge == "learned" else 0
+    total += 2 * m * k * d
+    if r:
+        total += 2 * m * d * r + 2 * n * d * r + 2 * n * r * d
     return total
 
 

@@ -205,6 +205,11 @@ class Exits(PlanProvider):
         out.logits = slot[0]
         return out
 
+    def head_flops(self, config: ModelConfig) -> int:
+        """FLOPs of one exit head on one example (the pooled vector: length-free)."""
+        d = config.hidden_size
+        return (2 * d * d if self.exit_config.pooler == "dense" else 0) + 2 * d * self.outputs
+
     def exit_of(self, layer: int, h: torch.Tensor, keep: torch.Tensor | None, base) -> torch.Tensor:
         """Logits of layer ``layer``'s exit from that layer's output ``h``."""
         if layer == self.num_layers - 1:
