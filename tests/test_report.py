@@ -131,7 +131,8 @@ def test_factorize_targets_average_only_complete_rows(report):
     over = "over rte, sst2"
     assert f"| grouped autoencoder above truncated SVD and FWSVD | 4 | holds ({over}) |" in text
     assert (
-        f"ae-act, drop 1.00) above the strongest baseline (svdllm, 2.00), {over} | 4 | met |"
+        "(ae-act) above every baseline, by drop, each over the tasks both have a signal on "
+        f"(closest: svdllm, 1.00 against 2.00 {over}) | 4 | met |"
     ) in text
 
     # the share of the teacher's margin over a constant prediction: sst2 floor 50 (margin
@@ -141,12 +142,12 @@ def test_factorize_targets_average_only_complete_rows(report):
     assert "| svdllm | - | 93.3% (w/o rte) |" in text  # 28/30
     assert "| ae-act | - | 65.0% |" in text  # (29/30 + 0.5/1.5) / 2
     assert "| svdllm | - | 2.00 (w/o rte) |" in text  # the drop leaves rte out too
-    assert "constant kept 96.7%) above the strongest baseline (svdllm, 93.3%), over sst2" in text
+    assert "(closest: svdllm, 96.7% against 93.3% over sst2) | 4 | met |" in text
     assert "constant" not in report.factorize_targets(data, floors={})  # no data: no table
 
     data = [r for r in data if r["method"] != "ae-act"]
     data += rows("sst2", 80.0, {("ae-act", 4): 70.0}) + rows("rte", 60.0, {("ae-act", 4): 50.0})
-    assert "over rte, sst2 | 4 | missed |" in report.factorize_targets(data, floors={})
+    assert "over rte, sst2) | 4 | missed |" in report.factorize_targets(data, floors={})
 
 
 def test_factorize_finetune_protocol_drops_from_its_own_reference(report):
