@@ -31,6 +31,24 @@ Matthews, Pearson). FLOPs count every matmul (2 per multiply-add, attention incl
 `flops_dynamic` is per example at its own length (dynamic padding, batch 1) over the dev
 sentences measured, `flops_128` per example at length 128. Latency ratios are medians
 against the reference measured in the same run, interleaved, at fixed threads.
+
+How far to trust a number. **Floors**: a score within two standard errors of the best
+constant prediction says nothing and is shown `no signal` (next section). **Seeds**: each
+row is one training run (`seed`, top level; null where the seed is not known: the first
+teachers drew their task head unseeded); a comparison of single runs says "1 seed", and
+where a setting has rows of several seeds the report shows mean ± standard deviation and
+its verdicts use the 95% interval over seeds. McNemar's test, where a verdict quotes one,
+is over the dev examples of one run each: it says nothing of seed-to-seed variance.
+**Latency**: every latency says how it was taken (`evidence` column, latency provenance
+lines): `re-timed` by the shared protocol (`gearshift.measure.retime`: quiet machine
+checked, fixed threads, warm-up, interleaved in one process, several rounds, spread
+printed; `python benchmarks/retime.py <benchmark> --tasks ...`, `steps.py --retime`),
+`quiet, no spread` (re-timed or timed with the other jobs paused, one run), or `loaded`
+(timed beside other jobs, not re-timed). The saved models of the earlier runs are not on
+this machine (`runs/` is not committed), so no row has been re-timed by the protocol yet.
+**References**: a row measured against a teacher today's recipe does not rebuild is
+marked `first teacher, not rebuildable` (the references table). **Targets** stay as
+first written; a variant added after a miss is its own, labelled row.
 """
 
 NOTES = {
@@ -56,11 +74,24 @@ NOTES["plugins"] = (
     "bottleneck 24 (the 1% parameter limit; see docs/plugins.md). `saved_flops_128` is the "
     "share of the teacher's FLOPs at length 128 saved, plugin cost included. Baselines: mean "
     "merging (no learned plugin) and truncation to ceil(n/k) tokens. Latency ratios were "
-    "timed with 1 thread while a second benchmark ran on the other core. Rows from MRPC on "
+    "timed with 1 thread while a second benchmark ran on the other core, then re-timed on a "
+    "quiet machine (`plugins.py --retime`, one run of 30 repeats: no spread recorded). "
+    "Every row was measured against the first teachers (not rebuildable; the references "
+    "table), one seed each. Rows from MRPC on "
     "were trained with the teacher's targets cached per example (`TargetCache`: the same "
     "targets, computed once), which about halved a stage-C step (MRPC, `ffn` placement: 2.1 s "
     "per step with the teacher run, 1.2 s with cached targets, same machine load). MRPC's F1 of a model that always answers 'paraphrase' is 81.2: rows "
     "near it are near that baseline (`extras.dev_metrics` has the accuracy)."
+)
+NOTES["slim"] = (
+    "COST-EFF slimming with exits on the MiniLM-L6 teachers (docs/slim.md): widths A and B "
+    "and the baselines (multi-exit, DeeBERT, static pruning, truncated teachers) are the "
+    "target as first written; width C and the longer distillation schedules (`-steps4x`) "
+    "were added after A and B missed and are labelled `later variant`. Early-exit "
+    "thresholds are swept on the dev set the score is taken on, so a row's best threshold is "
+    "chosen on its own test data. Every latency here was timed while other benchmarks ran "
+    "on the same two cores (under load) and has not been re-timed: slim rows record no saved "
+    "model folder, so re-timing them means re-running `benchmarks/slim.py`. One seed per row."
 )
 NOTES["factorize"] = (
     "Offline compression of the MiniLM-L6 teachers, no fine-tuning, at stored-parameter "
@@ -1565,7 +1596,7 @@ def factorize_targets(rows: list[dict], floors: dict | None = None) -> str:
                 verdict = "met" if margin(worst) > 0 else "missed"
                 lines.append(
                     f"| activation-weighted autoencoder ({mine}) above every baseline, by {word}, "
-                    f"each over the tasks both have a signal on (closest: {rival}, "
+                    f"each over the tasks both have a signal on (strongest rival: {rival}, "
                     f"{fmt.format(a)} against {fmt.format(b)} over {', '.join(over)}) "
                     f"| 4 | {verdict} |"
                 )

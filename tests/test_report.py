@@ -132,7 +132,7 @@ def test_factorize_targets_average_only_complete_rows(report):
     assert f"| grouped autoencoder above truncated SVD and FWSVD | 4 | holds ({over}) |" in text
     assert (
         "(ae-act) above every baseline, by drop, each over the tasks both have a signal on "
-        f"(closest: svdllm, 1.00 against 2.00 {over}) | 4 | met |"
+        f"(strongest rival: svdllm, 1.00 against 2.00 {over}) | 4 | met |"
     ) in text
 
     # the share of the teacher's margin over a constant prediction: sst2 floor 50 (margin
@@ -142,7 +142,7 @@ def test_factorize_targets_average_only_complete_rows(report):
     assert "| svdllm | - | 93.3% (w/o rte) |" in text  # 28/30
     assert "| ae-act | - | 65.0% |" in text  # (29/30 + 0.5/1.5) / 2
     assert "| svdllm | - | 2.00 (w/o rte) |" in text  # the drop leaves rte out too
-    assert "(closest: svdllm, 96.7% against 93.3% over sst2) | 4 | met |" in text
+    assert "(strongest rival: svdllm, 96.7% against 93.3% over sst2) | 4 | met |" in text
     assert "constant" not in report.factorize_targets(data, floors={})  # no data: no table
 
     data = [r for r in data if r["method"] != "ae-act"]
