@@ -38,6 +38,13 @@ PLUGGED_VERBS: dict[str, dict[str, str]] = {
     "gearshift.methods.slim.cli:add_cli": {
         "slim": "COST-EFF: prune width, keep depth, add an exit after every layer, exit early",
     },
+    "gearshift.compose.cli:add_cli": {
+        "stack": "stack methods on one model (edits, then plugins / exits / steps) into one folder",
+    },
+    "gearshift.engine.cli:add_cli": {
+        "export": "write a model as an ONNX folder or a Hugging Face checkpoint folder",
+        "tune": "measure candidate models on dev and write the best one under a budget",
+    },
     "gearshift.serve.cli:add_parsers": {
         "serve": "serve a model over HTTP, shifting gears with the load",
         "gears": "gear tables for `gearshift serve`",
@@ -112,6 +119,16 @@ def _add_task_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument(
         "--data-dir",
         help="folder with the task's files (default: GLUE_DIR / GEARSHIFT_DATA / ../shared/data)",
+    )
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["eager", "compiled", "onnx", "onnx-int8"],
+        default="eager",
+        help="run the model on the runtime (eager), torch.compile (compiled), ONNX Runtime "
+        "fp32 (onnx) or ONNX Runtime dynamic int8 (onnx-int8); see gearshift.engine",
     )
 
 
@@ -225,7 +242,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not trained:
         print(untrained_head_warning(args.model, task), file=sys.stderr)
     data = TaskData.load(task, tok, args.split, args.limit, args.max_length, args.data_dir)
-    metrics = evaluate(model, data, batch_size=args.batch_size, progress=not args.no_progress)
+    from gearshift.engine.cli import apply_engine
+
+    metrics = evaluate(
+        apply_engine(model, args), data, batch_size=args.batch_size, progress=not args.no_progress
+    )
     out = {
         "model": args.model,
         "task": task.name,
@@ -235,6 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "metrics": metrics,
         "head": describe_head(model),
         "head_trained": trained,
+        "engine": args.engine,
     }
     _emit(out, args.json)
     return 0
@@ -246,9 +268,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     texts, pairs, lines = read_inputs(
         args.input, args.text_column, args.text_pair_column, has_header=not args.no_header
     )
+    from gearshift.engine.cli import apply_engine
+
     model = load(args.model)
     rows = predict(
-        model,
+        apply_engine(model, args),
         texts,
         pairs,
         batch_size=args.batch_size,
@@ -281,6 +305,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     result.update(model_name=args.model, task=task.name)
+    if args.engine != "eager":
+        from gearshift.engine.cli import engine_latency
+
+        result["engine"] = engine_latency(model, args.engine, task, args)
     print(profile_markdown(result))
     if args.json:
         _emit(result, args.json, quiet=True)
@@ -389,6 +417,7 @@ def _add_core_verbs(sub) -> None:
     p.add_argument("--json", help="also write the result to this file")
     _add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -412,6 +441,7 @@ def _add_core_verbs(sub) -> None:
     p.add_argument("--max-length", type=int, default=128, help="tokens per text (truncation)")
     _add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -423,6 +453,7 @@ def _add_core_verbs(sub) -> None:
     _add_threads(p)
     p.add_argument("--json", help="also write the result to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine(p)
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
@@ -489,12 +520,37 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Help for options many verbs share, used where a verb defines one without help text.
+COMMON_HELP = {
+    "--model": "model folder (or HF checkpoint, alias)",
+    "--task": "task name (see `gearshift tasks`)",
+    "--output": "output folder",
+    "--epochs": "passes over the training set",
+    "--lr": "peak learning rate",
+    "--batch-size": "examples per step (or per forward pass)",
+    "--warmup-ratio": "share of steps of linear warm-up",
+    "--max-length": "tokens per example (truncation)",
+    "--seed": "random seed",
+    "--data-dir": "folder with the task's files (default: GLUE_DIR / GEARSHIFT_DATA / "
+    "../shared/data)",
+    "--no-progress": "no progress bar",
+    "--split": "split to score: dev, test or train",
+    "--limit": "use only the first N examples",
+    "--dev-limit": "evaluate on the first N dev examples",
+    "--train-limit": "use the first N training examples",
+}
+
+
 def _ensure_threads(parser: argparse.ArgumentParser) -> None:
-    """Give every runnable verb (and sub-verb) a ``--threads`` option if it has none."""
+    """Give every runnable verb (and sub-verb) a ``--threads`` option if it has none, and
+    shared options without help text their common help."""
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for action in subs:
         for child in action.choices.values():
             _ensure_threads(child)
+    for action in parser._actions:
+        if not action.help and action.option_strings:
+            action.help = COMMON_HELP.get(action.option_strings[0], action.help)
     if subs or "func" not in {k for k in parser._defaults}:
         return
     if "--threads" not in parser._option_string_actions:
