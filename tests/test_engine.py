@@ -117,6 +117,23 @@ def test_torch_int8_model_exports_as_its_fp32_equivalent(tiny):
         assert (ref - _eager(model, batch)).abs().max() < 0.05
 
 
+def test_runtime_int8_model_exports_and_quantizes_with_ort(tiny):
+    import copy
+
+    from gearshift.runtime.edits import quantize_int8
+
+    model = quantize_int8(copy.deepcopy(tiny("bert")))
+    assert engine.base.has_quantized_linear(model)
+    fp32 = engine.dequantized_copy(model)
+    assert not engine.base.has_quantized_linear(fp32)
+    run = engine.build(model, "onnx", threads=1)
+    run8 = engine.build(model, "onnx-int8", threads=1)
+    for batch in _batches("bert"):
+        ref = _eager(fp32, batch)
+        assert (run(**batch).logits - ref).abs().max() <= 1e-4
+        assert (run8(**batch).logits - _eager(model, batch)).abs().max() < 0.05
+
+
 def test_plugin_stack_exports_per_length_bucket(tiny):
     from gearshift.methods.plugins import Plugin, PluginConfig, PluginModel
 

@@ -73,25 +73,38 @@ def applied(model: nn.Module, setting: Mapping[str, Any] | None) -> Iterator[Non
         yield
 
 
-def has_quantized_linear(model: nn.Module) -> bool:
-    """True when ``model`` holds torch dynamically quantized Linears (torch int8)."""
+def _int8_types() -> tuple[type, ...]:
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
-    return any(isinstance(m, QLinear) for m in model.modules())
+    types: tuple[type, ...] = (QLinear,)
+    try:
+        from gearshift.runtime.quant import Int8Linear
+
+        types += (Int8Linear,)
+    except ImportError:  # pragma: no cover - older runtime
+        pass
+    return types
+
+
+def has_quantized_linear(model: nn.Module) -> bool:
+    """True when ``model`` holds int8 Linears (gearshift's Int8Linear or torch's dynamic
+    quantized Linear)."""
+    types = _int8_types()
+    return any(isinstance(m, types) for m in model.modules())
 
 
 def dequantized_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every torch dynamic int8 Linear replaced by the fp32
-    ``nn.Linear`` holding its dequantized weight: the same function as an exportable graph
-    (torch's quantized ops have no ONNX form; ONNX Runtime quantizes that graph instead)."""
-    from torch.ao.nn.quantized.dynamic import Linear as QLinear
-
+    """A deep copy of ``model`` with every int8 Linear replaced by the fp32 ``nn.Linear``
+    holding its dequantized weight: the same function as an exportable graph (torch's
+    quantized kernels have no ONNX form; ONNX Runtime quantizes that graph instead)."""
+    types = _int8_types()
     out = copy.deepcopy(model)
     for name, m in list(out.named_modules()):
-        if not isinstance(m, QLinear):
+        if not isinstance(m, types):
             continue
-        w = m.weight().dequantize()
-        b = m.bias()
+        w = m.weight() if callable(m.weight) else m.weight
+        b = m.bias() if callable(m.bias) else m.bias
+        w = w.dequantize() if w.is_quantized else w
         dense = nn.Linear(m.in_features, m.out_features, bias=b is not None)
         with torch.no_grad():
             dense.weight.copy_(w)
@@ -145,6 +158,10 @@ class Engine:
     def eval(self) -> Engine:
         """Engines run in inference mode only; kept so ``model.eval()`` callers work."""
         return self
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        """No torch parameters to move: an engine takes CPU tensors."""
+        return iter(())
 
 
 def batch_inputs(
