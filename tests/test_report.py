@@ -533,7 +533,8 @@ def test_no_signal_cells_enter_no_mean_and_no_verdict(report, monkeypatch):
         rows.append(p)
     text = report.plugins_targets(rows, floors=floors)
     assert "| rte | 56.68 (no signal) | 55.00 (no signal) |" in text
-    assert "averaged over sst2 (rte: no signal, left out)" in text
+    assert "drop averaged over sst2 (rte: no signal, left out); FLOPs and latency" in text
+    assert "over sst2, rte:" in text
     assert "| k4-ffn score drop <= 1.0 point | 0.50 | met |" in text  # sst2 alone
     assert "| 1 seed |" in text
     # a row clear of the line counts even where a neighbour's does not
@@ -544,6 +545,7 @@ def test_no_signal_cells_enter_no_mean_and_no_verdict(report, monkeypatch):
     # every task without a signal: no mean at all, no verdict
     only_rte = report.plugins_targets(rows[2:], floors=floors)
     assert "averaged over no task (rte: no signal, left out)" in only_rte
+    assert "| k4-ffn FLOPs saved at 128 >= 43% | 46.0% | met |" in only_rte  # costs stay
     assert "| k4-ffn score drop <= 1.0 point | - | not measured |" in only_rte
     # the raw table's evidence column and the one line at the top
     assert report.evidence(rows[3], floors, rows[2]).startswith("no signal")
