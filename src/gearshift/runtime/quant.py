@@ -47,7 +47,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features, self.qscheme = in_features, out_features, qscheme
         self.has_bias = bias
         # An empty module (load fills it): zeros, scale 1.
-        cpu = {"device": "cpu"}
+        cpu = {"device": "cpu"}  # torch's int8 kernels are CPU ones, whatever the default device
         values = torch.zeros(out_features, in_features, dtype=torch.int8, **cpu)
         if qscheme == "per-channel":
             scale = torch.ones(out_features, dtype=torch.float64, **cpu)
@@ -99,10 +99,11 @@ class Int8Linear(nn.Module):
             w = torch._make_per_tensor_quantized_tensor(
                 values.to(torch.int8), float(scale), int(zero_point)
             )
-        quantized = _dynamic().Linear(
-            self.in_features, self.out_features, bias_=bias is not None, dtype=torch.qint8
-        )
-        quantized.set_weight_bias(w, None if bias is None else bias.float())
+        with torch.device("cpu"):  # also when a model is built on the meta device (shapes only)
+            quantized = _dynamic().Linear(
+                self.in_features, self.out_features, bias_=bias is not None, dtype=torch.qint8
+            )
+            quantized.set_weight_bias(w, None if bias is None else bias.float())
         # Not a registered submodule: its packed weight is no tensor (see the module docstring).
         object.__setattr__(self, "_quantized", quantized)
 
