@@ -454,3 +454,43 @@ def test_the_old_wrappers_are_stacks(hf_tiny_dir):
     assert torch.equal(a, pm(**batch, setting={"plugins": "k2"}).logits)
     assert isinstance(pm, Stack) and isinstance(StepModel(shared_bert()), Stack)
     assert isinstance(MultiExitModel(bert), Stack)
+
+
+def test_stack_verb_builds_one_folder_that_loads_everywhere(hf_tiny_dir, tmp_path, capsys):
+    """`gearshift stack` = build_stack: factorize + int8 edits, a plugin and exits attached,
+    a default setting; gearshift.load and load_model give identical outputs."""
+    import json as _json
+
+    import gearshift
+    from gearshift.cli import main
+    from gearshift.runtime import save_model
+
+    bert = family_model(hf_tiny_dir, "bert")
+    save_model(bert, tmp_path / "base")
+    randomize(Plugin(PluginConfig(k=2), bert)).save_pretrained(tmp_path / "k2")
+    exits_for(bert).save_pretrained(tmp_path / "ex", bert.config)
+    argv = ["stack", "--model", str(tmp_path / "base"), "--output", str(tmp_path / "S")]
+    argv += ["--factorize", "svd:2", "--int8", "--plugin", f"fast={tmp_path / 'k2'}"]
+    argv += ["--exits", str(tmp_path / "ex"), "--default", "plugins=fast", "exits=entropy:1.0"]
+    assert main(argv) == 0
+    summary = _json.loads(capsys.readouterr().out)
+    assert summary["parts"] == "svd:2 + plugin k2 + exits + int8"
+    assert set(summary["operating_points"]) == {"full", "plugins=fast"}
+    stack = gearshift.load(tmp_path / "S")
+    assert isinstance(stack, Stack) and list(stack.providers) == ["plugins", "exits"]
+    assert stack.default_setting["plugins"] == "fast"
+    # the same stack built by hand
+    edited = int8(factorize_svd(bert))
+    by_hand = Stack(edited)
+    by_hand.attach(Plugins({"fast": Plugin.from_pretrained(tmp_path / "k2", edited)}))
+    by_hand.attach(Exits.from_pretrained(tmp_path / "ex", edited))
+    batch = padded("bert")
+    for setting in ({}, {"plugins": "fast"}, {"plugins": "fast", "exits": "entropy:1.0"}):
+        a = stack(**batch, setting=setting).logits
+        assert torch.equal(a, by_hand(**batch, setting=setting).logits), setting
+        assert torch.equal(a, load_model(tmp_path / "S")(**batch, setting=setting).logits)
+    assert torch.equal(
+        stack(**batch).logits, by_hand(**batch, setting=stack.default_setting).logits
+    )
+    assert main(argv) == 2  # the CLI prints the error and exits 2
+    assert "exists already: pass --overwrite" in capsys.readouterr().err

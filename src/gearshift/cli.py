@@ -238,7 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if forced:
         print(forced, file=sys.stderr)
     model, tok = model_for_task(args.model, task)
-    trained = head_is_trained(model, args.model)
+    trained = head_is_trained(model)
     if not trained:
         print(untrained_head_warning(args.model, task), file=sys.stderr)
     data = TaskData.load(task, tok, args.split, args.limit, args.max_length, args.data_dir)
