@@ -112,3 +112,18 @@ def test_fixed_and_custom_policies():
         make_policy("gearshift.serve.policy:Nope", t, 100)
     with pytest.raises(ConfigError, match="up_margin"):
         AdaptivePolicy(t, 100, margin=0.5, up_margin=0.7)
+
+
+def test_calibration_follows_a_slower_machine():
+    """Batches 3x slower than the table: the adaptive policy learns it and shifts down at a
+    load the table alone would serve in the full gear."""
+    p = AdaptivePolicy(table(), slo_ms=100, min_dwell_s=0)
+    assert p.choose(state(150)) == "full"
+    for _ in range(60):
+        p.observe("full", 2, 3 * table().gear("full").latency(2) / 1000)
+    assert p.scale == pytest.approx(3, rel=0.01)
+    assert p.choose(state(150)) != "full"
+    plain = AdaptivePolicy(table(), slo_ms=100, min_dwell_s=0, calibration=0.0)
+    for _ in range(60):
+        plain.observe("full", 2, 3 * table().gear("full").latency(2) / 1000)
+    assert plain.choose(state(150)) == "full"

@@ -37,6 +37,7 @@ class ServeConfig:
     max_batch: int = 32
     max_delay_ms: float = 5.0
     max_queue: int = 256
+    max_concurrent: int | None = None  # requests in flight before 429 (default 2 x max_queue)
     max_texts: int = 64
     max_chars: int = 10_000
     deadline_ms: float | None = None  # default: 10 x the SLO
@@ -56,6 +57,10 @@ class ServeConfig:
             )
         if self.policy == "fixed" and not self.gear:
             raise ConfigError("--policy fixed needs --gear NAME (see GET /v1/gears)")
+
+    @property
+    def concurrency_limit(self) -> int:
+        return self.max_concurrent or 2 * self.max_queue
 
     @property
     def deadline_s(self) -> float:
@@ -195,6 +200,7 @@ class GearServer:
         self.metrics = Metrics(table.names)
         self.history = History(config.history_s)
         self.shifts = 0
+        self.inflight = 0  # requests being answered (touched on the event loop only)
         self.batcher = Batcher(
             gearset.predict,
             self.policy,
@@ -371,22 +377,39 @@ def create_app(server: GearServer, close_on_shutdown: bool = True):
         if req.deadline_ms is not None and req.deadline_ms <= 0:
             raise FieldError(422, "deadline_ms", "must be a positive number of milliseconds")
 
+    def too_busy(detail: str, retry_after_s: float) -> JSONResponse:
+        server.metrics.requests.labels(status="429").inc()
+        server.history.rejected()
+        return JSONResponse(
+            status_code=429,
+            headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+            content={"detail": detail},
+        )
+
     @app.post("/v1/predict")
     async def predict(req: PredictRequest):
         t0 = time.monotonic()
         check(req)
+        if server.inflight >= cfg.concurrency_limit:
+            return too_busy(
+                f"{server.inflight} requests in flight, the limit is {cfg.concurrency_limit}; "
+                "retry later",
+                1.0,
+            )
+        server.inflight += 1
+        try:
+            return await answer(req, t0)
+        finally:
+            server.inflight -= 1
+
+    async def answer(req, t0: float):
         server.history.arrived(len(req.texts))
         deadline = req.deadline_ms / 1000 if req.deadline_ms else cfg.deadline_s
         try:
             futures = server.batcher.submit(req.texts, req.text_pairs, req.gear, deadline)
         except QueueFull as exc:
-            server.metrics.requests.labels(status="429").inc()
-            server.history.rejected()
-            retry = str(max(1, math.ceil(exc.retry_after_s)))
-            return JSONResponse(
-                status_code=429,
-                headers={"Retry-After": retry},
-                content={"detail": f"the queue is full ({cfg.max_queue} texts); retry later"},
+            return too_busy(
+                f"the queue is full ({cfg.max_queue} texts); retry later", exc.retry_after_s
             )
         except Closed:
             server.metrics.requests.labels(status="503").inc()
@@ -406,8 +429,8 @@ def create_app(server: GearServer, close_on_shutdown: bool = True):
         done = time.monotonic()
         predictions = []
         queue_ms = 0.0
-        for answer, gear, item in results:
-            predictions.append({**answer, "gear": gear})
+        for result, gear, item in results:
+            predictions.append({**result, "gear": gear})
             wait = item.started - item.arrived
             queue_ms = max(queue_ms, wait * 1000)
             server.metrics.queue_time.observe(wait)

@@ -227,6 +227,12 @@ class Batcher:
                 it.future.set_exception(exc)
             return
         seconds = time.monotonic() - start
+        observe = getattr(self.policy, "observe", None)
+        if observe is not None:
+            try:
+                observe(gear, len(group), seconds)
+            except Exception:
+                logger.exception("the policy's observe failed")
         for it, answer in zip(group, answers):
             it.future.set_result((answer, gear, it))
         if self.on_batch is not None:

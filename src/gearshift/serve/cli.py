@@ -22,6 +22,7 @@ def _serve_config(args: argparse.Namespace):
         max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms,
         max_queue=args.max_queue or max(256, 8 * args.max_batch),
+        max_concurrent=args.max_concurrent,
         max_texts=args.max_texts,
         max_chars=args.max_chars,
         deadline_ms=args.deadline_ms,
@@ -101,7 +102,15 @@ def run_uvicorn(server, host: str, port: int) -> None:
         f"gearshift serve: http://{host}:{port}/ (gears: {', '.join(server.table.names)})",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=60)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=60,
+        # a backstop past gearshift's own 429s: connections beyond it get uvicorn's 503
+        limit_concurrency=server.config.concurrency_limit + 64,
+    )
 
 
 def cmd_gears_build(args: argparse.Namespace) -> int:
@@ -159,6 +168,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="wait this long to fill a batch")
     p.add_argument("--max-queue", type=int, help="texts queued before 429 (default 8 x max batch)")
+    p.add_argument(
+        "--max-concurrent", type=int, help="requests in flight before 429 (default 2 x queue)"
+    )
     p.add_argument("--max-texts", type=int, default=64, help="texts per request")
     p.add_argument("--max-chars", type=int, default=10_000, help="characters per text")
     p.add_argument(

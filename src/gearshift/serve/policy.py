@@ -17,7 +17,9 @@ the measured arrival rate:
   a request then waits at most one batch and runs in the next, so ``max_delay + 2 * L(b)``.
   No such ``b``: the gear cannot keep up at all.
 
-A gear *fits* when both predictions are within ``margin * slo``. Hysteresis: shifting to a
+Latencies are the table's times ``scale``: after each batch the policy compares the time it
+took with the table's entry and follows the ratio (``observe``), so a machine slower now
+than when the table was measured is predicted as such. A gear *fits* when both predictions are within ``margin * slo``. Hysteresis: shifting to a
 slower, more accurate gear needs the stricter ``up_margin`` to hold for ``up_hold``
 consecutive decisions and ``min_dwell_s`` since the last shift; shifting down happens at
 once. :class:`FixedPolicy` always answers one gear.
@@ -55,32 +57,38 @@ class LoadState:
 
 
 class Policy(Protocol):
-    """The controller interface: ``choose(state) -> gear name``, called once per batch."""
+    """The controller interface: ``choose(state) -> gear name``, called once per batch.
+
+    A policy may also define ``observe(gear, batch_size, seconds)``: the worker calls it
+    after each batch with the time the model took (the adaptive policy calibrates with it).
+    """
 
     def choose(self, state: LoadState) -> str: ...
 
 
-def steady_batch(gear: Gear, rate_per_s: float, max_batch: int) -> int | None:
-    """The batch size ``gear`` settles at under ``rate_per_s`` arrivals (None: overloaded)."""
+def steady_batch(gear: Gear, rate_per_s: float, max_batch: int, scale: float = 1.0) -> int | None:
+    """The batch size ``gear`` settles at under ``rate_per_s`` arrivals (None: overloaded);
+    ``scale`` multiplies the table's latencies."""
     lam = rate_per_s / 1000.0
     for b in range(1, max_batch + 1):
-        if lam * gear.latency(b) <= b:
+        if lam * scale * gear.latency(b) <= b:
             return b
     return None
 
 
-def predicted_ms(gear: Gear, state: LoadState) -> float:
-    """The worst latency a queued or arriving request sees in ``gear`` (see the module)."""
+def predicted_ms(gear: Gear, state: LoadState, scale: float = 1.0) -> float:
+    """The worst latency a queued or arriving request sees in ``gear`` (see the module);
+    ``scale`` multiplies the table's latencies (this machine now vs when it was measured)."""
     q = max(0, state.queue_len)
     drain = 0.0
     left = q
     while left > 0:
         b = min(left, state.max_batch)
-        drain += gear.latency(b)
+        drain += scale * gear.latency(b)
         left -= b
     drain += state.oldest_wait_ms if q else 0.0
-    b = steady_batch(gear, state.arrival_rate, state.max_batch)
-    steady = math.inf if b is None else state.max_delay_ms + 2 * gear.latency(b)
+    b = steady_batch(gear, state.arrival_rate, state.max_batch, scale)
+    steady = math.inf if b is None else state.max_delay_ms + 2 * scale * gear.latency(b)
     return max(drain, steady)
 
 
@@ -96,6 +104,7 @@ class AdaptivePolicy:
         up_hold: int = 3,
         min_dwell_s: float = 0.5,
         start: str | None = None,
+        calibration: float = 0.1,
     ) -> None:
         if slo_ms <= 0:
             raise ConfigError(f"slo_ms must be positive, got {slo_ms}")
@@ -109,6 +118,7 @@ class AdaptivePolicy:
         table.gear(self.current)
         self._up_votes = 0
         self._last_shift = -math.inf
+        self.scale, self.calibration = 1.0, calibration
 
     def _rank(self, name: str) -> int:
         return next(i for i, g in enumerate(self.order) if g.name == name)
@@ -116,9 +126,17 @@ class AdaptivePolicy:
     def best_fitting(self, state: LoadState, margin: float) -> str:
         """The most accurate gear predicted within ``margin * slo`` (else the fastest)."""
         for g in self.order:
-            if predicted_ms(g, state) <= margin * self.slo_ms:
+            if predicted_ms(g, state, self.scale) <= margin * self.slo_ms:
                 return g.name
-        return min(self.order, key=lambda g: predicted_ms(g, state)).name
+        return min(self.order, key=lambda g: predicted_ms(g, state, self.scale)).name
+
+    def observe(self, gear: str, batch_size: int, seconds: float) -> None:
+        """Calibrate: ``scale`` follows (EWMA, clamped to [0.25, 20]) how much slower than
+        its table entry this machine ran the last batches (the table is measured once; the
+        machine's load changes)."""
+        ratio = seconds * 1000 / self.table.gear(gear).latency(batch_size)
+        ratio = min(20.0, max(0.25, ratio))
+        self.scale += self.calibration * (ratio - self.scale)
 
     def choose(self, state: LoadState) -> str:
         cur = self._rank(self.current)

@@ -1,0 +1,440 @@
+"""Serving under changing load: adaptive gear shifting against static gears.
+
+    python benchmarks/serve.py --gears runs/serve/sst2-gears.json      # the real run
+    python benchmarks/serve.py --quick                                 # smoke run (seconds)
+
+The gear table comes from ``gearshift gears build`` on the machine that serves (the SST-2
+teacher and its plugins for the real run, e.g. ``gearshift gears build --model
+~/.cache/gearshift/teachers/minilm-l6/sst2/best --task sst2 --plugin k2=DIR --plugin k4=DIR
+--plugin k8=DIR --output runs/serve/sst2-gears.json``). ``--quick`` builds a table of a
+tiny random model (MiniLM's tokenizer, a k=2 plugin) on 32 SST-2 dev sentences instead:
+its rows say nothing about gearshift, they only show the script runs end to end.
+
+Method. The server runs as its own process (``gearshift serve``, uvicorn on 127.0.0.1), the
+client here sends open-loop Poisson arrivals with an httpx async client, one real SST-2 dev
+sentence per request (in order, cycled; the label is kept to score the answer). First the
+full gear's capacity is measured: a closed loop of ``2 x max batch`` clients against the
+server fixed at the most accurate gear for ``--capacity-s`` seconds (answers per second).
+The trace then steps through ``--multipliers`` x that capacity, ``--phase-s`` seconds each
+(default 0.5x, 1x, 2x, 3x, 2x, 1x, 0.5x: up to 3x and back). Policies, each on a fresh
+server with the same admission control (bounded queue, 429 when full, the same deadline):
+
+- ``adaptive``: the controller (``--policy adaptive``);
+- ``static-full``: fixed at the most accurate gear (like a server with TEI's
+  max-concurrent-requests);
+- ``static-fastest``: fixed at the fastest gear at the largest batch.
+
+Per policy and load multiplier (and over the whole trace, ``load_multiplier: "trace"``):
+``slo_attainment`` (answered within the SLO, over all sent), ``goodput`` (answers within
+the SLO per second), ``p50_ms``/``p99_ms`` (client-side latency of answered requests),
+``share_429``, ``accuracy_answered`` and ``effective_accuracy`` (correct and within the
+SLO, over all sent). Rows go to ``benchmarks/results/serve.json`` (``--quick``: a temporary
+folder unless ``--output``), with a plot of load, gear and p99 over time beside them.
+Bounded: at most ``--max-requests`` per policy, and each phase lasts its ``--phase-s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, math.ceil(q / 100 * len(v)) - 1))]
+
+
+# ---------------------------------------------------------------------- the server process
+class ServerProcess:
+    """``gearshift serve`` on a free loopback port, stopped with SIGTERM."""
+
+    def __init__(self, table: Path, slo_ms: float, policy: str, gear: str | None, args) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "gearshift.cli",
+            "serve",
+            "--gears",
+            str(table),
+            "--port",
+            str(self.port),
+            "--slo-ms",
+            str(slo_ms),
+            "--max-batch",
+            str(args.max_batch),
+            "--max-delay-ms",
+            str(args.max_delay_ms),
+            "--max-queue",
+            str(args.max_queue),
+            "--policy",
+            policy,
+        ]
+        if gear:
+            cmd += ["--gear", gear]
+        env = dict(os.environ)
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, seconds: float = 180) -> None:
+        import httpx
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"gearshift serve exited:\n{self.log.read()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError("gearshift serve did not start in time")
+
+    def shifts_log(self) -> list[str]:
+        self.log.seek(0)
+        return [line.strip() for line in self.log if "gear shift" in line]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+# ---------------------------------------------------------------------- load
+async def measure_capacity(url: str, texts: list[str], clients: int, seconds: float) -> float:
+    """Answers per second of a closed loop of ``clients`` clients (one text per request)."""
+    import httpx
+
+    done = 0
+    stop_at = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+
+        async def loop(i: int) -> None:
+            nonlocal done
+            k = i
+            while time.monotonic() < stop_at:
+                r = await c.post("/v1/predict", json={"texts": [texts[k % len(texts)]]})
+                if r.status_code == 200:
+                    done += 1
+                k += clients
+
+        # a short warm-up, then the timed loop
+        await c.post("/v1/predict", json={"texts": [texts[0]]})
+        start = time.monotonic()
+        stop_at = start + seconds
+        await asyncio.gather(*(loop(i) for i in range(clients)))
+        return done / (time.monotonic() - start)
+
+
+def poisson_trace(
+    capacity: float, multipliers: list[float], phase_s: float, max_requests: int, seed: int
+) -> list[tuple[float, float]]:
+    """(send time in s from the start, load multiplier) of every request: a Poisson process
+    whose rate steps through ``multipliers`` x ``capacity``; at most ``max_requests``."""
+    rng = random.Random(seed)
+    out: list[tuple[float, float]] = []
+    t0 = 0.0
+    for m in multipliers:
+        rate = m * capacity
+        t = t0
+        while True:
+            t += rng.expovariate(rate)
+            if t >= t0 + phase_s or len(out) >= max_requests:
+                break
+            out.append((t, m))
+        t0 += phase_s
+    return out
+
+
+async def run_trace(url: str, trace, examples, label_names, timeout_s: float) -> list[dict]:
+    """Send every request of ``trace`` at its time (open loop); returns one record each."""
+    import httpx
+
+    records: list[dict] = []
+    limits = httpx.Limits(max_connections=4000, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as c:
+        start = time.monotonic()
+
+        async def one(i: int, at: float, mult: float) -> None:
+            ex = examples[i % len(examples)]
+            rec = {"i": i, "t": at, "load": mult, "status": None, "latency_ms": None}
+            sent = time.monotonic()
+            rec["send_lag_ms"] = (sent - start - at) * 1000
+            try:
+                r = await c.post("/v1/predict", json={"texts": [ex.text_a]})
+                rec["latency_ms"] = (time.monotonic() - sent) * 1000
+                rec["status"] = r.status_code
+                if r.status_code == 200:
+                    p = r.json()["predictions"][0]
+                    rec["gear"] = p["gear"]
+                    rec["correct"] = p["label"] == label_names[ex.label]
+            except httpx.HTTPError as exc:
+                rec["status"] = f"error: {type(exc).__name__}"
+            records.append(rec)
+
+        tasks = []
+        for i, (at, mult) in enumerate(trace):
+            delay = start + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, at, mult)))
+        await asyncio.gather(*tasks)
+    return sorted(records, key=lambda r: r["i"])
+
+
+def summarize(records: list[dict], slo_ms: float, seconds: float) -> dict:
+    sent = len(records)
+    answered = [r for r in records if r["status"] == 200]
+    within = [r for r in answered if r["latency_ms"] <= slo_ms]
+    lat = [r["latency_ms"] for r in answered]
+    return {
+        "sent": sent,
+        "answered": len(answered),
+        "slo_attainment": len(within) / sent if sent else None,
+        "goodput": len(within) / seconds if seconds else None,
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
+        "share_429": sum(r["status"] == 429 for r in records) / sent if sent else None,
+        "share_other_errors": sum(r["status"] not in (200, 429) for r in records) / sent
+        if sent
+        else None,
+        "accuracy_answered": 100 * sum(r["correct"] for r in answered) / len(answered)
+        if answered
+        else None,
+        "effective_accuracy": 100 * sum(r["correct"] for r in within) / sent if sent else None,
+        "gears": {
+            g: sum(r.get("gear") == g for r in answered) for g in {r.get("gear") for r in answered}
+        },
+        "max_send_lag_ms": max((r["send_lag_ms"] for r in records), default=0.0),
+    }
+
+
+def per_second(records: list[dict], gears: list[str]) -> list[dict]:
+    """Per second of the trace: arrivals, p99 of those answered, the most used gear."""
+    out = []
+    if not records:
+        return out
+    for s in range(int(max(r["t"] for r in records)) + 1):
+        rs = [r for r in records if s <= r["t"] < s + 1]
+        lat = [r["latency_ms"] for r in rs if r["status"] == 200]
+        used = [r["gear"] for r in rs if r.get("gear")]
+        gear = max(set(used), key=used.count) if used else None
+        out.append(
+            {
+                "t": s,
+                "arrivals": len(rs),
+                "p99_ms": percentile(lat, 99),
+                "gear": gear,
+                "gear_rank": gears.index(gear) if gear in gears else None,
+            }
+        )
+    return out
+
+
+def plot(series: dict[str, list[dict]], gears: list[str], slo_ms: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    for policy, rows in series.items():
+        t = [r["t"] for r in rows]
+        axes[0].plot(t, [r["arrivals"] for r in rows], label=policy)
+        axes[1].step(t, [r["gear_rank"] for r in rows], where="post", label=policy)
+        axes[2].plot(t, [r["p99_ms"] for r in rows], label=policy)
+    axes[0].set_ylabel("arrivals / s")
+    axes[1].set_yticks(range(len(gears)), gears)
+    axes[1].invert_yaxis()
+    axes[1].set_ylabel("gear (most accurate on top)")
+    axes[2].axhline(slo_ms, color="grey", linestyle="--", label="SLO")
+    axes[2].set_ylabel("p99 latency (ms)")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("seconds into the trace")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- main
+def quick_table(folder: Path) -> Path:
+    from gearshift.data import get_task
+    from gearshift.serve.build import build_gear_table
+    from gearshift.serve.testing import make_tiny_gears
+
+    make_tiny_gears(folder)
+    out = folder / "quick-gears.json"
+    build_gear_table(
+        str(folder / "model"),
+        get_task("sst2"),
+        out,
+        plugins=[f"k2={folder / 'k2'}"],
+        dev_limit=32,
+        sizes=(1, 8, 32),
+        repeats=3,
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gears", help="gear table (gearshift gears build) of the SST-2 model")
+    ap.add_argument("--quick", action="store_true", help="tiny random model, seconds: a smoke run")
+    ap.add_argument("--slo-ms", type=float, default=100.0)
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-delay-ms", type=float, default=5.0)
+    ap.add_argument("--max-queue", type=int, default=256)
+    ap.add_argument("--multipliers", type=float, nargs="+", default=[0.5, 1, 2, 3, 2, 1, 0.5])
+    ap.add_argument("--phase-s", type=float, default=20.0, help="seconds per load step")
+    ap.add_argument("--capacity-s", type=float, default=10.0)
+    ap.add_argument("--max-requests", type=int, default=100_000, help="per policy")
+    ap.add_argument("--policies", nargs="+", default=["adaptive", "static-full", "static-fastest"])
+    ap.add_argument("--threads", type=int, help="OMP threads of the server process")
+    ap.add_argument("--dev-limit", type=int, help="SST-2 dev sentences to send (cycled)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output", help="results JSON (default benchmarks/results/serve.json)")
+    args = ap.parse_args(argv)
+
+    from gearshift.data import get_task, load_examples
+    from gearshift.measure.report import machine_description
+    from gearshift.serve.table import read_gear_table
+
+    sys.path.insert(0, str(HERE))
+    from report import command_line
+
+    work = Path(tempfile.mkdtemp(prefix="gearshift-serve-bench-"))
+    if args.quick:
+        args.phase_s, args.capacity_s = min(args.phase_s, 1.5), min(args.capacity_s, 1.5)
+        args.multipliers = (
+            [0.5, 3, 0.5] if args.multipliers == ap.get_default("multipliers") else args.multipliers
+        )
+        args.max_requests = min(args.max_requests, 1500)
+        args.dev_limit = args.dev_limit or 64
+        table_path = quick_table(work)
+        output = Path(args.output) if args.output else work / "serve.json"
+    else:
+        if not args.gears:
+            ap.error("pass --gears G.json (from `gearshift gears build`), or --quick")
+        table_path = Path(args.gears)
+        output = Path(args.output) if args.output else RESULTS / "serve.json"
+    table = read_gear_table(table_path)
+    if table.task.name != "sst2" and not args.quick:
+        print(f"note: the gear table is for {table.task.name}; sentences come from SST-2 dev")
+    task = get_task("sst2")
+    examples = load_examples(task, "dev", limit=args.dev_limit)
+    label_names = list(task.label_names)
+    texts = [e.text_a for e in examples]
+    full = table.gears[0].name
+    fastest = table.fastest(args.max_batch).name
+    policies = {
+        "adaptive": ("adaptive", None),
+        "static-full": ("fixed", full),
+        "static-fastest": ("fixed", fastest),
+    }
+
+    server = ServerProcess(table_path, args.slo_ms, "fixed", full, args)
+    try:
+        server.wait_ready()
+        capacity = asyncio.run(
+            measure_capacity(server.url, texts, 2 * args.max_batch, args.capacity_s)
+        )
+    finally:
+        server.stop()
+    print(f"capacity of gear {full}: {capacity:.1f} answers/s")
+    trace = poisson_trace(capacity, args.multipliers, args.phase_s, args.max_requests, args.seed)
+
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    command = command_line("serve.py", argv)
+    machine = machine_description()
+    rows, series = [], {}
+    for name in args.policies:
+        policy, gear = policies[name]
+        server = ServerProcess(table_path, args.slo_ms, policy, gear, args)
+        try:
+            server.wait_ready()
+            records = asyncio.run(run_trace(server.url, trace, examples, label_names, timeout_s=60))
+            shifts = server.shifts_log()
+        finally:
+            server.stop()
+        series[name] = per_second(records, table.names)
+        common = {
+            "policy": name,
+            "gear": gear,
+            "slo_ms": args.slo_ms,
+            "capacity_full": capacity,
+            "seed": args.seed,
+            "command": command,
+            "date": date,
+            "machine": machine,
+            "quick": args.quick,
+            "gear_table": str(table_path),
+        }
+        for m in sorted(set(args.multipliers)):
+            rs = [r for r in records if r["load"] == m]
+            seconds = args.phase_s * args.multipliers.count(m)
+            rows.append({**common, "load_multiplier": m, **summarize(rs, args.slo_ms, seconds)})
+        total = args.phase_s * len(args.multipliers)
+        rows.append(
+            {
+                **common,
+                "load_multiplier": "trace",
+                "gear_shifts": len(shifts),
+                **summarize(records, args.slo_ms, total),
+            }
+        )
+        last = rows[-1]
+        print(
+            f"{name:15s} slo {last['slo_attainment']:.3f} eff.acc {last['effective_accuracy']:.2f} "
+            f"p99 {last['p99_ms']:.1f} ms 429 {last['share_429']:.3f} shifts {len(shifts)}"
+        )
+
+    from gearshift.atomic import write_json_atomic
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output, {"rows": rows, "series": series}, indent=1)
+    png = output.with_suffix(".png")
+    plot(series, table.names, args.slo_ms, png)
+    print(f"rows: {output}\nplot: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

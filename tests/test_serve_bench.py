@@ -1,0 +1,50 @@
+"""benchmarks/serve.py's trace and its per-policy numbers, on synthetic records."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_poisson_trace_is_bounded_and_follows_the_load(load_benchmark):
+    bench = load_benchmark("serve")
+    trace = bench.poisson_trace(200.0, [0.5, 3, 0.5], 5.0, 100_000, seed=0)
+    counts = {m: sum(1 for _, x in trace if x == m) for m in (0.5, 3)}
+    assert counts[3] == pytest.approx(3000, rel=0.1)  # 600/s for 5 s
+    assert counts[0.5] == pytest.approx(1000, rel=0.15)  # 100/s for 2 x 5 s
+    assert all(a < b for (a, _), (b, _) in zip(trace, trace[1:]))
+    assert max(t for t, _ in trace) < 15.0
+    assert len(bench.poisson_trace(200.0, [3], 5.0, 50, seed=0)) == 50
+    assert bench.poisson_trace(200.0, [1], 1.0, 10_000, 1) == bench.poisson_trace(
+        200.0, [1], 1.0, 10_000, 1
+    )
+
+
+def test_summary_counts_against_all_sent(load_benchmark):
+    bench = load_benchmark("serve")
+
+    def rec(status, ms=None, correct=None, t=0.0, gear="full"):
+        r = {"t": t, "status": status, "latency_ms": ms, "send_lag_ms": 0.0}
+        if status == 200:
+            r.update(gear=gear, correct=correct)
+        return r
+
+    records = [
+        rec(200, 50, True),  # correct, in time
+        rec(200, 80, False),  # wrong, in time
+        rec(200, 300, True, gear="k4"),  # correct, late
+        rec(429, 1),
+        rec(504, 1000),
+    ]
+    s = bench.summarize(records, slo_ms=100, seconds=2.0)
+    assert s["sent"] == 5 and s["answered"] == 3
+    assert s["slo_attainment"] == pytest.approx(2 / 5)
+    assert s["goodput"] == pytest.approx(1.0)
+    assert s["share_429"] == pytest.approx(0.2)
+    assert s["share_other_errors"] == pytest.approx(0.2)
+    assert s["accuracy_answered"] == pytest.approx(200 / 3)
+    assert s["effective_accuracy"] == pytest.approx(20.0)  # 1 correct in time of 5 sent
+    assert s["p99_ms"] == 300 and s["p50_ms"] == 80
+    assert s["gears"] == {"full": 2, "k4": 1}
+    series = bench.per_second(records + [rec(200, 10, True, t=1.5, gear="k4")], ["full", "k4"])
+    assert [b["arrivals"] for b in series] == [5, 1]
+    assert [b["gear"] for b in series] == ["full", "k4"]
