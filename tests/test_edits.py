@@ -159,6 +159,23 @@ def test_edit_runs_round_trips_and_counts_its_flops(family, edit, base_models, t
         assert expected < analytic_flops(base_models(family).config, n, batch=2)
 
 
+@pytest.mark.parametrize("edit", ["factorize+int8", "slim+int8"])
+def test_tied_lm_head_over_an_edited_word_embedding(edit, hf_tiny_dir, tmp_path):
+    """GPT-2 with its LM head tied to a low-rank word embedding: the head runs (h P) C^T,
+    counted as such, and the edited model round-trips."""
+    model = load_pretrained(str(hf_tiny_dir("gpt2", None)), head_kind="lm").eval()
+    assert model.config.tie_word_embeddings and model.lm_head is None
+    for step in EDITS[edit]:
+        model = step(model)
+    assert isinstance(model.embeddings.word, LowRankEmbedding)
+    batch = random_batch("gpt2")
+    out = logits(model, batch)
+    assert out.shape == (3, 11, 99)
+    assert torch.equal(logits(load_model(save_model(model, tmp_path / "lm")), batch), out)
+    fixed = fixed_length_batch(model.config, 10)
+    assert count_flops(model, fixed) == analytic_flops(model.config, 10)
+
+
 INT8_CASES = [
     (family, edit)
     for family in FAMILIES
