@@ -28,8 +28,9 @@ Per policy and load multiplier (and over the whole trace, ``load_multiplier: "tr
 ``slo_attainment`` (answered within the SLO, over all sent), ``goodput`` (answers within
 the SLO per second), ``p50_ms``/``p99_ms`` (client-side latency of answered requests),
 ``share_429``, ``accuracy_answered`` and ``effective_accuracy`` (correct and within the
-SLO, over all sent). Rows go to ``benchmarks/results/serve.json`` (``--quick``: a temporary
-folder unless ``--output``), with a plot of load, gear and p99 over time beside them.
+SLO, over all sent). Rows go to ``benchmarks/results/serve.json`` (``--quick``:
+``runs/serve-quick/serve.json``, never mixed with real rows), with a plot of load, gear and
+p99 over time beside them (``serve.png``).
 Bounded: at most ``--max-requests`` per policy, and each phase lasts its ``--phase-s``.
 """
 
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_requests = min(args.max_requests, 1500)
         args.dev_limit = args.dev_limit or 64
         table_path = quick_table(work)
-        output = Path(args.output) if args.output else work / "serve.json"
+        output = Path(args.output) if args.output else Path("runs/serve-quick/serve.json")
     else:
         if not args.gears:
             ap.error("pass --gears G.json (from `gearshift gears build`), or --quick")
