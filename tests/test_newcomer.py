@@ -357,3 +357,20 @@ def test_the_readme_python_snippet_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "runs" / "quickstart" / "copy" / "gearshift.json").is_file()
+
+
+def test_no_header_reaches_a_custom_task_from_the_flags(tmp_path):
+    from gearshift.cli import _resolve_task
+
+    f = tmp_path / "plain.tsv"
+    f.write_text("".join(f"text {i}\t{i % 2}\n" for i in range(10)))
+    argv = ["evaluate", "--model", "minilm-l6", "--train-file", str(f)]
+    argv += ["--text-column", "0", "--label-column", "1"]
+    with pytest.raises(DataError, match="--no-header"):
+        _resolve_task(build_parser(argv).parse_args(argv))
+    args = build_parser(argv).parse_args([*argv, "--no-header"])
+    task = _resolve_task(args)
+    from gearshift.data import load_examples
+
+    assert task.custom.has_header is False
+    assert len(load_examples(task, "train")) + len(load_examples(task, "dev")) == 10

@@ -228,19 +228,11 @@ def model_for_task(model_name: str, task: TaskSpec) -> tuple[Any, Any]:
     return model, load_tokenizer(model_name)
 
 
-def head_is_trained(model: Any, model_name: str | None = None) -> bool:
+def head_is_trained(model: Any) -> bool:
     """Return False when ``model``'s head holds fresh random weights: a head swapped in by
-    :func:`model_for_task`, or one a checkpoint lacked; True when it was loaded trained (a
-    gearshift folder recording a task, or a checkpoint that carried its head)."""
-    if getattr(model, "head_is_fresh", False):
-        return False
-    if model_name is not None:
-        from gearshift.paths import resolve_model_name
-
-        folder = Path(resolve_model_name(model_name))
-        if (folder / META_NAME).is_file():
-            return _recorded(folder) is not None
-    return True
+    :func:`model_for_task` because the checkpoint had none that fits the task. A head loaded
+    from a folder or checkpoint counts as trained (gearshift cannot tell more)."""
+    return not getattr(model, "head_is_fresh", False)
 
 
 def untrained_head_warning(model_name: str, task: TaskSpec) -> str:

@@ -187,6 +187,8 @@ def load_hf(
     if unused:
         logger.debug("unused checkpoint weights: %s", ", ".join(unused))
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    # read by gearshift.predict and `gearshift evaluate`, which warn before chance-level output
+    model.head_is_fresh = any(k.startswith("head.") for k in fresh)
     return model.eval()
 
 
