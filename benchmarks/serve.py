@@ -42,6 +42,7 @@ import datetime
 import math
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -316,6 +317,14 @@ def quick_table(folder: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    work = Path(tempfile.mkdtemp(prefix="gearshift-serve-bench-"))
+    try:
+        return run(argv, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(argv: list[str] | None, work: Path) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gears", help="gear table (gearshift gears build) of the SST-2 model")
     ap.add_argument("--quick", action="store_true", help="tiny random model, seconds: a smoke run")
@@ -341,7 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     from report import command_line
 
-    work = Path(tempfile.mkdtemp(prefix="gearshift-serve-bench-"))
     if args.quick:
         args.phase_s, args.capacity_s = min(args.phase_s, 1.5), min(args.capacity_s, 1.5)
         args.multipliers = (

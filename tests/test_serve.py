@@ -269,3 +269,20 @@ def test_gear_table_schema_errors(table_path):
         GearSet(parse_gear_table(bad_setting))
     with pytest.raises(GearTableError, match="does not exist"):
         read_gear_table(table_path.parent / "missing.json")
+
+
+def test_serve_a_model_without_a_gear_table(table_path):
+    """`gearshift serve --model DIR`: one gear, its latency measured at start."""
+    from gearshift.serve.cli import single_gear_table
+
+    gearset = single_gear_table(str(table_path.parent / "model"))
+    assert gearset.names == ["full"]
+    assert set(gearset.table.gears[0].latency_ms) == {1, 8, 32}
+    assert gearset.table.task.label_names == ["negative", "positive"]
+    server, http = start(gearset, slo_ms=100)
+    try:
+        r = httpx.post(http.url + "/v1/predict", json={"texts": ["fine"]}, timeout=30)
+        assert r.status_code == 200 and r.json()["gear"] == "full"
+    finally:
+        http.stop()
+        server.close()

@@ -35,13 +35,12 @@ def single_gear_table(model: str, task_name: str | None = None):
     latency measured on this machine at start (batch 1, 8, 32, a few repeats)."""
     from gearshift.data import get_task
     from gearshift.jobs import task_of_folder
-    from gearshift.runtime import load_pretrained
     from gearshift.serve.build import measure_latency_ms, task_info
-    from gearshift.serve.gears import GearSet
+    from gearshift.serve.gears import GearSet, load_gear_model
     from gearshift.serve.table import Gear, GearTable, ModelEntry, TaskInfo
 
     name = task_name or task_of_folder(model)
-    loaded = load_pretrained(model)
+    loaded = load_gear_model(model)
     if name:
         info = task_info(get_task(name))
     else:
