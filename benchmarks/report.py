@@ -321,6 +321,28 @@ def _pick(rows: list[dict], task: str, setting: str, method: str | None = None) 
     found = [r for r in found if r["method"] == (method or found[0]["method"])] if found else []
     if not found:
         return None
+    # seeds merge only when measured against one teacher: the current one's rows if any
+    groups: list[list[dict]] = []
+    for r in found:
+        ref = r.get("reference_score")
+        home = next(
+            (
+                g
+                for g in groups
+                if (ref is None and g[0].get("reference_score") is None)
+                or (
+                    ref is not None
+                    and g[0].get("reference_score") is not None
+                    and abs(g[0]["reference_score"] - ref) < REBUILD_TOLERANCE
+                )
+            ),
+            None,
+        )
+        if home is None:
+            groups.append([r])
+        else:
+            home.append(r)
+    found = next((g for g in groups if not first_teacher(g[0])), groups[0])
     seeds = {r.get("seed") for r in found}
     return merge_seeds(found) if len(seeds) == len(found) > 1 else found[0]
 

@@ -661,6 +661,30 @@ def test_results_sink_replaces_rows_and_survives_restarts(tmp_path):
     assert ResultsSink(path, "other").rows == []
 
 
+def test_results_sink_keeps_runs_of_other_seeds_side_by_side(tmp_path):
+    from gearshift.measure import ResultsSink
+
+    path = tmp_path / "b.json"
+
+    def row(score, seed):
+        point = OperatingPoint(
+            task="rte", model="m", method="a", setting="s", metric="accuracy", score=score
+        )
+        point.seed = seed
+        return point.to_dict()
+
+    sink = ResultsSink(path, "bench")
+    sink.add([row(1.0, 42), row(2.0, 43)])
+    sink.add(row(3.0, 43))  # a re-run of seed 43 replaces seed 43 only
+    got = {r["seed"]: r["score"] for r in ResultsSink(path, "bench").rows}
+    assert got == {42: 1.0, 43: 3.0}
+    assert sink.has("rte", "a", "s", seed=43) and not sink.has("rte", "a", "s", seed=44)
+    sink.add(row(4.0, None))  # a row that does not know its seed replaces every seed
+    assert [(r["seed"], r["score"]) for r in ResultsSink(path, "bench").rows] == [(None, 4.0)]
+    sink.add(row(5.0, 44))  # and a seeded run replaces the unknown one
+    assert [(r["seed"], r["score"]) for r in ResultsSink(path, "bench").rows] == [(44, 5.0)]
+
+
 def test_results_sinks_of_two_concurrent_runs_keep_each_others_rows(tmp_path):
     from gearshift.measure import ResultsSink
 

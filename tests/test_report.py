@@ -594,6 +594,10 @@ def test_verdicts_over_seeds_use_the_interval(report):
     assert report.difference_verdict(three, one) is None  # one seed: McNemar or plain
     assert report._better(three, lo).startswith("met (3+ seeds")
     assert "1 seed" in report._better(three, one)
+    # seeds merge only against one teacher: a row of another reference stays out
+    other = [{**r, "reference_score": 90.0} for r in seeds(80.0, 1.0)]
+    mixed = [{**other[0], "reference_score": 86.0, "seed": 7}, *other]
+    assert report._pick(mixed, "sst2", "s", "m")["extras"].get("seeds") is None
     # rows of one setting with the same seed are not seeds: the first is kept
     same = [{**r, "seed": 42} for r in seeds(80.0, 1.0)]
     assert report._pick(same, "sst2", "s", "m")["score"] == 80.0

@@ -324,7 +324,9 @@ class ResultsSink:
     Loads the rows already in ``path`` (those of ``benchmark``); :meth:`add` replaces rows of
     the same (task, method, setting) and rewrites the file atomically, so a killed run loses
     at most what it was measuring; :meth:`has` tells a resuming run what is recorded.
-    ``new`` holds the rows added by this run.
+    ``new`` holds the rows added by this run. A row with a ``seed`` replaces only rows of
+    that seed (or of an unknown one), so runs of one setting with different seeds stand
+    side by side; a row without one replaces every seed of its setting, as before.
     """
 
     def __init__(self, path: str | os.PathLike, benchmark: str) -> None:
@@ -346,17 +348,30 @@ class ResultsSink:
     def key(row: Mapping[str, Any]) -> tuple:
         return (row["task"], row["method"], row["setting"])
 
-    def has(self, task: str, method: str, setting: str) -> bool:
-        return any(self.key(r) == (task, method, setting) for r in self.rows)
+    def has(self, task: str, method: str, setting: str, seed: int | None = None) -> bool:
+        """Whether a row of (task, method, setting) is recorded (of ``seed``, if given)."""
+        return any(
+            self.key(r) == (task, method, setting) and (seed is None or r.get("seed") == seed)
+            for r in self.rows
+        )
+
+    @classmethod
+    def replaces(cls, new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+        """Whether ``new`` supersedes ``old``: the same (task, method, setting) and the same
+        seed, or either seed unknown (None)."""
+        if cls.key(new) != cls.key(old):
+            return False
+        a, b = new.get("seed"), old.get("seed")
+        return a is None or b is None or a == b
 
     def add(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
         rows = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
-        fresh = {self.key(r) for r in rows}
         self.new += rows
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Re-read under a lock: another run of this benchmark (say, one task per core) may
         # have written rows since this one started; they are kept, not overwritten.
         with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self.rows = [r for r in self._read() if self.key(r) not in fresh] + rows
+            kept = [r for r in self._read() if not any(self.replaces(n, r) for n in rows)]
+            self.rows = kept + rows
             write_results(self.path, self.rows, self.benchmark)
