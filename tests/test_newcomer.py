@@ -323,10 +323,13 @@ def test_profiler_notices_do_not_leak_and_other_stderr_does(tmp_path):
         "with quiet_profiler_lines():\n"
         "    os.write(2, b'USDT:2026 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\\n')\n"
         "    os.write(2, b'keep this line\\n')\n"
+        "    os.write(2, b'\\rbar 50%USDT:2026 1:1 SyncActivityProfilerHandler.cpp:59] "
+        "profiler_stop\\n')\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "USDT" not in out.stderr and "keep this line" in out.stderr
+    assert "bar 50%" in out.stderr  # a progress bar the notice landed in survives
 
 
 def test_load_and_predict_take_a_stack_folder(tmp_path, folders):

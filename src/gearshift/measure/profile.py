@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -131,13 +132,15 @@ def quiet_profiler_lines() -> Iterator[None]:
             os.dup2(saved, fd)
             os.close(saved)
             tmp.seek(0)
-            kept = [
-                line
-                for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
-                if not (line.startswith("USDT:") and "Profiler" in line)
-            ]
+            text = tmp.read().decode("utf-8", "replace")
+            # the notices may sit inside other output (a progress bar redrawn with \r)
+            kept = _PROFILER_NOTICE.sub("", text)
             if kept:
-                sys.stderr.write("".join(kept))
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+_PROFILER_NOTICE = re.compile(r"USDT:[^\n\r]*?Profiler[^\n\r]*?profiler_(?:start|stop)\n?")
 
 
 def profile_markdown(d: dict[str, Any]) -> str:
