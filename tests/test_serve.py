@@ -286,3 +286,38 @@ def test_serve_a_model_without_a_gear_table(table_path):
     finally:
         http.stop()
         server.close()
+
+
+def test_overload_shifts_gear_visibly(gearset, caplog):
+    """A burst behind a slow model: the controller shifts down, /metrics counts the shift,
+    /v1/gears shows the gear in use and one log line names it."""
+    import logging
+    import time
+
+    server, http = start(gearset, slo_ms=100, max_batch=4, max_delay_ms=1, max_queue=128)
+    slow = server.batcher.run
+
+    def slowed(gear, texts, pairs):
+        time.sleep(0.03)
+        return slow(gear, texts, pairs)
+
+    server.batcher.run = slowed
+
+    async def go():
+        async with httpx.AsyncClient(base_url=http.url, timeout=60) as c:
+            return await asyncio.gather(
+                *(c.post("/v1/predict", json={"texts": [f"text {i}"]}) for i in range(48))
+            )
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="gearshift.serve"):
+            responses = asyncio.run(go())
+        assert all(r.status_code == 200 for r in responses)
+        assert {r.json()["gear"] for r in responses} == {"full", "k2"}
+        text = httpx.get(http.url + "/metrics").text
+        assert 'gearshift_gear_shifts_total{from_gear="full",to_gear="k2"} 1.0' in text
+        assert any("gear shift full -> k2" in m for m in caplog.messages)
+        assert httpx.get(http.url + "/v1/gears").json()["gear_in_use"] == "k2"
+    finally:
+        http.stop()
+        server.close()
