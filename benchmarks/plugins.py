@@ -122,6 +122,15 @@ def plugin_specs(
     return specs
 
 
+DEFAULT_SEED = 42
+
+
+def seed_suffix(seed: int) -> str:
+    """The run folder suffix of a seed: none for the default (the folders of earlier runs),
+    ``-seed<N>`` otherwise, so one seed never resumes another's checkpoints."""
+    return "" if seed == DEFAULT_SEED else f"-seed{seed}"
+
+
 def find_teacher(task_name: str, override: str | None) -> str | None:
     """The teacher folder to use, or None (with a message) when it is not ready."""
     if override:
@@ -170,7 +179,7 @@ def stage_a_plugin(spec: Spec, task_name: str, args: argparse.Namespace) -> Path
 
 def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: str) -> list[dict]:
     task = get_task(task_name)
-    seed_everything(42)  # the head of an untrained "teacher" (--teacher minilm-l6) is drawn here
+    seed_everything(args.seed)  # an untrained "teacher"'s head (--teacher minilm-l6) is drawn here
     base, tok = model_for_task(teacher, task)
     base.eval()
     steps, batch = args.steps, args.batch_size
@@ -189,13 +198,13 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
         init = stage_a_plugin(spec, task.name, args)
         plugin = load_plugin(init, base) if init else Plugin(spec.config, base)
         cfg = TrainConfig(
-            output_dir=str(Path(args.runs) / task.name / spec.name),
+            output_dir=str(Path(args.runs) / task.name / (spec.name + seed_suffix(args.seed))),
             max_steps=steps,
             batch_size=batch,
             learning_rate=args.lr,
             warmup_ratio=0.06,
             save_every=100,
-            seed=42,
+            seed=args.seed,
             progress=not args.quick,
         )
         start = time.perf_counter()
@@ -236,7 +245,7 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
             mean = mean_merging(base, k, placement)
             candidates.append(Candidate(mean.config.name, "mean-merging", mean.plan()))
         candidates.append(Candidate(f"k{k}-truncate", "truncation", truncation_plan(base, k)))
-    return measure_candidates(
+    rows = measure_candidates(
         base,
         tok,
         task,
@@ -248,7 +257,11 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
         threads=args.threads,
         repeats=args.repeats,
         warmup=1 if args.quick else 5,
+        batch_sizes=() if args.no_latency else (1, 32),
     )
+    for r in rows:
+        r["seed"] = args.seed
+    return rows
 
 
 def retime_task(task_name: str, teacher: str, args: argparse.Namespace, command: str) -> list[dict]:
@@ -348,6 +361,18 @@ def main(argv: list[str] | None = None) -> int:
         "ratios and FLOPs (trained plugins reload; scores stay): for a quiet machine",
     )
     parser.add_argument("--runs", default="runs/plugins", help="where trained plugins go")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="training seed, recorded in each row; rows of other seeds stay beside these",
+    )
+    parser.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="score and count FLOPs only (rows get no latency): for seed re-runs on a busy "
+        "machine; time later with --retime on a quiet one",
+    )
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.quick:  # a smoke run of every code path, not a measurement

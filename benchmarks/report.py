@@ -409,9 +409,11 @@ def merge_seeds(rows: list[dict]) -> dict:
     if len(rows) == 1:
         return rows[0]
     scores = [r["score"] for r in rows]
-    merged = {**rows[0], "score": sum(scores) / len(scores), "seed": None}
+    # costs come from a timed run where there is one (seed re-runs may score only)
+    base = next((r for r in rows if r.get("latency_ratio_b32") is not None), rows[0])
+    merged = {**base, "score": sum(scores) / len(scores), "seed": None}
     merged["extras"] = {
-        **rows[0].get("extras", {}),
+        **base.get("extras", {}),
         "seed_scores": scores,
         "seeds": [r.get("seed") for r in rows],
     }
@@ -612,7 +614,11 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str, floors: dict) -
         lines.append(
             f"| {task} | {teacher:.2f}{quiet}{first} | {score} | "
             f"{teacher - f['score']:+.2f} | {f['extras']['saved_flops_128']:.1%} | "
-            f"{f['latency_ratio_b32']:.3f} ({timing_short(f)}) | "
+            + (
+                f"{f['latency_ratio_b32']:.3f} ({timing_short(f)}) | "
+                if f.get("latency_ratio_b32") is not None
+                else "- (not timed) | "
+            )
             + (
                 f"{lay['score']:.2f} | {lay['extras']['saved_flops_128']:.1%} |"
                 if lay
@@ -625,7 +631,14 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str, floors: dict) -
     if skipped:
         scope += f" ({', '.join(skipped)}: {NO_SIGNAL}, left out)"
     every = ", ".join(task for task, *_ in per_task)
-    timings = " / ".join(sorted({timing_short(f) for _, _, f, _ in per_task}))
+    timed = [t for t, _, f, _ in per_task if f.get("latency_ratio_b32") is not None]
+    timings = " / ".join(
+        sorted({timing_short(f) for _, _, f, _ in per_task if f.get("latency_ratio_b32")})
+    )
+    if len(timed) < len(per_task):
+        timings = "; ".join(
+            filter(None, [timings, f"timed on {', '.join(timed) or 'no task'} only"])
+        )
 
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)

@@ -542,6 +542,14 @@ def test_no_signal_cells_enter_no_mean_and_no_verdict(report, monkeypatch):
     assert not report.has_signal(rows[3], floors, 56.68)
     assert not report.has_signal({**rows[3], "score": 60.0}, floors, 56.68)  # the teacher
     assert report.has_signal({**rows[3], "metric": "cosine"}, floors)  # another metric
+    # a second seed that scored only: the scores merge, the timed run's latency stays
+    again = {**rows[1], "score": 86.5, "seed": 43, "latency_ratio_b32": None}
+    seeded = [*rows[:1], {**rows[1], "seed": 42}, again, *rows[2:]]
+    two = report.plugins_targets(seeded, floors=floors)
+    assert "| sst2 | 88.00 | 87.00 | +1.00 | 46.0% | 0.600 (loaded) |" in two
+    assert "| 2 seeds |" in two
+    untimed = report.plugins_targets([rows[0], again], floors=floors)
+    assert "- (not timed)" in untimed and "| - (timed on no task only) |" in untimed
     # every task without a signal: no mean at all, no verdict
     only_rte = report.plugins_targets(rows[2:], floors=floors)
     assert "averaged over no task (rte: no signal, left out)" in only_rte
