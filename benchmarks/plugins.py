@@ -408,7 +408,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.ks, args.placements, args.variants, args.variant_kinds, args.stage_a_all
             )
             want = {spec.name for spec in specs}
-            have = {r["setting"] for r in earlier_rows(output) if r["task"] == get_task(name).name}
+            have = {
+                r["setting"]
+                for r in earlier_rows(output)
+                if r["task"] == get_task(name).name and r.get("seed") in (None, args.seed)
+            }
             if want <= have:
                 print(f"[plugins] {name}: every plugin already measured (--resume)", flush=True)
                 continue
