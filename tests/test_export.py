@@ -58,6 +58,23 @@ def test_hf_regression_head(hf_tiny_dir, tmp_path):
     assert (_logits(hf, batch).squeeze(-1) - _logits(model, batch)).abs().max() <= 1e-5
 
 
+def test_hf_holds_a_uniformly_narrower_ffn(hf_tiny_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = load_hf(str(hf_tiny_dir("roberta", "classification")))
+    config = copy.deepcopy(model.config)
+    config.blocks = [BlockShape(4, 16)] * 3
+    torch.manual_seed(0)
+    narrow = Transformer(config).eval()
+    assert why_not_hf(narrow) is None
+    hf = AutoModelForSequenceClassification.from_pretrained(
+        str(export_hf_folder(narrow, tmp_path / "hf"))
+    ).eval()
+    assert hf.config.intermediate_size == 16
+    batch = random_batch("roberta")
+    assert (_logits(hf, batch) - _logits(narrow, batch)).abs().max() <= 1e-5
+
+
 def _edited(hf_tiny_dir, edit):
     model = load_hf(str(hf_tiny_dir("bert", "classification")))
     config = copy.deepcopy(model.config)

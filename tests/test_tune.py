@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 pytest.importorskip("onnxruntime", reason="tune's onnx engines need scripts/setup.sh's onnxruntime")
 
@@ -63,29 +62,13 @@ def test_parse_budgets_names_the_problem():
         parse_budgets(["flops=half"])
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
-    """A tiny random BERT with the MiniLM tokenizer (so it reads real sentences)."""
-    import transformers as T
+@pytest.fixture
+def tiny_teacher(tmp_path, load_benchmark):
+    """A tiny random BERT with the MiniLM tokenizer (so it reads real sentences), the one
+    benchmarks/frontier.py --quick uses."""
+    from gearshift.data import get_task
 
-    from gearshift.runtime import load_hf, load_tokenizer, save_model
-
-    tok = load_tokenizer("minilm-l6")
-    cfg = T.BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=130,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    hf = T.BertForSequenceClassification(cfg).eval()
-    root = tmp_path_factory.mktemp("tune")
-    hf.save_pretrained(root / "hf")
-    model = load_hf(str(root / "hf"))
-    return save_model(model, root / "teacher", tokenizer=tok)
+    return load_benchmark("frontier").tiny_teacher(tmp_path / "teacher", get_task("sst2"))
 
 
 def test_tune_quick_picks_the_documented_best_and_resumes(tiny_teacher, tmp_path):
@@ -129,3 +112,38 @@ def test_tune_quick_picks_the_documented_best_and_resumes(tiny_teacher, tmp_path
     }
     assert main(argv) == 0
     assert stamp == {n: (out / "candidates" / n / "row.json").stat().st_mtime_ns for n in stamp}
+
+
+def test_evaluate_and_predict_take_an_engine(tiny_teacher, tmp_path, capsys):
+    from gearshift.cli import main
+
+    scores = {}
+    for name in ("eager", "onnx"):
+        out = tmp_path / f"{name}.json"
+        argv = ["evaluate", "--model", str(tiny_teacher), "--task", "sst2", "--limit", "24"]
+        assert main([*argv, "--engine", name, "--json", str(out), "--no-progress"]) == 0
+        result = json.loads(out.read_text())
+        assert result["engine"] == name
+        scores[name] = result["score"]
+    assert scores["onnx"] == pytest.approx(scores["eager"])
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a gorgeous film\na waste of time\n")
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(tiny_teacher),
+                "--input",
+                str(texts),
+                "--engine",
+                "onnx-int8",
+            ]
+        )
+        == 0
+    )
+    lines = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
+    assert len(lines) == 2 and all("label" in row for row in lines)

@@ -168,7 +168,13 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
     _require_ort()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process is for static quantization
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return Path(int8_path)
 
 
@@ -195,10 +201,16 @@ def _eager_output(model, names, setting, inputs):
         return model(**dict(zip(names, inputs)))
 
 
-def _run(sess, names: list[str], inputs: list[torch.Tensor]) -> np.ndarray:
+def _run(sess, names: list[str], inputs: list[torch.Tensor], quiet: bool = False) -> np.ndarray:
     wanted = {i.name for i in sess.get_inputs()}  # an input the graph never reads is dropped
     feed = {n: t.numpy().astype(np.int64) for n, t in zip(names, inputs) if n in wanted}
-    return sess.run(["logits"], feed)[0]
+    options = None
+    if quiet:  # a probe the graph may refuse: its error is the answer, not news
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.log_severity_level = 4
+    return sess.run(["logits"], feed, options)[0]
 
 
 class OnnxEngine(Engine):
@@ -249,6 +261,12 @@ class OnnxEngine(Engine):
         stem = "model" if seq_len is None else f"model-n{seq_len}"
         return self.folder / (f"{stem}.int8.onnx" if self.int8 else f"{stem}.onnx")
 
+    def size_on_disk(self) -> int:
+        """Bytes of the graph this engine ships: the dynamic graph, or the largest bucket's
+        (each bucket's graph holds the same weights)."""
+        paths = [self.graph_path(n) for n in self._sessions] or [self.graph_path()]
+        return max(p.stat().st_size for p in paths if p.is_file())
+
     def _build(self, seq_len: int | None):
         fp32 = self.folder / ("model.onnx" if seq_len is None else f"model-n{seq_len}.onnx")
         if not fp32.is_file():
@@ -265,7 +283,7 @@ class OnnxEngine(Engine):
         with torch.no_grad():
             ref = _eager_output(self._model, self.names, self.setting, inputs).logits.numpy()
         try:
-            got = _run(sess, self.names, inputs)
+            got = _run(sess, self.names, inputs, quiet=True)
         except Exception as exc:  # ORT refuses a shape the trace fixed
             logger.debug("dynamic graph failed on shape %s: %s", tuple(inputs[0].shape), exc)
             return False

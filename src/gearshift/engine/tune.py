@@ -155,23 +155,12 @@ def candidates(
                     Candidate(f"svd-r{r:g}-{e}", "factorize-svd", f"ratio={r:g}", e, _svd(r))
                 )
     else:
-        for provider, points in model.settings().items():
-            if provider == "exits":  # data-dependent: eager only
-                engines_here = ["eager"]
-            else:
-                engines_here = list(engines)
-            for value in points:
-                for e in engines_here:
-                    out.append(
-                        Candidate(
-                            f"stack-{provider}-{value}-{e}",
-                            "stack",
-                            f"{provider}={value}",
-                            e,
-                            _same,
-                            {provider: value},
-                        )
-                    )
+        for label, setting in model.settings().items():
+            if not any(v is not None for v in setting.values()):
+                continue  # the base alone: the teacher rows
+            exits = setting.get("exits") is not None  # data-dependent: eager only
+            for e in ["eager"] if exits else list(engines):
+                out.append(Candidate(f"stack-{label}-{e}", "stack", label, e, _same, setting))
     return out
 
 
@@ -239,11 +228,15 @@ def _latency(run, ctx: TuneContext, reference_run) -> dict[str, float]:
     return out
 
 
-def _flops(model: nn.Module) -> int:
+def _flops(model: nn.Module, setting: Mapping[str, Any] | None = None) -> int:
+    """Analytic FLOPs of one 128-token example (a stack: at ``setting``, exits off)."""
     from gearshift.measure.flops import analytic_flops
 
-    base = getattr(model, "base", model)
-    return int(analytic_flops(base.config, 128))
+    if hasattr(model, "base"):
+        from gearshift.compose.flops import stack_flops
+
+        return int(stack_flops(model, 128, dict(setting or {})))
+    return int(analytic_flops(model.config, 128))
 
 
 def measure(cand: Candidate, ctx: TuneContext, folder: Path) -> dict[str, Any]:
@@ -265,7 +258,7 @@ def measure(cand: Candidate, ctx: TuneContext, folder: Path) -> dict[str, Any]:
         "score": _score(run, ctx),
         "reference_score": ref["score"],
         **_latency(run, ctx, reference_run),
-        "flops": _flops(model),
+        "flops": _flops(model, cand.stack_setting),
         "size_on_disk": size,
         "threads": ctx.threads,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -277,7 +270,9 @@ def measure(cand: Candidate, ctx: TuneContext, folder: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- the verb
-def _plot(rows: list[dict], best: dict | None, path: Path, title: str) -> Path:
+def plot_frontier(rows: list[dict], best: dict | None, path: Path, title: str) -> Path:
+    """Score against batch-1 latency ratio, one colour per engine, the frontier dashed and
+    ``best`` circled; written to ``path`` (PNG, atomically). Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -406,7 +401,7 @@ def tune(
         output / "frontier.json",
         {"budgets": dict(budgets), "rows": rows, "best": best, "frontier": frontier(rows)},
     )
-    _plot(rows, best, output / "frontier.png", f"{task.name}: {Path(str(model_path)).name}")
+    plot_frontier(rows, best, output / "frontier.png", f"{task.name}: {Path(str(model_path)).name}")
     if best is None:
         raise GearshiftError(
             f"no candidate fits the budget {dict(budgets)}; the closest are in "

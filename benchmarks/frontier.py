@@ -1,0 +1,389 @@
+"""The frontier: gearshift's methods and stacks on each engine against the practitioner's default.
+
+For each task (SST-2, MRPC, STS-B) in one process: the fp32 teacher (the reference), torch
+dynamic int8 of it (``torch-int8``), ONNX Runtime fp32 and dynamic int8 of it (``ort-fp32``,
+``ort-int8``), single methods built on the spot (SVD factorization at ratios 2 and 4; any
+folder given with --candidates), and stacks (``method: "stack"``, each named setting of every
+stack folder under --stacks-dir/TASK/) on each engine (eager, onnx, onnx-int8; exit settings
+on eager only: their exit decision is data-dependent). Every candidate is scored on the full
+dev split; all candidates of a task are timed interleaved in one process, at batch 1 and 32
+of real dev sentences, with fixed threads (1, then 2), by gearshift.measure.retime's protocol
+(warm-up, 5 interleaved rounds, the median ratio and its (min, max) spread; it refuses a
+busy machine). FLOPs are analytic per example over the dev batch (exits: at each row's exit).
+
+Targets, evaluated per task and thread count and written under "targets":
+  1. some stack scores within 1.0 point of the teacher and has a lower latency ratio than
+     ort-int8 at batch 1 and at batch 32;
+  2. every stack has latency ratio / FLOPs ratio <= 1.15 on its best engine.
+
+Real run (a quiet machine, teachers cached in ~/.cache/gearshift/teachers by
+benchmarks/teachers.py; stacks built with `gearshift stack` under runs/stacks/TASK/):
+
+    python benchmarks/frontier.py --stacks-dir runs/stacks
+    # about 1-1.5 h: per task ~20 candidates x full dev scoring (~10 min) + 2 thread
+    # counts x 2 batch sizes x 5 rounds of interleaved timing (~10 min each)
+
+CI / smoke (a tiny random teacher, 16 dev sentences, a random k2 plugin stack, 2 rounds):
+
+    python benchmarks/frontier.py --quick    # ~2 min; writes runs/frontier-quick/, not results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from report import command_line  # benchmarks/ is on sys.path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "frontier.json"
+TASKS = ["sst2", "mrpc", "stsb"]
+ENGINES = ["eager", "onnx", "onnx-int8"]
+TEACHER_ENGINES = {"eager": "teacher", "onnx": "ort-fp32", "onnx-int8": "ort-int8"}
+
+
+# ---------------------------------------------------------------------- forms
+def tiny_teacher(folder: Path, task) -> Path:
+    """A tiny random BERT with the MiniLM tokenizer and the task's head (--quick only)."""
+    import transformers as T
+
+    from gearshift.runtime import load_hf, load_tokenizer, save_model
+
+    if (folder / "gearshift.json").is_file():
+        return folder
+    tok = load_tokenizer("minilm-l6")
+    labels = 1 if task.kind == "regression" else task.num_labels
+    cfg = T.BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        num_labels=labels,
+        problem_type="regression" if task.kind == "regression" else None,
+    )
+    torch.manual_seed(0)
+    T.BertForSequenceClassification(cfg).save_pretrained(folder / "hf")
+    return save_model(load_hf(str(folder / "hf")), folder, tokenizer=tok)
+
+
+def tiny_stack(teacher):
+    """A stack of the teacher with a random k=2 plugin (--quick only)."""
+    from gearshift.methods.plugins import Plugin, PluginConfig, PluginModel
+
+    torch.manual_seed(0)
+    plugin = Plugin(PluginConfig(k=2, bottleneck=8, merge="learned"), teacher)
+    with torch.no_grad():
+        for p in plugin.parameters():
+            p.normal_(std=0.05)
+    stack = PluginModel(copy.deepcopy(teacher))
+    stack.add_plugin("k2", plugin)
+    return stack
+
+
+def svd(teacher, ratio: float):
+    from gearshift.methods.factorize.compress import compress
+    from gearshift.methods.factorize.config import FactorizeConfig
+
+    model, _ = compress(copy.deepcopy(teacher), FactorizeConfig(method="svd", ratio=ratio))
+    return model.eval()
+
+
+def forms(teacher, args, task_name: str) -> list[dict[str, Any]]:
+    """(method, setting, model, stack setting, engines) of every candidate form."""
+    from gearshift.api import load
+    from gearshift.runtime.edits import quantize_int8
+
+    out = [
+        dict(method="teacher", setting="fp32", model=teacher, stack={}, engines=ENGINES),
+        dict(
+            method="torch-int8",
+            setting="int8",
+            model=quantize_int8(copy.deepcopy(teacher)),
+            stack={},
+            engines=["eager"],
+        ),
+    ]
+    for r in args.ratios:
+        out.append(
+            dict(
+                method="factorize-svd",
+                setting=f"ratio={r:g}",
+                model=svd(teacher, r),
+                stack={},
+                engines=ENGINES,
+            )
+        )
+    for folder in args.candidates or []:
+        model = load(folder)
+        out.append(
+            dict(method=Path(folder).name, setting="folder", model=model, stack={}, engines=ENGINES)
+        )
+    stacks = []
+    if args.quick:
+        stacks.append(("k2-plugin", tiny_stack(teacher)))
+    elif args.stacks_dir:
+        root = Path(args.stacks_dir) / task_name
+        for folder in sorted(p for p in root.glob("*") if (p / "gearshift.json").is_file()):
+            stacks.append((folder.name, load(folder)))
+    for name, stack in stacks:
+        for label, setting in stack.settings().items():
+            if not any(v is not None for v in setting.values()):
+                continue  # "full": the base model alone, already measured as the teacher
+            exits = setting.get("exits") is not None  # data-dependent: eager only
+            out.append(
+                dict(
+                    method="stack",
+                    setting=f"{name}: {label}",
+                    model=stack,
+                    stack=setting,
+                    engines=["eager"] if exits else ENGINES,
+                )
+            )
+    return out
+
+
+# ---------------------------------------------------------------------- measuring
+def mean_flops(model, setting, batch) -> float:
+    """Analytic FLOPs per example over ``batch`` (each row at its own length; with exits, up
+    to the step it left after)."""
+    from gearshift.measure.flops import analytic_flops
+
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    exit_steps = [None] * len(lengths)
+    if setting.get("exits") is not None:
+        with torch.no_grad(), model.using(**setting):
+            out = model(**batch)
+        if out.exit_step is not None:
+            exit_steps = out.exit_step.tolist()
+    total = 0
+    for n, e in zip(lengths, exit_steps):
+        if hasattr(model, "base"):
+            from gearshift.compose.flops import stack_flops
+
+            total += stack_flops(model, int(n), setting or None, exit_after=e)
+        else:
+            total += analytic_flops(model.config, int(n))
+    return total / len(lengths)
+
+
+def size_on_disk(model, run, folder: Path, tokenizer) -> int:
+    """Bytes of what would be shipped: the ONNX graph, or the saved model / stack weights."""
+    if hasattr(run, "size_on_disk"):
+        return run.size_on_disk()
+    if not folder.exists():
+        if hasattr(model, "base"):
+            from gearshift.compose.io import save_stack
+
+            save_stack(model, folder, tokenizer=tokenizer)
+        else:
+            from gearshift.runtime import save_model
+
+            save_model(model, folder, tokenizer=tokenizer)
+    return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+
+
+def evaluate_targets(rows: list[dict]) -> list[dict]:
+    """Both targets per (task, threads), each met or missed with its cause."""
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        for threads in sorted({r["threads"] for r in rows if r["task"] == task}):
+            rs = [r for r in rows if r["task"] == task and r["threads"] == threads]
+            ref = next(r for r in rs if r["method"] == "teacher" and r["engine"] == "eager")
+            ort8 = next((r for r in rs if r["method"] == "ort-int8"), None)
+            stacks = [r for r in rs if r["method"] == "stack"]
+            close = [s for s in stacks if s["score"] >= ref["score"] - 1.0]
+            t1: dict[str, Any] = {"task": task, "threads": threads, "target": 1}
+            if ort8 is None:
+                t1.update(met=False, cause="no ort-int8 row")
+            else:
+                wins = [
+                    s
+                    for s in close
+                    if s["latency_ratio_b1"] < ort8["latency_ratio_b1"]
+                    and s["latency_ratio_b32"] < ort8["latency_ratio_b32"]
+                ]
+                if wins:
+                    best = min(wins, key=lambda s: s["latency_ratio_b1"])
+                    t1.update(met=True, by=f"{best['setting']} on {best['engine']}")
+                elif not close:
+                    t1.update(met=False, cause="no stack scores within 1.0 point of the teacher")
+                else:
+                    best = min(close, key=lambda s: s["latency_ratio_b1"] + s["latency_ratio_b32"])
+                    t1.update(
+                        met=False,
+                        cause=(
+                            f"fastest stack within 1.0 point ({best['setting']} on "
+                            f"{best['engine']}) has ratios b1 {best['latency_ratio_b1']:.2f} / b32 "
+                            f"{best['latency_ratio_b32']:.2f} against ort-int8's "
+                            f"{ort8['latency_ratio_b1']:.2f} / {ort8['latency_ratio_b32']:.2f}"
+                        ),
+                    )
+            out.append(t1)
+            misses = []
+            for setting in sorted({s["setting"] for s in stacks}):
+                engines = [s for s in stacks if s["setting"] == setting]
+                best = min(engines, key=lambda s: s["latency_ratio_b1"])
+                flops_ratio = best["flops"] / ref["flops"]
+                worst = max(best["latency_ratio_b1"], best["latency_ratio_b32"]) / flops_ratio
+                if worst > 1.15:
+                    misses.append(f"{setting} on {best['engine']}: {worst:.2f}")
+            out.append(
+                {
+                    "task": task,
+                    "threads": threads,
+                    "target": 2,
+                    "met": bool(stacks) and not misses,
+                    "cause": "; ".join(misses) if misses else ("no stacks" if not stacks else None),
+                }
+            )
+    return out
+
+
+def run_task(task_name: str, args, command: str) -> list[dict]:
+    from gearshift.api import load
+    from gearshift.data import get_task
+    from gearshift.data.taskdata import TaskData, dev_texts
+    from gearshift.engine import build
+    from gearshift.jobs import teacher_dir
+    from gearshift.measure.evaluate import evaluate
+    from gearshift.measure.latency import make_batch
+    from gearshift.measure.report import machine_description, now_iso
+    from gearshift.measure.retime import QUICK, TimingProtocol, retime
+
+    task = get_task(task_name)
+    work = Path(args.work) / task.name
+    if args.quick:
+        teacher_folder = tiny_teacher(work / "teacher", task)
+    else:
+        teacher_folder = teacher_dir(task.name) / "best"
+        if not (teacher_folder / "gearshift.json").is_file():
+            raise SystemExit(
+                f"no {task.name} teacher at {teacher_folder}: build it with "
+                f"`python benchmarks/teachers.py --tasks {task.name}`"
+            )
+    teacher = load(teacher_folder)
+    tok = teacher.tokenizer
+    limit = 16 if args.quick else args.limit
+    data = TaskData.load(task, tok, "dev", limit, 128, args.data_dir)
+    texts = dev_texts(task, limit, args.data_dir)
+    batches = {1: make_batch(tok, texts, 1), 32: make_batch(tok, texts, 32)}
+    flops_batch = {
+        k: v
+        for k, v in make_batch(tok, texts, 32).items()
+        if k != "token_type_ids" or teacher.config.type_vocab_size > 1
+    }
+    cands = []
+    for i, form in enumerate(forms(teacher, args, task.name)):
+        for engine in form["engines"]:
+            method = TEACHER_ENGINES[engine] if form["method"] == "teacher" else form["method"]
+            cands.append(
+                dict(
+                    form,
+                    engine=engine,
+                    method=method,
+                    key=f"{i}:{method}|{form['setting']}|{engine}",
+                )
+            )
+    rows: list[dict] = []
+    scores: dict[str, float] = {}
+    for threads in args.threads:
+        protocol = QUICK if args.quick else TimingProtocol(threads=threads)
+        runs = {}
+        for c in cands:
+            runs[c["key"]] = build(c["model"], c["engine"], threads=threads, setting=c["stack"])
+        for c in cands:  # scores do not depend on the thread count: scored once
+            if c["key"] not in scores:
+                print(f"[{task.name}] scoring {c['key']}", file=sys.stderr)
+                scores[c["key"]] = evaluate(runs[c["key"]], data)[task.main_metric]
+        ref_key = next(c["key"] for c in cands if c["method"] == "teacher")
+        fns = {k: (lambda b, r=r: r(**b)) for k, r in runs.items()}
+        timed = retime(fns, batches, ref_key, protocol, allow_load=args.quick or args.allow_load)
+        for c in cands:
+            k = c["key"]
+            rows.append(
+                {
+                    "task": task.name,
+                    "method": c["method"],
+                    "setting": c["setting"],
+                    "engine": c["engine"],
+                    "metric": task.main_metric,
+                    "score": scores[k],
+                    "reference_score": scores[ref_key],
+                    "latency_ratio_b1": timed[1].ratios[k],
+                    "latency_ratio_b32": timed[32].ratios[k],
+                    "flops": mean_flops(c["model"], c["stack"], flops_batch),
+                    "size_on_disk": size_on_disk(
+                        c["model"], runs[k], work / "saved" / k.split(":")[0], tok
+                    ),
+                    "seed": 0,
+                    "command": command,
+                    "date": now_iso(),
+                    "machine": machine_description(),
+                    "threads": threads,
+                    "spread": {"b1": timed[1].spread[k], "b32": timed[32].spread[k]},
+                    "examples": len(data.features) if hasattr(data, "features") else limit,
+                    "teacher": str(teacher_folder),
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[2.0, 4.0], help="SVD ratios")
+    parser.add_argument("--candidates", nargs="*", help="more single-method folders to include")
+    parser.add_argument("--stacks-dir", help="stack folders, one subfolder per task")
+    parser.add_argument("--limit", type=int, help="dev examples to score (default: all)")
+    parser.add_argument("--data-dir", help="folder with the task files")
+    parser.add_argument("--work", default="runs/frontier", help="saved candidates and teachers")
+    parser.add_argument(
+        "--output", help=f"results file (default: {RESULTS.relative_to(HERE.parent)})"
+    )
+    parser.add_argument("--allow-load", action="store_true", help="time on a busy machine anyway")
+    parser.add_argument("--quick", action="store_true", help="smoke run on a tiny random teacher")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.ratios = [2.0]
+        args.work = "runs/frontier-quick"
+    output = Path(args.output or (Path(args.work) / "frontier.json" if args.quick else RESULTS))
+    command = command_line(__file__, argv)
+    rows: list[dict] = []
+    for task_name in args.tasks:
+        rows.extend(run_task(task_name, args, command))
+    targets = evaluate_targets(rows)
+    from gearshift.atomic import write_json_atomic
+    from gearshift.engine.tune import plot_frontier
+
+    write_json_atomic(output, {"benchmark": "frontier", "rows": rows, "targets": targets})
+    for task_name in args.tasks:
+        pts = [
+            dict(r, name=f"{r['method']} {r['setting']} {r['engine']}")
+            for r in rows
+            if r["task"] == task_name and r["threads"] == args.threads[0]
+        ]
+        plot_frontier(
+            pts,
+            None,
+            output.parent / f"frontier_{task_name}.png",
+            f"{task_name}, {args.threads[0]} thread(s)",
+        )
+    for t in targets:
+        state = "met" if t["met"] else "MISSED"
+        why = t.get("by") or t.get("cause") or ""
+        print(f"{t['task']} threads={t['threads']} target {t['target']}: {state} {why}")
+    print(f"{len(rows)} rows -> {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

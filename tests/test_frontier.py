@@ -1,0 +1,51 @@
+"""benchmarks/frontier.py: the targets are judged from the rows (synthetic rows here)."""
+
+from __future__ import annotations
+
+
+def _row(method, setting, engine, score, b1, b32, flops=100.0, threads=1):
+    return {
+        "task": "mrpc",
+        "method": method,
+        "setting": setting,
+        "engine": engine,
+        "score": score,
+        "latency_ratio_b1": b1,
+        "latency_ratio_b32": b32,
+        "flops": flops,
+        "threads": threads,
+    }
+
+
+BASE = [
+    _row("teacher", "fp32", "eager", 86.0, 1.0, 1.0),
+    _row("ort-int8", "fp32", "onnx-int8", 85.8, 0.27, 0.37),
+]
+
+
+def test_target_one_needs_a_close_stack_faster_than_ort_int8_at_both_sizes(load_benchmark):
+    frontier = load_benchmark("frontier")
+    rows = BASE + [
+        _row("stack", "a", "onnx-int8", 85.5, 0.2, 0.3, flops=40.0),
+        _row("stack", "b", "onnx-int8", 80.0, 0.1, 0.5, flops=20.0),  # too far from the teacher
+    ]
+    t1, t2 = frontier.evaluate_targets(rows)
+    assert t1["met"] and t1["by"] == "a on onnx-int8"
+    # a: 0.3 / 0.4 = 0.75 is within 1.15; b: the worse of b1, b32 (0.5) / 0.2 = 2.5 is not
+    assert t2["met"] is False and t2["cause"] == "b on onnx-int8: 2.50"
+    slower = BASE + [_row("stack", "a", "onnx-int8", 85.5, 0.2, 0.4, flops=40.0)]
+    t1, _ = frontier.evaluate_targets(slower)
+    assert not t1["met"] and "0.37" in t1["cause"]
+    far = BASE + [_row("stack", "b", "onnx", 80.0, 0.1, 0.1)]
+    t1, _ = frontier.evaluate_targets(far)
+    assert not t1["met"] and "within 1.0 point" in t1["cause"]
+
+
+def test_target_two_uses_each_stacks_best_engine(load_benchmark):
+    frontier = load_benchmark("frontier")
+    rows = BASE + [
+        _row("stack", "a", "eager", 86.0, 0.9, 0.9, flops=50.0),  # 1.8 on eager
+        _row("stack", "a", "onnx", 86.0, 0.5, 0.55, flops=50.0),  # 1.1 on onnx: within 1.15
+    ]
+    _, t2 = frontier.evaluate_targets(rows)
+    assert t2["met"] and t2["cause"] is None
