@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class DemoContext:
     teacher_score: float
     quick: bool = True
     rows: list[dict] = field(default_factory=list)
+    resume: bool = True  # stages reuse what an earlier run of the demo trained
 
 
 # A stage takes the context and returns operating-point rows. Each method contributes one
@@ -162,13 +164,24 @@ def demo(
     )
     row = teacher_row(task, model_name, ft.score, prof, command)
     ctx = DemoContext(
-        model_name, task, teacher, tokenizer, dev, output_dir, threads, ft.score, rows=[row]
+        model_name,
+        task,
+        teacher,
+        tokenizer,
+        dev,
+        output_dir,
+        threads,
+        ft.score,
+        rows=[row],
+        resume=resume,
     )
     for name, stage in DEMO_STAGES + method_demo_stages():
         if stages is not None and name not in stages:
             continue
-        print(f"[demo] stage: {name}")
+        print(f"[demo] stage: {name} (a minute or two on 2 CPU cores)")
+        start = time.perf_counter()
         ctx.rows.extend(stage(ctx))
+        print(f"[demo] stage {name} done in {time.perf_counter() - start:.0f} s")
     print("[demo] timing the teacher against itself: the noise floor of a latency ratio")
     spread = latency_noise(teacher, tokenizer, task, threads=threads)
     table = markdown_table(ctx.rows)

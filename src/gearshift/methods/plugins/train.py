@@ -291,12 +291,11 @@ def demo_stage(ctx: Any) -> list[dict]:
         train.features,
         train.collator,
         cfg,
-        resume=True,
+        resume=ctx.resume,
         extra={"task": ctx.task.name, "training": {"stage": "C"}},
     )
-    print(
-        f"[demo] plugin {plugin.config.name}: {res.steps} steps in {res.seconds:.0f} s -> {res.plugin_dir}"
-    )
+    took = f"in {res.seconds:.0f} s" if res.seconds >= 1 else "(trained earlier; --fresh retrains)"
+    print(f"[demo] plugin {plugin.config.name}: {res.steps} steps {took} -> {res.plugin_dir}")
     candidates = [
         Candidate("full", "teacher", None),
         Candidate(
