@@ -2,7 +2,7 @@
 
 Fine-tuning trains the compressed form itself (low-rank factors; or codes, row norms and
 decoders, the weight being rebuilt in every training step), so the result stays as small
-as the compression left it. It is :func:`gearshift.jobs.finetune` on the model object
+as the compression left it. It is :func:`gearshift.train.finetune.finetune` on the model object
 (same Trainer, same dev-set model selection), saving factorized folders. The compressed
 modules' parameters may take their own learning rate (``compressed_lr``).
 """
@@ -14,13 +14,13 @@ from typing import Any
 
 from torch import nn
 
-from gearshift.train.finetune import FinetuneResult, finetune
 from gearshift.methods.factorize.model import (
     compressed_modules,
     load_factorized,
     save_factorized,
 )
 from gearshift.train import TrainConfig
+from gearshift.train.finetune import FinetuneResult, finetune
 
 
 def finetune_compressed(

@@ -110,7 +110,7 @@ def measure_candidates(
     """Score, FLOPs, parameters and latency ratios of every candidate; returns row dicts.
 
     The first candidate must be the teacher (plan None): it is the latency reference and its
-    score the ``reference_score``. ``dev``: a :class:`gearshift.jobs.TaskData`; ``texts``: real
+    score the ``reference_score``. ``dev``: a :class:`gearshift.data.taskdata.TaskData`; ``texts``: real
     dev inputs for FLOPs (each at its own length, batch 1) and latency (batches of 1 and 32
     with dynamic padding, cut at ``seq_len``).
     """

@@ -62,7 +62,7 @@ class Recorded:
 
 @torch.inference_mode()
 def record_exits(model: MultiExitModel, data: Any, batch_size: int = 64) -> Recorded:
-    """Run ``data`` (:class:`gearshift.jobs.TaskData`) once through every exit."""
+    """Run ``data`` (:class:`gearshift.data.taskdata.TaskData`) once through every exit."""
     model.eval()
     logits, labels, lengths = [], [], []
     for batch in data.loader(batch_size):

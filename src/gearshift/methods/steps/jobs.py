@@ -192,7 +192,7 @@ def score_at_steps(
     solver: str = "euler",
 ) -> tuple[float, str]:
     """(score, metric) of ``model`` at ``n_steps`` (None: its own layers): the task's main
-    metric for task data (:class:`gearshift.jobs.TaskData`), perplexity for LM blocks."""
+    metric for task data (:class:`gearshift.data.taskdata.TaskData`), perplexity for LM blocks."""
     from gearshift.data.taskdata import TaskData
     from gearshift.measure.evaluate import evaluate
 
