@@ -266,6 +266,12 @@ def test_finetune_into_an_existing_run_needs_resume_or_overwrite(tmp_path, capsy
     code, _, err = run_cli(capsys, "finetune", "--task", "sst2", "--output", tmp_path / "run")
     assert code == 2 and "already holds a run" in err
     assert "--resume" in err and "--overwrite" in err
+    from gearshift.train.finetune import check_output_free
+
+    check_output_free(tmp_path / "run", resume=True, overwrite=False)  # continuing is fine
+    assert (tmp_path / "run" / "best").is_dir()
+    check_output_free(tmp_path / "run", resume=False, overwrite=True)
+    assert not (tmp_path / "run" / "best").exists()  # the old run is gone, not mixed in
 
 
 # ---------------------------------------------------------------------- fast, documented CLI

@@ -155,7 +155,8 @@ def seed_everything(seed: int) -> None:
 
 def check_output_free(output_dir: str | Path, resume: bool, overwrite: bool) -> None:
     """Refuse (ConfigError) to start a fresh run in a folder that holds an earlier run's
-    checkpoint or best model, unless ``resume`` (continue it) or ``overwrite`` (replace it)."""
+    checkpoint or best model, unless ``resume`` (continue it) or ``overwrite`` (delete that
+    run's checkpoint/ and best/ now, so nothing of it outlives the new run)."""
     output_dir = Path(output_dir)
     found = [
         name
@@ -163,7 +164,13 @@ def check_output_free(output_dir: str | Path, resume: bool, overwrite: bool) -> 
         if (output_dir / name / "trainer_state.json").is_file()
         or (output_dir / name / "gearshift.json").is_file()
     ]
-    if found and not resume and not overwrite:
+    if found and overwrite and not resume:
+        import shutil
+
+        for name in found:  # a stale best/ would otherwise outlive a run that never evaluates
+            shutil.rmtree(output_dir / name)
+        return
+    if found and not resume:
         finished = " (finished)" if training_finished(output_dir) else " (unfinished)"
         raise ConfigError(
             f"--output {output_dir} already holds a run{finished}: "
