@@ -743,6 +743,12 @@ def slim_targets(rows: list[dict], floors: dict | None = None) -> str:
             verdict = target_verdict(
                 best, 96.5, True, " pp", transform=lambda x, ref=ref: 100 * x / ref
             )
+            floor = _floor_of(floors, "sst2")
+            if len(seed_scores(best)) == 1 and floor is not None and floor.n:
+                p_hat = best["score"] / 100  # one run's standard error at its own accuracy
+                se_pp = 100 * (p_hat * (1 - p_hat) / floor.n) ** 0.5 / ref * 100
+                if abs(100 * share - 96.5) < NOISE_SES * se_pp:
+                    verdict += f", within noise (under {NOISE_SES:g} SE of one run, {se_pp:.2f} pp)"
         lines.append(
             f"| {m} | {slim_variant(m)} | {best['setting']} | {best['score']:.2f} | {share:.1%} "
             f"| 1/{teacher['flops_dynamic'] / best['flops_dynamic']:.1f} | {verdict} |"
@@ -832,13 +838,8 @@ def slim_curves(rows: list[dict], floors: dict | None = None) -> str:
     for task, t in teachers.items():
         if not has_signal(t, floors):
             quiet_tasks.append(task)
-    rows = [
-        r
-        for r in rows
-        if r.get("flops_dynamic")
-        and r["task"] not in quiet_tasks
-        and has_signal(r, floors, _reference(r, teachers.get(r["task"])))
-    ]
+    measured = [r for r in rows if r.get("flops_dynamic") and r["task"] not in quiet_tasks]
+    rows = [r for r in measured if has_signal(r, floors, _reference(r, teachers.get(r["task"])))]
     tasks = [t for t in EXPECTED_TASKS["slim"] if any(r["task"] == t for r in rows)]
     lines = [
         f"| {t} | all | every baseline | - | - | - | {NO_SIGNAL} (teacher "
@@ -864,7 +865,18 @@ def slim_curves(rows: list[dict], floors: dict | None = None) -> str:
                     and member(r["method"].removesuffix(sched))
                 ]
                 if not base:
-                    if not sched:
+                    had = any(
+                        r["task"] == task
+                        and (
+                            r["method"].startswith("truncated-") or _schedule(r["method"]) == sched
+                        )
+                        and member(r["method"].removesuffix(sched))
+                        for r in measured
+                    )
+                    if had:
+                        why = f"{NO_SIGNAL} (every baseline point within noise of the constant)"
+                        lines.append(f"| {task} | {label} | {name} | - | - | - | {why} |")
+                    elif not sched:
                         lines.append(f"| {task} | {label} | {name} | - | - | - | not measured |")
                     continue
                 lo = max(
@@ -884,6 +896,11 @@ def slim_curves(rows: list[dict], floors: dict | None = None) -> str:
                 mean = sum(g for g, _ in gaps) / len(gaps)
                 span = f"{lo / 1e6:.0f}-{hi / 1e6:.0f}"
                 verdict = "met" if worst >= 0 else f"below by {-worst:.2f} at {at / 1e6:.0f} MFLOPs"
+                floor = _floor_of(floors, task)
+                if floor is not None and abs(worst) < NOISE_SES * floor.se:
+                    verdict += f", within noise (under {NOISE_SES:g} SE, {floor.se:.2f}; 1 seed)"
+                else:
+                    verdict += " (1 seed)"
                 lines.append(
                     f"| {task} | {label} | {name} | {span} | {worst:+.2f} | {mean:+.2f} | {verdict} |"
                 )

@@ -317,14 +317,16 @@ def test_slim_curves_compare_best_scores_over_shared_budgets(report):
         pt("multi-exit", "entropy < 0.5", 69.0, 600),
     ]
     text = report.slim_curves(rows)
-    assert "| rte | default | static pruning | 40-40 | +1.00 | +1.00 | met |" in text
+    assert "| rte | default | static pruning | 40-40 | +1.00 | +1.00 | met (1 seed) |" in text
     # at 90 MFLOPs COST-EFF's best is 66 (A at 40) against 60; at 150: 68 against 60
-    assert "| rte | default | truncated + fine-tuned | 90-150 | +6.00 | +7.00 | met |" in text
+    assert (
+        "| rte | default | truncated + fine-tuned | 90-150 | +6.00 | +7.00 | met (1 seed) |" in text
+    )
     assert "| rte | default | multi-exit (no pruning) | no shared budget | - | - | - |" in text
     assert "| rte | default | deebert (frozen backbone) | - | - | - | not measured |" in text
     rows.append(pt("deebert", "entropy < 0.2", 67.0, 30))
     assert (
-        "| rte | default | deebert (frozen backbone) | 30-30 | -3.00 | -3.00 | below by 3.00 at 30 MFLOPs |"
+        "| rte | default | deebert (frozen backbone) | 30-30 | -3.00 | -3.00 | below by 3.00 at 30 MFLOPs (1 seed) |"
         in (report.slim_curves(rows))
     )
     latency = report.slim_latency(rows)
@@ -341,10 +343,20 @@ def test_slim_curves_compare_best_scores_over_shared_budgets(report):
     for line in report.slim_curves(rows).splitlines():
         if line.startswith("| rte |"):
             assert line in both
-    assert "| rte | 4x | static pruning | 40-40 | +1.00 | +1.00 | met |" in both
-    assert "| rte | 4x | truncated + fine-tuned | 90-95 | +39.00 | +39.00 | met |" in both
+    assert "| rte | 4x | static pruning | 40-40 | +1.00 | +1.00 | met (1 seed) |" in both
+    assert "| rte | 4x | truncated + fine-tuned | 90-95 | +39.00 | +39.00 | met (1 seed) |" in both
     assert "| rte | 4x | multi-exit" not in both  # not run on that schedule: no line
-    assert "| rte | default | static pruning | 40-40 | +1.00 | +1.00 | met |" in both
+    assert "| rte | default | static pruning | 40-40 | +1.00 | +1.00 | met (1 seed) |" in both
+    # with a floor (50, SE 2: line 54) a margin under 2 SE is noise and the cut teacher's
+    # one-layer point (60) still counts, while a baseline all at the floor has no signal
+    floor = {"rte": report.Floor("rte", "accuracy", 50.0, 2.0, 277)}
+    noisy = report.slim_curves(rows, floor)
+    assert "| 40-40 | +1.00 | +1.00 | met, within noise (under 2 SE, 2.00; 1 seed) |" in noisy
+    low = [r for r in rows if not r["method"].startswith("truncated")]
+    low.append(pt("truncated-1", "first 1 layers, fine-tuned", 51.0, 90))
+    assert "| truncated + fine-tuned | - | - | - | no signal (every baseline point" in (
+        report.slim_curves(low, floor)
+    )
 
 
 def test_steps_summary_lists_every_variant_with_its_references(report):
@@ -654,3 +666,27 @@ def test_a_result_file_the_report_does_not_know_gets_a_generic_section(report):
     graded = report.render_section("compose", rows[:1], {}, "compose.json")
     assert "| evidence |" in graded and "| loaded; seed ? |" in graded
     assert "### Targets" not in graded
+
+
+def test_slim_target_rows_say_first_written_or_later_and_how_noisy(report):
+    def pt(method, setting, score, mflops):
+        r = _row("sst2", method, setting, score)
+        r["flops_dynamic"], r["reference_score"], r["seed"] = mflops * 1e6, 88.30, 42
+        return r
+
+    rows = [
+        pt("teacher", "full", 88.30, 541),
+        pt("cost-eff-A", "patience 3", 80.39, 44),
+        pt("cost-eff-C-steps4x", "entropy < 0.3", 86.01, 64),
+        pt("cost-eff-B", "entropy < 0.7", 78.21, 38),
+    ]
+    floors = {"sst2": report.Floor("sst2", "accuracy", 50.92, 1.69, 872)}
+    text = report.slim_targets(rows, floors)
+    assert (
+        "| cost-eff-A | as first written | patience 3 | 80.39 | 91.0% | 1/12.3 | missed by" in text
+    )
+    assert "| cost-eff-B | as first written |" in text
+    later = next(line for line in text.splitlines() if line.startswith("| cost-eff-C-steps4x"))
+    assert "| later variant |" in later and "met (1 seed), within noise" in later
+    assert report.slim_variant("multi-exit-steps4x") == "later variant"
+    assert report.slim_variant("cost-eff-last-exit-A") == "as first written"
