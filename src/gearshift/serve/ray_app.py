@@ -64,10 +64,9 @@ def build_deployment(table_path: str, config, replicas: int):
     return deployment.bind(str(Path(table_path).resolve()), dataclasses.asdict(config))
 
 
-def start_ray_serve(table_path: str, config, replicas: int, host: str, port: int) -> None:
-    """Start a local Ray (no dashboard) and Ray Serve on ``host:port``; returns when every
-    replica is up."""
-    ray, serve = _ray()
+def init_ray() -> None:
+    """A local Ray on loopback, no dashboard (nothing done when one is running)."""
+    ray, _ = _ray()
     if not ray.is_initialized():
         ray.init(
             include_dashboard=False,
@@ -75,6 +74,13 @@ def start_ray_serve(table_path: str, config, replicas: int, host: str, port: int
             log_to_driver=False,
             _node_ip_address="127.0.0.1",
         )
+
+
+def start_ray_serve(table_path: str, config, replicas: int, host: str, port: int) -> None:
+    """Start Ray Serve on ``host:port`` (and a local Ray if none runs); returns when every
+    replica is up."""
+    _, serve = _ray()
+    init_ray()
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_deployment(table_path, config, replicas), name="gearshift", route_prefix="/")
 
@@ -87,11 +93,16 @@ def stop_ray_serve() -> None:
 
 def serve_with_ray(table_path: str, config, replicas: int, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM, then shut Ray Serve down (replicas drain their queues)."""
-    start_ray_serve(table_path, config, replicas, host, port)
-    print(f"gearshift serve (ray, {replicas} replicas): http://{host}:{port}/", flush=True)
+    init_ray()
+    # after ray.init, which installs a SIGTERM handler of its own that kills the driver
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
-    stop_ray_serve()
+    try:
+        start_ray_serve(table_path, config, replicas, host, port)
+        print(f"gearshift serve (ray, {replicas} replicas): http://{host}:{port}/", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stop_ray_serve()
+        print("gearshift serve (ray): stopped", flush=True)
