@@ -342,9 +342,27 @@ def _pick(rows: list[dict], task: str, setting: str, method: str | None = None) 
             groups.append([r])
         else:
             home.append(r)
-    found = next((g for g in groups if not first_teacher(g[0])), groups[0])
-    seeds = {r.get("seed") for r in found}
-    return merge_seeds(found) if len(seeds) == len(found) > 1 else found[0]
+    chosen = next((g for g in groups if not first_teacher(g[0])), groups[0])
+    seeds = {r.get("seed") for r in chosen}
+    row = merge_seeds(chosen) if len(seeds) == len(chosen) > 1 else chosen[0]
+    if row.get("latency_ratio_b32") is None:  # a scores-only run: costs of the same shape
+        timed = next((r for g in groups for r in g if r.get("latency_ratio_b32") is not None), None)
+        if timed is not None:
+            row = {
+                **row,
+                **{k: timed.get(k) for k in ("latency_ratio_b1", "latency_ratio_b32")},
+                "extras": {
+                    **row.get("extras", {}),
+                    **{k: v for k, v in timed.get("extras", {}).items() if k in TIMING_KEYS},
+                    "latency_from": f"the timed run of seed {timed.get('seed')} "
+                    f"(reference {timed.get('reference_score')}): the same shapes",
+                },
+            }
+    return row
+
+
+# extras that say how a latency was taken; they travel with a borrowed latency
+TIMING_KEYS = ("timing_conditions", "latency_measured", "retime", "latency_ms_b1", "latency_ms_b32")
 
 
 def _verdict(value: float | None, target: float, higher_is_better: bool, unit: str = "") -> str:
@@ -563,7 +581,13 @@ def timing_label(row: dict) -> str:
 
 def timing_short(row: dict) -> str:
     """``timing_label`` in a word or two, for table cells: "loaded", "quiet, no spread", or
-    the protocol's "re-timed, spread lo-hi"."""
+    the protocol's "re-timed, spread lo-hi"; "from another seed's run" is added where the
+    latency was borrowed from a timed run of the same setting (``_pick``)."""
+    short = _timing_short(row)
+    return short + ", another seed's run" if row.get("extras", {}).get("latency_from") else short
+
+
+def _timing_short(row: dict) -> str:
     label = timing_label(row)
     if label == UNDER_LOAD:
         return "loaded"

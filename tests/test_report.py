@@ -560,6 +560,15 @@ def test_no_signal_cells_enter_no_mean_and_no_verdict(report, monkeypatch):
     two = report.plugins_targets(seeded, floors=floors)
     assert "| sst2 | 88.00 | 87.00 | +1.00 | 46.0% | 0.600 (loaded) |" in two
     assert "| 2 seeds |" in two
+    # a scores-only re-run against a rebuilt teacher is shown, with the timed run's latency
+    rebuilt = {**again, "reference_score": 88.5, "score": 88.0}
+    teachers = [{**rows[0], "score": 88.5, "date": "2026-11-23T00:00:00+00:00"}]
+    monkeypatch.setattr(report, "_CURRENT_TEACHERS", teachers)
+    shown = report._pick([{**rows[1], "seed": 42}, rebuilt], "sst2", "k4-ffn", "plugin")
+    assert shown["score"] == 88.0 and shown["latency_ratio_b32"] == 0.6
+    assert "seed 42" in shown["extras"]["latency_from"]
+    assert report.timing_short(shown) == "loaded, another seed's run"
+    monkeypatch.setattr(report, "_CURRENT_TEACHERS", [])
     untimed = report.plugins_targets([rows[0], again], floors=floors)
     assert "- (not timed)" in untimed and "| - (timed on no task only) |" in untimed
     # every task without a signal: no mean at all, no verdict
