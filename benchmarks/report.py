@@ -44,8 +44,7 @@ lines): `re-timed` by the shared protocol (`gearshift.measure.retime`: quiet mac
 checked, fixed threads, warm-up, interleaved in one process, several rounds, spread
 printed; `python benchmarks/retime.py <benchmark> --tasks ...`, `steps.py --retime`),
 `quiet, no spread` (re-timed or timed with the other jobs paused, one run), or `loaded`
-(timed beside other jobs, not re-timed). The saved models of the earlier runs are not on
-this machine (`runs/` is not committed), so no row has been re-timed by the protocol yet.
+(timed beside other jobs, not re-timed). {retimed}
 **References**: a row measured against a teacher today's recipe does not rebuild is
 marked `first teacher, not rebuildable` (the references table). **Targets** stay as
 first written; a variant added after a miss is its own, labelled row.
@@ -2134,7 +2133,14 @@ def main() -> int:
             files.append((data.get("benchmark", path.stem), data["rows"], path.name))
     tasks = sorted({r["task"] for _, rows, _ in files for r in rows if "task" in r})
     floors = constant_floors(tasks)
-    parts = [INTRO, floors_section(floors, current_teachers())]
+    n = sum(1 for _, rows, _ in files for r in rows if r.get("extras", {}).get("retime"))
+    retimed = (
+        f"{n} row{'s' * (n != 1)} re-timed by the protocol so far."
+        if n
+        else "No row has been re-timed by the protocol yet (`runs/`, where the saved models "
+        "live, is not committed)."
+    )
+    parts = [INTRO.replace("{retimed}", retimed), floors_section(floors, current_teachers())]
     parts.append(references_section([(n, rows) for n, rows, _ in files], current_teachers()))
     for name, rows, filename in files:
         parts.append(render_section(name, rows, floors, filename))
