@@ -4,8 +4,9 @@ For each task (SST-2, MRPC, STS-B) in one process: the fp32 teacher (the referen
 dynamic int8 of it (``torch-int8``), ONNX Runtime fp32 and dynamic int8 of it (``ort-fp32``,
 ``ort-int8``), single methods built on the spot (SVD factorization at ratios 2 and 4; any
 folder given with --candidates), and stacks (``method: "stack"``, each named setting of every
-stack folder under --stacks-dir/TASK/) on each engine (eager, onnx, onnx-int8; exit settings
-on eager only: their exit decision is data-dependent). Every candidate is scored on the full
+stack folder under --stacks-dir/TASK/) on each engine (eager, onnx, onnx-int8; an exit
+setting runs on the onnx engines as one graph per layer with the exit decision between them,
+so its rows say whether segments beat eager). Every candidate is scored on the full
 dev split; all candidates of a task are timed interleaved in one process, at batch 1 and 32
 of real dev sentences, with fixed threads (1, then 2), by gearshift.measure.retime's protocol
 (warm-up, 5 interleaved rounds, the median ratio and its (min, max) spread; it refuses a
@@ -23,7 +24,8 @@ benchmarks/teachers.py; stacks built with `gearshift stack` under runs/stacks/TA
     # about 1-1.5 h: per task ~20 candidates x full dev scoring (~10 min) + 2 thread
     # counts x 2 batch sizes x 5 rounds of interleaved timing (~10 min each)
 
-CI / smoke (a tiny random teacher, 16 dev sentences, a random k2 plugin stack, 2 rounds):
+CI / smoke (a tiny random teacher, 16 dev sentences, a stack with a random k2 plugin and
+random exits, 2 rounds):
 
     python benchmarks/frontier.py --quick    # ~2 min; writes runs/frontier-quick/, not results/
 """
@@ -73,17 +75,21 @@ def tiny_teacher(folder: Path, task) -> Path:
 
 
 def tiny_stack(teacher):
-    """A stack of the teacher with a random k=2 plugin (--quick only)."""
-    from gearshift.methods.plugins import Plugin, PluginConfig, PluginModel
+    """A stack of the teacher with a random k=2 plugin and random exits (--quick only)."""
+    from gearshift.methods.plugins import Plugin, PluginConfig
+    from gearshift.methods.plugins.model import Plugins
+    from gearshift.methods.slim.exits import Exits
+    from gearshift.runtime.stack import Stack
 
     torch.manual_seed(0)
     plugin = Plugin(PluginConfig(k=2, bottleneck=8, merge="learned"), teacher)
+    regression = teacher.config.head.kind == "regression"
+    exits = Exits(teacher.config, choices=["patience:1:0.5" if regression else 0.5])
     with torch.no_grad():
-        for p in plugin.parameters():
+        for p in [*plugin.parameters(), *exits.parameters()]:
             p.normal_(std=0.05)
-    stack = PluginModel(copy.deepcopy(teacher))
-    stack.add_plugin("k2", plugin)
-    return stack
+    base = copy.deepcopy(teacher)
+    return Stack(base, {"plugins": Plugins({"k2": plugin}), "exits": exits.eval()}).eval()
 
 
 def svd(teacher, ratio: float):
@@ -126,7 +132,7 @@ def forms(teacher, args, task_name: str) -> list[dict[str, Any]]:
         )
     stacks = []
     if args.quick:
-        stacks.append(("k2-plugin", tiny_stack(teacher)))
+        stacks.append(("tiny", tiny_stack(teacher)))
     elif args.stacks_dir:
         root = Path(args.stacks_dir) / task_name
         for folder in sorted(p for p in root.glob("*") if (p / "gearshift.json").is_file()):
@@ -135,14 +141,14 @@ def forms(teacher, args, task_name: str) -> list[dict[str, Any]]:
         for label, setting in stack.settings().items():
             if not any(v is not None for v in setting.values()):
                 continue  # "full": the base model alone, already measured as the teacher
-            exits = setting.get("exits") is not None  # data-dependent: eager only
+            # exit settings run on the onnx engines as per-layer segments (engine/segments.py)
             out.append(
                 dict(
                     method="stack",
                     setting=f"{name}: {label}",
                     model=stack,
                     stack=setting,
-                    engines=["eager"] if exits else ENGINES,
+                    engines=ENGINES,
                 )
             )
     return out

@@ -160,3 +160,75 @@ def test_plugin_stack_exports_per_length_bucket(tiny):
 def test_onnx_engine_keeps_its_graphs_in_folder(tiny, tmp_path):
     run = OnnxEngine(tiny("distilbert"), threads=1, folder=tmp_path)
     assert run.graph_path() == tmp_path / "model.onnx" and run.graph_path().is_file()
+
+
+def _randomize(module, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module.eval()
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_early_exit_runs_as_segments_with_the_same_exits(tiny, family):
+    from gearshift.engine.segments import SegmentedOnnxEngine
+    from gearshift.methods.slim.exits import Exits
+    from gearshift.runtime.stack import Stack
+
+    base = tiny(family)
+    stack = Stack(base, {"exits": _randomize(Exits(base.config), 7, 1.0)})
+    # a threshold between the rows' entropies, so some rows leave early and some do not
+    batch = random_batch(family, 6, 12, seed=3)
+    last = base.config.num_layers - 1
+    mixed = []
+    for threshold in [x / 100 for x in range(2, 110, 2)]:
+        with torch.no_grad():
+            steps = stack(**batch, setting={"exits": threshold}).exit_step
+        if 0 < int((steps < last).sum()) < 6:
+            mixed.append(threshold)
+    assert mixed, "no threshold lets some rows leave early and others not"
+    setting = {"exits": mixed[len(mixed) // 2]}
+    run = engine.build(stack, "onnx", threads=1, setting=setting)
+    assert isinstance(run, SegmentedOnnxEngine)
+    for b in [batch, random_batch(family, 3, 7, seed=4)]:
+        with torch.no_grad():
+            ref = stack(**b, setting=setting)
+        got = run(**b)
+        assert torch.equal(got.exit_step, ref.exit_step)
+        assert (got.logits - ref.logits).abs().max() <= 1e-4
+    assert len(list(run.folder.glob("segment-*.onnx"))) == base.config.num_layers
+
+
+def test_exits_with_another_provider_on_are_refused_on_onnx(tiny):
+    from gearshift.methods.plugins import Plugin, PluginConfig
+    from gearshift.methods.plugins.model import Plugins
+    from gearshift.methods.slim.exits import Exits
+    from gearshift.runtime.stack import Stack
+
+    base = tiny("bert")
+    plugins = Plugins({"k2": _randomize(Plugin(PluginConfig(k=2), base), 1, 0.3)})
+    stack = Stack(base, {"plugins": plugins, "exits": _randomize(Exits(base.config), 7, 1.0)})
+    with pytest.raises(ConfigError, match="eager"):
+        engine.build(stack, "onnx", setting={"plugins": "k2", "exits": 0.5})
+
+
+def test_stack_of_an_edited_model_with_a_plugin_exports(tiny):
+    import copy
+
+    from gearshift.methods.factorize.model import replace_module
+    from gearshift.methods.factorize.modules import LowRankLinear
+    from gearshift.methods.plugins import Plugin, PluginConfig
+    from gearshift.methods.plugins.model import Plugins
+    from gearshift.runtime.stack import Stack
+
+    base = copy.deepcopy(tiny("roberta"))
+    replace_module(base, "blocks.1.ffn.inp", _randomize(LowRankLinear(32, 48, rank=4), 2, 0.2))
+    cfg = PluginConfig(k=3, placement="layer")
+    stack = Stack(base, {"plugins": Plugins({"k3l": _randomize(Plugin(cfg, base), 1, 0.3)})})
+    setting = {"plugins": "k3l"}
+    run = engine.build(stack, "onnx", threads=1, setting=setting)
+    for batch in _batches("roberta"):
+        with torch.no_grad():
+            ref = stack(**batch, setting=setting).logits
+        assert (run(**batch).logits - ref).abs().max() <= 1e-4

@@ -41,7 +41,9 @@ def build(
     ``threads`` fixes the intra-op threads (ORT session option / torch threads).
     ``folder`` keeps the ONNX graphs (default: a temporary folder). The returned callable
     takes ``input_ids, attention_mask=None, token_type_ids=None`` and returns an
-    :class:`EngineOutput`.
+    :class:`EngineOutput`. A stack with exits on (and nothing else) runs on the onnx
+    engines as one graph per layer with the exit decision between them
+    (:mod:`gearshift.engine.segments`); compiled runs it with graph breaks.
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
@@ -53,6 +55,12 @@ def build(
         from gearshift.engine.compiled import CompiledEngine
 
         return CompiledEngine(model, threads, setting)
+    from gearshift.engine.segments import SegmentedOnnxEngine, exits_only
+
+    if exits_only(model, setting):
+        return SegmentedOnnxEngine(
+            model, setting, int8=engine == "onnx-int8", threads=threads, folder=folder
+        )
     from gearshift.engine.onnx import OnnxEngine
 
     return OnnxEngine(

@@ -2,7 +2,8 @@
 
 Candidates are a model's cheaper forms on each engine: the teacher itself on ONNX Runtime
 (fp32, int8), torch int8 of it, factorized forms (SVD at a few ratios) on every engine, and
-the stacks a compose stack folder offers (each named setting, exits off). Each is measured on
+the stacks a compose stack folder offers (each named setting; exit settings run on
+ONNX Runtime as per-layer segments). Each is measured on
 the task's dev split: the score, the latency ratio against the teacher on eager at batch 1
 and 32 (the two timed interleaved in one run, on real dev sentences, fixed threads), the
 analytic FLOPs ratio at 128 tokens, and the size on disk of what would be shipped.
@@ -158,8 +159,7 @@ def candidates(
         for label, setting in model.settings().items():
             if not any(v is not None for v in setting.values()):
                 continue  # the base alone: the teacher rows
-            exits = setting.get("exits") is not None  # data-dependent: eager only
-            for e in ["eager"] if exits else list(engines):
+            for e in engines:  # exits run on onnx as per-layer segments
                 out.append(Candidate(f"stack-{label}-{e}", "stack", label, e, _same, setting))
     return out
 
@@ -244,10 +244,23 @@ def measure(cand: Candidate, ctx: TuneContext, folder: Path) -> dict[str, Any]:
     from gearshift.atomic import write_json_atomic
     from gearshift.engine import build
 
+    from gearshift.engine.segments import exits_only
+
     model = cand.make(ctx.teacher)
-    artifact = _save_artifact(model, cand, folder / "artifact", ctx.tokenizer)
-    size = _size_on_disk(artifact)
-    run = build(model, cand.engine, threads=ctx.threads, setting=cand.stack_setting)
+    if cand.engine.startswith("onnx") and exits_only(model, cand.stack_setting):
+        artifact = folder / "artifact"  # the per-layer graphs are what ships
+        run = build(
+            model, cand.engine, threads=ctx.threads, setting=cand.stack_setting, folder=artifact
+        )
+        size = run.size_on_disk()
+        ctx.tokenizer.save_pretrained(str(artifact))
+        (artifact / "gearshift.json").write_text(
+            json.dumps({"kind": "onnx-segments", "setting": cand.setting}, indent=2)
+        )
+    else:
+        artifact = _save_artifact(model, cand, folder / "artifact", ctx.tokenizer)
+        size = _size_on_disk(artifact)
+        run = build(model, cand.engine, threads=ctx.threads, setting=cand.stack_setting)
     reference_run = build(ctx.teacher, "eager", threads=ctx.threads)
     ref = ctx.reference
     row = {
