@@ -30,7 +30,8 @@ the SLO per second), ``p50_ms``/``p99_ms`` (client-side latency of answered requ
 ``share_429``, ``accuracy_answered`` and ``effective_accuracy`` (correct and within the
 SLO, over all sent). Rows go to ``benchmarks/results/serve.json`` (``--quick``:
 ``runs/serve-quick/serve.json``, never mixed with real rows), with a plot of load, gear and
-p99 over time beside them (``serve.png``).
+p99 over time (``serve.png``) and the table with the targets' verdicts (``serve.md``) beside
+them.
 Bounded: at most ``--max-requests`` per policy, and each phase lasts its ``--phase-s``.
 """
 
@@ -296,6 +297,74 @@ def plot(series: dict[str, list[dict]], gears: list[str], slo_ms: float, path: P
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------------- the report
+def _row(rows: list[dict], policy: str, load) -> dict | None:
+    return next((r for r in rows if r["policy"] == policy and r["load_multiplier"] == load), None)
+
+
+def verdicts(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
+    """The targets, each (claim, met: True/False/None when unmeasured, the numbers):
+    at 3x load adaptive keeps >= 99% within the SLO where static-full does not; at 0.5x its
+    accuracy is within 0.2 points of static-full's; over the whole trace its effective
+    accuracy beats both static policies."""
+    out: list[tuple[str, bool | None, str]] = []
+    a3, f3 = _row(rows, "adaptive", 3), _row(rows, "static-full", 3)
+    claim = "3x load: adaptive >= 99% within the SLO, static-full not"
+    if a3 and f3:
+        met = a3["slo_attainment"] >= 0.99 and f3["slo_attainment"] < 0.99
+        out.append((claim, met, f"{a3['slo_attainment']:.3f} vs {f3['slo_attainment']:.3f}"))
+    else:
+        out.append((claim, None, "not measured"))
+    a, f = _row(rows, "adaptive", 0.5), _row(rows, "static-full", 0.5)
+    claim = "0.5x load: adaptive's accuracy within 0.2 points of static-full's"
+    if a and f and a["accuracy_answered"] is not None and f["accuracy_answered"] is not None:
+        gap = f["accuracy_answered"] - a["accuracy_answered"]
+        out.append(
+            (claim, gap <= 0.2, f"{a['accuracy_answered']:.2f} vs {f['accuracy_answered']:.2f}")
+        )
+    else:
+        out.append((claim, None, "not measured"))
+    at = _row(rows, "adaptive", "trace")
+    others = [_row(rows, p, "trace") for p in ("static-full", "static-fastest")]
+    claim = "whole trace: adaptive's effective accuracy beats both static policies"
+    if at and all(others):
+        met = all(at["effective_accuracy"] > o["effective_accuracy"] for o in others)
+        nums = " vs ".join(f"{r['effective_accuracy']:.2f}" for r in [at, *others])
+        out.append((claim, met, nums))
+    else:
+        out.append((claim, None, "not measured"))
+    return out
+
+
+def markdown_section(rows: list[dict]) -> str:
+    """The rows as a markdown table per policy and load, then the targets' verdicts."""
+
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = [
+        "| policy | load | sent | SLO attainment | goodput/s | p50 ms | p99 ms | 429 share "
+        "| accuracy answered | effective accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['policy']} | {r['load_multiplier']} | {r['sent']} | "
+            f"{f(r['slo_attainment'], '.3f')} | {f(r['goodput'], '.1f')} | "
+            f"{f(r['p50_ms'], '.1f')} | {f(r['p99_ms'], '.1f')} | {f(r['share_429'], '.3f')} | "
+            f"{f(r['accuracy_answered'], '.2f')} | {f(r['effective_accuracy'], '.2f')} |"
+        )
+    lines.append("")
+    for claim, met, nums in verdicts(rows):
+        word = {True: "met", False: "not met", None: "not measured"}[met]
+        lines.append(f"- {claim}: **{word}** ({nums})")
+    if rows and rows[0].get("quick"):
+        lines.append(
+            "- these rows come from `--quick` (a tiny random model): they test the script only"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------- main
 def quick_table(folder: Path) -> Path:
     from gearshift.data import get_task
@@ -435,13 +504,16 @@ def run(argv: list[str] | None, work: Path) -> int:
             f"p99 {last['p99_ms']:.1f} ms 429 {last['share_429']:.3f} shifts {len(shifts)}"
         )
 
-    from gearshift.atomic import write_json_atomic
+    from gearshift.atomic import write_json_atomic, write_text_atomic
 
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output, {"rows": rows, "series": series}, indent=1)
     png = output.with_suffix(".png")
     plot(series, table.names, args.slo_ms, png)
-    print(f"rows: {output}\nplot: {png}")
+    section = markdown_section(rows)
+    write_text_atomic(output.with_suffix(".md"), section)
+    print(section)
+    print(f"rows: {output}\nplot: {png}\ntable: {output.with_suffix('.md')}")
     return 0
 
 

@@ -48,3 +48,40 @@ def test_summary_counts_against_all_sent(load_benchmark):
     series = bench.per_second(records + [rec(200, 10, True, t=1.5, gear="k4")], ["full", "k4"])
     assert [b["arrivals"] for b in series] == [5, 1]
     assert [b["gear"] for b in series] == ["full", "k4"]
+
+
+def test_verdicts_on_synthetic_rows(load_benchmark):
+    bench = load_benchmark("serve")
+
+    def row(policy, load, slo, acc, eff):
+        return {
+            "policy": policy,
+            "load_multiplier": load,
+            "sent": 100,
+            "slo_attainment": slo,
+            "goodput": 10.0,
+            "p50_ms": 5.0,
+            "p99_ms": 50.0,
+            "share_429": 0.0,
+            "accuracy_answered": acc,
+            "effective_accuracy": eff,
+        }
+
+    good = [
+        row("adaptive", 0.5, 1.0, 91.0, 91.0),
+        row("adaptive", 3, 0.995, 88.0, 87.5),
+        row("adaptive", "trace", 0.99, 89.0, 88.0),
+        row("static-full", 0.5, 1.0, 91.1, 91.1),
+        row("static-full", 3, 0.40, 91.0, 36.0),
+        row("static-full", "trace", 0.7, 91.0, 64.0),
+        row("static-fastest", "trace", 1.0, 85.0, 85.0),
+    ]
+    assert [met for _, met, _ in bench.verdicts(good)] == [True, True, True]
+    bad = [dict(r) for r in good]
+    bad[0]["accuracy_answered"] = 90.5  # 0.6 points below static-full at 0.5x
+    bad[1]["slo_attainment"] = 0.98
+    bad[6]["effective_accuracy"] = 88.5
+    assert [met for _, met, _ in bench.verdicts(bad)] == [False, False, False]
+    assert [met for _, met, _ in bench.verdicts(good[:3])] == [None, None, None]
+    text = bench.markdown_section(good)
+    assert "| adaptive | 3 | 100 | 0.995 |" in text and text.count("**met**") == 3
