@@ -55,7 +55,7 @@ def test_gears_build_measures_every_gear(tmp_path):
     table = read_gear_table(out)
     assert sorted(table.names) == ["early-0.3", "full", "k2"]
     assert table.task.name == "sst2" and table.task.label_names == ["negative", "positive"]
-    assert table.models["base"].plugins == {"k2": str(plugin_dir)}
+    assert table.models["base"].plugins == {"k2": str(plugin_dir.resolve())}
     for g in table.gears:
         assert set(g.latency_ms) == {1, 8} and all(v > 0 for v in g.latency_ms.values())
         assert 0 <= g.score <= 100

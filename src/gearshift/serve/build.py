@@ -99,6 +99,12 @@ def plan_gears(
     return models, gears
 
 
+def _absolute(folder: str) -> str:
+    """``folder`` made absolute when it exists here (a built-in name stays as it is)."""
+    p = Path(folder).expanduser()
+    return str(p.resolve()) if p.exists() else folder
+
+
 def _stack_settings(model: nn.Module, key: str) -> list[tuple[str, dict[str, Any]]]:
     """A loaded stack's named operating points as (gear name, JSON setting)."""
     from gearshift.compose.io import encode_setting
@@ -160,6 +166,9 @@ def build_gear_table(
 
     info = task_info(task)
     models, planned = plan_gears(model, plugins, exits, exit_thresholds, stacks, folders)
+    for entry in models.values():  # absolute, so a server started anywhere finds them
+        entry.folder = _absolute(entry.folder)
+        entry.plugins = {k: _absolute(v) for k, v in entry.plugins.items()}
     loaded = {k: load_gear_model(m.folder, m.plugins) for k, m in models.items()}
     gears: list[Gear] = []
     for name, key, setting in planned:
