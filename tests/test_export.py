@@ -145,3 +145,13 @@ def test_export_cli_writes_both_formats(hf_tiny_dir, tmp_path):
     )
     assert (tmp_path / "o" / "model.onnx").is_file()
     assert (tmp_path / "h" / "config.json").is_file()
+
+
+def test_hf_refuses_a_stack_and_says_to_export_its_base(hf_tiny_dir, tmp_path):
+    from gearshift.methods.slim.exits import Exits
+    from gearshift.runtime.stack import Stack
+
+    base = load_hf(str(hf_tiny_dir("bert", "classification")))
+    stack = Stack(base, {"exits": Exits(base.config)})
+    with pytest.raises(ConfigError, match="export its base model"):
+        export_hf_folder(stack, tmp_path / "hf")

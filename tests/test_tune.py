@@ -147,3 +147,48 @@ def test_evaluate_and_predict_take_an_engine(tiny_teacher, tmp_path, capsys):
         json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
     ]
     assert len(lines) == 2 and all("label" in row for row in lines)
+
+
+def test_tune_measures_a_stacks_settings_on_every_engine(tiny_teacher, tmp_path, load_benchmark):
+    from gearshift.api import load
+    from gearshift.compose.io import save_stack
+    from gearshift.engine.tune import tune
+
+    teacher = load(tiny_teacher)
+    stack = load_benchmark("frontier").tiny_stack(teacher)
+    folder = save_stack(stack, tmp_path / "stack", tokenizer=teacher.tokenizer)
+    result = tune(
+        str(folder),
+        "sst2",
+        tmp_path / "tune",
+        {"drop": 100.0},
+        limit=16,
+        warmup=0,
+        repeats=1,
+        progress=False,
+    )
+    rows = {r["name"]: r for r in result["rows"]}
+    for engine in ("eager", "onnx", "onnx-int8"):
+        assert f"stack-plugins=k2-{engine}" in rows
+        assert f"stack-exits=entropy:0.5-{engine}" in rows
+    # the plugin halves the FFN's tokens: fewer FLOPs than the teacher
+    assert rows["stack-plugins=k2-eager"]["flops_ratio"] < 1.0
+    # segments give the eager stack's predictions
+    assert rows["stack-exits=entropy:0.5-onnx"]["score"] == pytest.approx(
+        rows["stack-exits=entropy:0.5-eager"]["score"]
+    )
+    assert result["best"]["score"] == max(r["score"] for r in result["rows"])
+
+
+def test_profile_reports_the_engines_latency_against_eager(tiny_teacher, tmp_path):
+    from gearshift.cli import main
+
+    out = tmp_path / "profile.json"
+    argv = ["profile", "--model", str(tiny_teacher), "--task", "sst2", "--limit", "8"]
+    assert (
+        main([*argv, "--engine", "onnx", "--threads", "1", "--json", str(out), "--no-progress"])
+        == 0
+    )
+    result = json.loads(out.read_text())["engine"]
+    assert result["engine"] == "onnx" and result["threads"] == 1
+    assert result["ratio_b1"] > 0 and result["ratio_b32"] > 0
