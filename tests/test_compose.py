@@ -494,3 +494,27 @@ def test_stack_verb_builds_one_folder_that_loads_everywhere(hf_tiny_dir, tmp_pat
     )
     assert main(argv) == 2  # the CLI prints the error and exits 2
     assert "exists already: pass --overwrite" in capsys.readouterr().err
+
+
+def test_multi_exit_folder_of_a_factorized_base_with_a_shared_basis(hf_tiny_dir, tmp_path):
+    """A slim multi-exit folder stores a shared basis once and reloads identical logits."""
+    from gearshift.methods.factorize.compress import compress
+    from gearshift.methods.factorize.config import FactorizeConfig
+    from gearshift.methods.slim.exits import load_multi_exit
+
+    bert = family_model(hf_tiny_dir, "bert")
+    cfg = FactorizeConfig(
+        method="svd", ratio=2.0, grouped=True, group_modules=["attn.k"], progress=False
+    )
+    shared, _ = compress(copy.deepcopy(bert), cfg, None)
+    from gearshift.runtime.edits import unique_state
+
+    assert len(unique_state(shared)) < len(shared.state_dict())  # the basis is shared
+    model = MultiExitModel(shared)
+    randomize(model.exits, seed=4, scale=1.0)
+    model.save_pretrained(tmp_path / "me")
+    again = load_multi_exit(tmp_path / "me")
+    batch = padded("bert")
+    for crit in (None, Entropy(1.08)):
+        a = model(**batch, criterion=crit).logits
+        assert torch.equal(a, again(**batch, criterion=crit).logits)

@@ -34,6 +34,8 @@ from torch import nn
 from gearshift.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 from gearshift.errors import ArtifactError, ConfigError
 from gearshift.runtime.config import ModelConfig
+from gearshift.runtime.edits import unique_state
+from gearshift.runtime.forms import materialize
 from gearshift.runtime.io import folder_kind, read_meta, read_weights, write_folder_atomically
 from gearshift.runtime.model import Transformer, TransformerOutput
 from gearshift.runtime.modules import AttentionMask
@@ -416,7 +418,8 @@ def save_multi_exit(
             **(extra or {}),
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        state = {f"base.{k}": v for k, v in model.base.state_dict().items()}
+        # every tensor once (a shared basis of a factorized base under its first name)
+        state = {f"base.{k}": v for k, v in unique_state(model.base).items()}
         state |= {f"exits.{k}": v for k, v in model.exits.state_dict().items()}
         state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -437,10 +440,12 @@ def load_multi_exit(folder: str | os.PathLike) -> MultiExitModel:
         )
     base = Transformer(ModelConfig.from_dict(meta["config"]))
     model = MultiExitModel(base, ExitConfig(**meta.get("exits", {})))
-    expected = {f"base.{k}": v for k, v in model.base.state_dict().items()}
+    expected = {f"base.{k}": v for k, v in unique_state(model.base).items()}
     expected |= {f"exits.{k}": v for k, v in model.exits.state_dict().items()}
     state = read_weights(folder, expected)
-    model.base.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("base.")})
+    base_state = {k[5:]: v for k, v in state.items() if k.startswith("base.")}
+    model.base.load_state_dict(base_state, strict=False)  # shared aliases filled by sharing
+    materialize(model.base)
     model.exits.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("exits.")})
     return model.eval()
 
