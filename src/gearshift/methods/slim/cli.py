@@ -28,26 +28,67 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--ffn", type=int, help=helps["ffn"])
     p.add_argument("--word-rank", type=int, help=helps["word_rank"])
     p.add_argument("--target-ratio", type=float, help=helps["target_ratio"])
-    p.add_argument("--target-metric", choices=["flops", "params"], default="flops")
-    p.add_argument("--importance", choices=["all-exits", "last-exit"], default="all-exits")
+    p.add_argument(
+        "--target-metric",
+        choices=["flops", "params"],
+        default="flops",
+        help=helps["target_metric"],
+    )
+    p.add_argument(
+        "--importance",
+        choices=["all-exits", "last-exit"],
+        default="all-exits",
+        help=helps["importance"],
+    )
     p.add_argument("--global-ranking", action="store_true", help=helps["global_ranking"])
-    p.add_argument("--iterations", type=int, default=SlimConfig.iterations)
+    p.add_argument(
+        "--iterations", type=int, default=SlimConfig.iterations, help=helps["iterations"]
+    )
     p.add_argument("--no-exits", action="store_true", help="static pruning: the last exit only")
-    p.add_argument("--gradient-equilibrium", action="store_true")
-    p.add_argument("--exit-pooler", choices=["tanh", "dense"], default="tanh")
+    p.add_argument(
+        "--gradient-equilibrium",
+        action="store_true",
+        help="scale gradients at each exit's branch point (Li et al. 2019)",
+    )
+    p.add_argument(
+        "--exit-pooler",
+        choices=["tanh", "dense"],
+        default="tanh",
+        help="each exit before its classifier: tanh (the paper) or Linear + tanh (BERT-like)",
+    )
     p.add_argument(
         "--exit-pool",
         choices=["first", "mean"],
         default="first",
         help="what each exit reads: the first token (the paper) or the mean of the real tokens",
     )
-    p.add_argument("--ta-steps", type=int, default=SlimConfig.ta_steps)
-    p.add_argument("--steps-per-iteration", type=int, default=SlimConfig.steps_per_iteration)
-    p.add_argument("--recovery-steps", type=int, default=SlimConfig.recovery_steps)
+    p.add_argument("--ta-steps", type=int, default=SlimConfig.ta_steps, help=helps["ta_steps"])
+    p.add_argument(
+        "--steps-per-iteration",
+        type=int,
+        default=SlimConfig.steps_per_iteration,
+        help=helps["steps_per_iteration"],
+    )
+    p.add_argument(
+        "--recovery-steps",
+        type=int,
+        default=SlimConfig.recovery_steps,
+        help=helps["recovery_steps"],
+    )
     p.add_argument("--batch-size", type=int, default=SlimConfig.batch_size)
     p.add_argument("--lr", type=float, default=SlimConfig.learning_rate)
-    p.add_argument("--exit-lr", type=float, default=SlimConfig.exit_learning_rate)
-    p.add_argument("--hidden-weight", type=float, default=SlimConfig.hidden_weight)
+    p.add_argument(
+        "--exit-lr",
+        type=float,
+        default=SlimConfig.exit_learning_rate,
+        help="learning rate of the exits (the backbone uses --lr)",
+    )
+    p.add_argument(
+        "--hidden-weight",
+        type=float,
+        default=SlimConfig.hidden_weight,
+        help="weight of the hidden-state MSE to the distillation target",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--train-limit", type=int, help="first N training examples")
     p.add_argument("--dev-limit", type=int, help="sweep on the first N dev examples")
