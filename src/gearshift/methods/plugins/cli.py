@@ -82,7 +82,12 @@ def add_cli(subparsers: Any) -> None:
         action="store_true",
         help="stage C: add KL to the teacher's logits to the hidden-state MSE",
     )
-    t.add_argument("--kl-weight", type=float, default=1.0)
+    t.add_argument(
+        "--kl-weight",
+        type=float,
+        default=1.0,
+        help="with --kl: weight of KL(teacher || student) on the logits (MSE for regression)",
+    )
     t.add_argument(
         "--layerwise", action="store_true", help="MSE on every layer's output, not only the last"
     )

@@ -110,7 +110,13 @@ def add_cli(subparsers: Any) -> None:
     e.add_argument("--model", required=True)
     e.add_argument("--task", help="default: the task recorded in --model (LM: WikiText-2 test)")
     e.add_argument("--steps", type=int, nargs="+", required=True, help="e.g. 6 4 3 2")
-    e.add_argument("--solver", nargs="+", choices=SOLVERS, default=["euler"])
+    e.add_argument(
+        "--solver",
+        nargs="+",
+        choices=SOLVERS,
+        default=["euler"],
+        help="update rule of each step (each solver is scored at every --steps)",
+    )
     e.add_argument("--limit", type=int, help="first N dev examples (LM: blocks)")
     e.add_argument("--data-dir")
     e.add_argument("--json", help="also write the rows to this file")
@@ -135,7 +141,7 @@ def add_cli(subparsers: Any) -> None:
         "--tokenizer",
         help="a model whose tokenizer to use (default: train an 8k byte-level BPE on the text)",
     )
-    d.add_argument("--block-size", type=int, default=128)
+    d.add_argument("--block-size", type=int, default=128, help="tokens per training sequence")
     _sizes(d, "pre-training")
     _train_args(d, lr=1e-3, steps=2000, batch=16)
     d.set_defaults(func=cmd_decoder)
