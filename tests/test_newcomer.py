@@ -363,6 +363,11 @@ def test_the_readme_python_snippet_runs(tmp_path, monkeypatch):
     section = readme[readme.index("## Python API") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "ensure_teacher(" not in code  # no hidden teacher training
+    from gearshift.paths import data_root
+
+    root = data_root()  # found from the checkout; keep it once the test leaves it
+    assert root is not None, "SST-2 not found: set GEARSHIFT_DATA (see README: Data)"
+    monkeypatch.setenv("GEARSHIFT_DATA", str(root.resolve()))
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "runs" / "quickstart" / "copy" / "gearshift.json").is_file()
