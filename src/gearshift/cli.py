@@ -54,6 +54,8 @@ PLUGGED_VERBS: dict[str, dict[str, str]] = {
 # What to do after Ctrl-C, by verb (default: --resume for a verb that takes it, else a
 # re-run).
 _INTERRUPT_HINTS = {
+    "slim": "run the same command again: finished stages are skipped and an interrupted "
+    "distillation resumes from its checkpoint",
     "demo": "run the same command again to continue (the demo resumes by default; --fresh "
     "starts over)",
 }
