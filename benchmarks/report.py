@@ -633,7 +633,9 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str, floors: dict) -
             layer_saved.append(lay["extras"]["saved_flops_128"])
         quiet = "" if has_signal({**f, "score": teacher}, floors) else f" ({NO_SIGNAL})"
         first = " (first teacher, not rebuildable)" if first_teacher(f) else ""
-        score = f"{f['score']:.2f}" if signal else f"{f['score']:.2f} ({NO_SIGNAL})"
+        _, sd, _ = seed_interval(seed_scores(f))
+        score = f"{f['score']:.2f}" + (f" ± {sd:.2f}" if len(seed_scores(f)) > 1 else "")
+        score += "" if signal else f" ({NO_SIGNAL})"
         lines.append(
             f"| {task} | {teacher:.2f}{quiet}{first} | {score} | "
             f"{teacher - f['score']:+.2f} | {f['extras']['saved_flops_128']:.1%} | "
@@ -654,6 +656,11 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str, floors: dict) -
     if skipped:
         scope += f" ({', '.join(skipped)}: {NO_SIGNAL}, left out)"
     every = ", ".join(task for task, *_ in per_task)
+    seeds_note = (
+        "one seed per row"
+        if all(len(seed_scores(f)) == 1 for _, _, f, _ in per_task)
+        else "a task of several seeds enters with its mean; the last column has the counts"
+    )
     timed = [t for t, _, f, _ in per_task if f.get("latency_ratio_b32") is not None]
     timings = " / ".join(
         sorted({timing_short(f) for _, _, f, _ in per_task if f.get("latency_ratio_b32")})
@@ -668,7 +675,7 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str, floors: dict) -
 
     lines += [
         "",
-        f"Targets for `{ffn}` (computed from the rows above; one seed per row): the score "
+        f"Targets for `{ffn}` (computed from the rows above; {seeds_note}): the score "
         f"drop averaged over {scope}; FLOPs and latency, which a score's noise does not "
         f"touch, over {every}:\n",
         "| target | measured | verdict |",

@@ -558,7 +558,8 @@ def test_no_signal_cells_enter_no_mean_and_no_verdict(report, monkeypatch):
     again = {**rows[1], "score": 86.5, "seed": 43, "latency_ratio_b32": None}
     seeded = [*rows[:1], {**rows[1], "seed": 42}, again, *rows[2:]]
     two = report.plugins_targets(seeded, floors=floors)
-    assert "| sst2 | 88.00 | 87.00 | +1.00 | 46.0% | 0.600 (loaded) |" in two
+    assert "| sst2 | 88.00 | 87.00 ± 0.71 | +1.00 | 46.0% | 0.600 (loaded) |" in two
+    assert "a task of several seeds enters with its mean" in two
     assert "| 2 seeds |" in two
     # a scores-only re-run against a rebuilt teacher is shown, with the timed run's latency
     rebuilt = {**again, "reference_score": 88.5, "score": 88.0}
