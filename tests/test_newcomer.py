@@ -388,3 +388,20 @@ def test_no_header_reaches_a_custom_task_from_the_flags(tmp_path):
 
     assert task.custom.has_header is False
     assert len(load_examples(task, "train")) + len(load_examples(task, "dev")) == 10
+
+
+def test_plugged_verb_table_matches_what_each_module_registers():
+    """`gearshift --help` lists plugged verbs from PLUGGED_VERBS without importing them: the
+    table must name exactly the verbs each module adds, and each must answer --help."""
+    import argparse
+
+    from gearshift.cli import PLUGGED_VERBS, _add_plugged
+
+    for spec, verbs in PLUGGED_VERBS.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        _add_plugged(sub, spec)
+        assert set(sub.choices) == set(verbs), f"{spec} registers {sorted(sub.choices)}"
+        for verb in verbs:
+            with pytest.raises(SystemExit) as exit_info:
+                main([verb, "--help"])
+            assert exit_info.value.code == 0
