@@ -254,6 +254,7 @@ def test_an_interrupted_teacher_is_not_taken_for_a_finished_one(tmp_path, monkey
     [
         ["finetune"],
         ["evaluate"],
+        ["predict"],
         ["profile"],
         ["demo"],
         ["tasks"],
