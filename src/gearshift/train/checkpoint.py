@@ -6,7 +6,9 @@ A checkpoint is the folder ``<output_dir>/checkpoint/`` (only the latest is kept
     trainable.safetensors    trained parameters that are not part of the model (if any),
                              keys "param.<i>" in the order of the optimizer's parameters
     optimizer.pt             {"optimizer": ..., "scheduler": ..., "scaler": ...} state dicts,
-                             written with torch.save, read with torch.load(weights_only=True)
+                             written with torch.save, read with torch.load(weights_only=True);
+                             deleted when the run finishes (TrainConfig.keep_optimizer keeps
+                             it), trainer_state.json then says "optimizer_dropped": true
     rng_state.safetensors    RNG state of process 0: tensors "torch_cpu", "cuda_<i>", "mps";
                              metadata "python_random" and "numpy" hold JSON
     rng_state_<r>.safetensors  the same for process r > 0 (multi-process runs)
