@@ -3,6 +3,7 @@ rounds with a spread) and its rows."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -187,3 +188,13 @@ def test_retime_script_reloads_saved_models_and_writes_the_protocol(
     assert rows["student"]["score"] == 80.0 and rows["gone"]["latency_ratio_b32"] == 0.8
     assert rows["teacher"]["latency_ratio_b32"] == 1.0
     assert script.main(["plugins", "--tasks", "sst2"]) == 2  # plugins re-time themselves
+
+
+def test_steps_benchmark_retime_flag_hands_over_to_the_shared_protocol(load_benchmark, monkeypatch):
+    steps = load_benchmark("steps")
+    seen = {}
+    fake = type(sys)("retime")
+    fake.main = lambda argv: seen.setdefault("argv", argv) and 0
+    monkeypatch.setitem(sys.modules, "retime", fake)
+    assert steps.main(["encoders", "--tasks", "rte", "sst2", "--retime", "--quick"]) == 0
+    assert seen["argv"] == ["steps", "--tasks", "rte", "sst2", "--threads", "1", "--quick"]
