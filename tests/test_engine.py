@@ -54,6 +54,20 @@ def test_onnx_matches_eager_on_every_family(tiny, family):
         assert (got - ref).abs().max() <= 1e-4, (family, tuple(batch["input_ids"].shape))
 
 
+def test_onnx_graph_is_fused_and_unfused_on_request(tiny):
+    import onnx
+
+    model = tiny("bert")
+    fused = engine.build(model, "onnx", threads=1)
+    ops = {node.op_type for node in onnx.load(str(fused.graph_path())).graph.node}
+    assert {"SkipLayerNormalization", "BiasGelu"} <= ops
+    plain = OnnxEngine(model, threads=1, fuse=False)
+    ops = {node.op_type for node in onnx.load(str(plain.graph_path())).graph.node}
+    assert "SkipLayerNormalization" not in ops
+    batch = random_batch("bert")
+    assert (fused(**batch).logits - plain(**batch).logits).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
 def test_onnx_int8_is_quantized_and_close(tiny, family):
     import onnx

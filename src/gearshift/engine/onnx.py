@@ -8,7 +8,8 @@ against eager on other shapes. A model whose forward depends on the sequence len
 length only: such a model is exported once per *length bucket* (the sequence is padded with
 masked pad tokens up to a multiple of ``bucket``), each graph checked against eager.
 
-``int8=True`` quantizes the exported fp32 graph with ONNX Runtime's dynamic int8
+The fp32 graph is then fused with ONNX Runtime's transformer optimizer (:func:`fuse_graph`)
+before the check. ``int8=True`` quantizes the exported (fused) fp32 graph with ONNX Runtime's dynamic int8
 (``onnxruntime.quantization.quantize_dynamic``, int8 weights, activations quantized per
 call): what Optimum's dynamic quantization does.
 """
@@ -172,10 +173,53 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
     level = root.level
     root.setLevel(logging.ERROR)  # its advice to pre-process is for static quantization
     try:
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(fp32_path),
+            str(int8_path),
+            weight_type=QuantType.QInt8,
+            # fused ops (SkipLayerNormalization, BiasGelu) are outside ONNX's shape inference
+            extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
+        )
     finally:
         root.setLevel(level)
     return Path(int8_path)
+
+
+def fuse_graph(path: str | Path, config) -> bool:
+    """Fuse the graph at ``path`` in place with ONNX Runtime's transformer optimizer (LayerNorm
+    with its residual add, GELU with its bias: what Optimum's optimization levels do); the
+    graph is left as it was when the optimizer fails. Returns whether it fused anything.
+
+    The exported attention (scaled_dot_product_attention) does not match ORT's attention
+    fusion patterns, so attention stays unfused."""
+    try:
+        from onnxruntime.transformers import optimizer
+
+        model_type = "gpt2" if config.family == "gpt2" else "bert"
+        heads = config.hidden_size // config.head_dim
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            opt = optimizer.optimize_model(
+                str(path),
+                model_type=model_type,
+                num_heads=heads,
+                hidden_size=config.hidden_size,
+                opt_level=1,
+            )
+        finally:
+            root.setLevel(level)
+        fused = sum(opt.get_fused_operator_statistics().values())
+        if not fused:
+            return False
+        tmp = Path(path).with_suffix(".fused.tmp")
+        opt.save_model_to_file(str(tmp))
+        tmp.replace(path)
+        return True
+    except Exception as exc:  # an unusual graph: keep it unfused, it is still correct
+        logger.info("ONNX Runtime's optimizer left %s unfused: %s", path, exc)
+        return False
 
 
 def session(path: str | Path, threads: int | None = None):
@@ -232,12 +276,14 @@ class OnnxEngine(Engine):
         opset: int = DEFAULT_OPSET,
         bucket: int = 16,
         check: bool = True,
+        fuse: bool = True,
     ) -> None:
         _require_ort()
         self.config = model_config(model)
         self.names = input_names(model)
         self.pad_id = pad_id(model)
         self.int8, self.threads, self.opset, self.bucket = int8, threads, opset, bucket
+        self.fuse = fuse
         self.setting = dict(setting or {})
         if folder is None:
             folder = tempfile.mkdtemp(prefix="gearshift-onnx-")
@@ -271,6 +317,15 @@ class OnnxEngine(Engine):
         fp32 = self.folder / ("model.onnx" if seq_len is None else f"model-n{seq_len}.onnx")
         if not fp32.is_file():
             export_onnx(self._model, fp32, self.setting, self.opset, seq_len)
+            if self.fuse:
+                fuse_graph(fp32, self.config)
+            if seq_len is not None:  # a bucket's graph: checked at its own length
+                probe = example_batch(self._model, 3, seq_len, seed=seq_len)
+                if not self._fp32_matches(session(fp32, self.threads), probe):
+                    raise ConfigError(
+                        f"the ONNX graph for {seq_len} tokens differs from eager by more than "
+                        f"{PARITY_ATOL}: run this model on engine 'eager' (and report it)"
+                    )
         path = fp32
         if self.int8:
             path = self.graph_path(seq_len)

@@ -243,7 +243,6 @@ def measure(cand: Candidate, ctx: TuneContext, folder: Path) -> dict[str, Any]:
     """Build, save and measure ``cand``; returns its row (also written to folder/row.json)."""
     from gearshift.atomic import write_json_atomic
     from gearshift.engine import build
-
     from gearshift.engine.segments import exits_only
 
     model = cand.make(ctx.teacher)
