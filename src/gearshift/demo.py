@@ -35,7 +35,16 @@ def profile(
     from gearshift.measure import profile_model
 
     texts = dev_texts(task, limit, data_dir)
-    return profile_model(model, tokenizer, texts, threads=threads, progress=progress)
+    out = profile_model(model, tokenizer, texts, threads=threads, progress=progress)
+    from gearshift.runtime.stack import Stack
+
+    if isinstance(model, Stack):  # the closed form of what the stack runs (no early exit)
+        from gearshift.compose.flops import stack_flops
+
+        n = out["flops"]["seq_len"]
+        out["flops"]["analytic_at_length"] = stack_flops(model, n)
+        out["flops"]["analytic_setting"] = model.describe()
+    return out
 
 
 def teacher_row(

@@ -1,0 +1,515 @@
+"""Stacks of methods against each single method, on one teacher per task, in one run.
+
+    python benchmarks/compose.py --tasks mrpc stsb sst2     # about 30-60 min per task, 2 cores
+    python benchmarks/compose.py --tasks mrpc --quick        # smoke run (a few minutes)
+    python benchmarks/compose.py --tasks mrpc --retime       # re-time the saved artifacts only
+
+For each task with a finished MiniLM-L6 teacher (benchmarks/teachers.py builds them), it
+builds (cached under ``runs/compose/<task>/``, so a re-run resumes):
+
+- single methods: torch int8 of the teacher (``int8``); SVD-LLM at ratio 2 without
+  fine-tuning (``factorize``); a k=4 "ffn" plugin trained on the frozen teacher
+  (``plugins``); exit heads trained on the frozen teacher, DeeBERT-style (``exits``, at
+  several thresholds);
+- stacks (``method: "stack"``, ``setting`` names the parts): svdllm:2 + int8;
+  svdllm:2 + plugin (trained on the factorized model); svdllm:2 + plugin + exits; int8 +
+  plugin; svdllm:2 + int8 + exits; plugin + exits.
+
+Every point is scored on the full dev set (the task's metric), its FLOPs per example are the
+closed-form count of what runs for each dev example (its own length, and with exits its own
+exit step; gearshift.compose.flops, checked against counted FLOPs by the tests), its size on
+disk is the bytes of its folder(s), and its latency at batch 1 and 32 comes from the shared
+timing protocol (gearshift.measure.retime: fixed threads, warm-up, every point interleaved
+with the teacher in one process, several rounds; median ratio and its spread over rounds),
+which refuses a busy machine unless ``--allow-load`` records the load. The plugin and exit
+heads are trained with seed 42 (``seed`` on each row: 1 seed).
+
+Rows go to benchmarks/results/compose.json; plots to benchmarks/results/compose_<task>.png.
+The report (benchmarks/report.py) lists which stacks dominate every single method at their
+budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import command_line  # noqa: E402  (benchmarks/ is on sys.path)
+
+from gearshift.compose import Stack, load_stack, save_stack  # noqa: E402
+from gearshift.compose.flops import stack_flops  # noqa: E402
+from gearshift.data import compute_metrics, get_task  # noqa: E402
+from gearshift.data.taskdata import TaskData, dev_texts  # noqa: E402
+from gearshift.measure import ResultsSink, forward_fn, make_batch, plot_tradeoff  # noqa: E402
+from gearshift.measure.retime import QUICK, TimingProtocol, retime  # noqa: E402
+from gearshift.methods.plugins import Plugin, PluginConfig  # noqa: E402
+from gearshift.methods.plugins.model import Plugins  # noqa: E402
+from gearshift.methods.slim.exits import ExitConfig, Exits, MultiExitModel  # noqa: E402
+from gearshift.runtime import load_model, load_pretrained, load_tokenizer, save_model  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "compose.json"
+SEED = 42
+ENTROPY = (0.05, 0.2, 0.4)  # exit thresholds (classification: entropy in nats)
+PATIENCE = ("patience:1:0.25", "patience:2:0.25", "patience:1:0.5")  # regression
+
+
+# ---------------------------------------------------------------------- artifacts
+def folder_bytes(*folders: Path) -> int:
+    """Bytes of the weight files of ``folders`` (what a user ships)."""
+    total = 0
+    for folder in folders:
+        total += sum(p.stat().st_size for p in Path(folder).rglob("*.safetensors"))
+    return total
+
+
+def train_plugin_on(base, task, tok, out: Path, steps: int, quick: bool) -> Path:
+    """A k=4 "ffn" plugin trained on frozen ``base`` (stage C: its own outputs as targets)."""
+    from gearshift.methods.plugins.train import train_plugin
+    from gearshift.train import TrainConfig
+
+    if (out / "plugin" / "gearshift.json").is_file():
+        return out / "plugin"
+    torch.manual_seed(SEED)
+    train = TaskData.load(task, tok, "train", limit=steps * 16)
+    plugin = Plugin(PluginConfig(k=4, placement="ffn"), base)
+    cfg = TrainConfig(
+        output_dir=str(out),
+        max_steps=steps,
+        batch_size=16,
+        learning_rate=1e-3,
+        warmup_ratio=0.06,
+        save_every=0,
+        log_every=10,
+        seed=SEED,
+        progress=not quick,
+    )
+    res = train_plugin(base, plugin, train.features, train.collator, cfg, resume=True)
+    return res.plugin_dir
+
+
+def train_exits_on(base, task, tok, out: Path, steps: int, quick: bool) -> Path:
+    """Exit heads trained on frozen ``base`` from its final logits (DeeBERT's second stage)."""
+    from gearshift.methods.slim.train import SlimConfig, distil_stage
+
+    if (out / "exits" / "gearshift.json").is_file():
+        return out / "exits"
+    torch.manual_seed(SEED)
+    train = TaskData.load(task, tok, "train", limit=steps * 32)
+    # mean pooling: all-MiniLM-L6-v2 was pre-trained with mean pooling, so its shallow
+    # layers' first token carries little (docs/slim.md)
+    student = MultiExitModel(copy.deepcopy(base), ExitConfig(pool="mean"))
+    config = SlimConfig(heads=1, ffn=1, ta_steps=steps, seed=SEED)
+    model_dir = distil_stage(
+        student,
+        base,
+        train.features,
+        train.collator,
+        config,
+        out / "train",
+        steps,
+        train_backbone=False,
+        progress=not quick,
+    )
+    from gearshift.methods.slim.exits import load_multi_exit
+
+    trained = load_multi_exit(model_dir)
+    trained.providers["exits"].save_pretrained(out / "exits", base.config)
+    return out / "exits"
+
+
+def build_artifacts(task, teacher_dir: Path, root: Path, quick: bool) -> dict[str, Path]:
+    """Every model, plugin and exits folder the points need (cached in ``root``)."""
+    from gearshift.methods.factorize import FactorizeConfig, calibration_batches, compress
+    from gearshift.runtime import quantize_int8
+
+    tok = load_tokenizer(str(teacher_dir))
+    teacher = load_pretrained(str(teacher_dir)).eval()
+    steps = 20 if quick else 300
+    out: dict[str, Path] = {"teacher": teacher_dir}
+
+    def edited(name: str, make: Callable[[], Any]) -> Path:
+        folder = root / name
+        if not (folder / "gearshift.json").is_file():
+            save_model(make(), folder, tokenizer=tok)
+        out[name] = folder
+        return folder
+
+    edited("int8", lambda: quantize_int8(copy.deepcopy(teacher)))
+
+    def svdllm():
+        cal = calibration_batches(tok, "task", task, 64 if quick else 256)
+        model, _ = compress(
+            copy.deepcopy(teacher), FactorizeConfig(method="svdllm", ratio=2.0, progress=False), cal
+        )
+        return model
+
+    edited("svdllm2", svdllm)
+    edited("svdllm2-int8", lambda: quantize_int8(load_model(root / "svdllm2")))
+    t0 = time.perf_counter()
+    out["plugin@teacher"] = train_plugin_on(
+        teacher, task, tok, root / "plugin-teacher", steps, quick
+    )
+    svd = load_model(root / "svdllm2")
+    out["plugin@svdllm2"] = train_plugin_on(svd, task, tok, root / "plugin-svdllm2", steps, quick)
+    out["exits@teacher"] = train_exits_on(teacher, task, tok, root / "exits-teacher", steps, quick)
+    out["exits@svdllm2"] = train_exits_on(svd, task, tok, root / "exits-svdllm2", steps, quick)
+    print(f"[compose] {task.name}: artifacts ready ({time.perf_counter() - t0:.0f} s of training)")
+    return out
+
+
+# ---------------------------------------------------------------------- points
+class Point(NamedTuple):
+    """One operating point: a stack folder at a setting."""
+
+    method: str  # teacher | int8 | factorize | plugins | exits | stack
+    setting: str  # the parts, e.g. "svdllm:2 + plugin k4-ffn + exits entropy:0.2"
+    stack_dir: Path
+    run: dict[str, Any] = {}  # the stack setting (never mutated)
+
+
+def make_stacks(art: dict[str, Path], root: Path, task, tok) -> dict[str, Path]:
+    """Stack folders (each one artifact) for every combination measured."""
+    specs = {
+        # name: (base, plugin, exits)
+        "teacher": ("teacher", None, None),
+        "int8": ("int8", None, None),
+        "svdllm2": ("svdllm2", None, None),
+        "teacher+plugin": ("teacher", "plugin@teacher", None),
+        "teacher+exits": ("teacher", None, "exits@teacher"),
+        "svdllm2+int8": ("svdllm2-int8", None, None),
+        "svdllm2+plugin": ("svdllm2", "plugin@svdllm2", None),
+        "svdllm2+plugin+exits": ("svdllm2", "plugin@svdllm2", "exits@svdllm2"),
+        "int8+plugin": ("int8", "plugin@teacher", None),
+        "svdllm2+int8+exits": ("svdllm2-int8", None, "exits@svdllm2"),
+        "teacher+plugin+exits": ("teacher", "plugin@teacher", "exits@teacher"),
+    }
+    out = {}
+    for name, (base_name, plugin, exits) in specs.items():
+        folder = root / "stacks" / name
+        out[name] = folder
+        if (folder / "gearshift.json").is_file():
+            continue
+        base = load_model(art[base_name])
+        stack = Stack(base)
+        if plugin:
+            stack.attach(Plugins({"k4-ffn": Plugin.from_pretrained(art[plugin], base)}))
+        if exits:
+            stack.attach(Exits.from_pretrained(art[exits], base))
+        save_stack(stack, folder, tokenizer=tok, base_meta={"task": {"name": task.name}})
+    return out
+
+
+def points_for(task, stacks: dict[str, Path]) -> list[Point]:
+    crits = PATIENCE if task.kind == "regression" else [f"entropy:{t:g}" for t in ENTROPY]
+    pts = [
+        Point("teacher", "full", stacks["teacher"]),
+        Point("int8", "torch int8 (dynamic, per-channel)", stacks["int8"]),
+        Point("factorize", "svdllm:2 (no fine-tuning)", stacks["svdllm2"]),
+        Point("plugins", "plugin k4-ffn", stacks["teacher+plugin"], {"plugins": "k4-ffn"}),
+        Point("stack", "svdllm:2 + int8", stacks["svdllm2+int8"]),
+        Point("stack", "svdllm:2 + plugin k4-ffn", stacks["svdllm2+plugin"], {"plugins": "k4-ffn"}),
+        Point("stack", "int8 + plugin k4-ffn", stacks["int8+plugin"], {"plugins": "k4-ffn"}),
+    ]
+    for c in crits:
+        pts.append(Point("exits", f"exits {c}", stacks["teacher+exits"], {"exits": c}))
+        pts.append(
+            Point(
+                "stack",
+                f"svdllm:2 + plugin k4-ffn + exits {c}",
+                stacks["svdllm2+plugin+exits"],
+                {"plugins": "k4-ffn", "exits": c},
+            )
+        )
+        pts.append(
+            Point(
+                "stack",
+                f"svdllm:2 + int8 + exits {c}",
+                stacks["svdllm2+int8+exits"],
+                {"exits": c},
+            )
+        )
+        pts.append(
+            Point(
+                "stack",
+                f"plugin k4-ffn + exits {c}",
+                stacks["teacher+plugin+exits"],
+                {"plugins": "k4-ffn", "exits": c},
+            )
+        )
+    return pts
+
+
+@torch.inference_mode()
+def score_point(stack: Stack, setting: dict, dev: TaskData) -> tuple[dict, float]:
+    """(metrics, mean FLOPs per example) of ``stack`` at ``setting`` on ``dev``: each
+    example charged for its own length and (with exits) the step it left after."""
+    preds, refs, flops = [], [], []
+    cache: dict[tuple, int] = {}
+    exits_on = setting.get("exits") is not None
+    for batch in dev.loader(64):
+        labels = batch.pop("labels")
+        out = stack(**batch, setting=setting)
+        logits = out.logits
+        if dev.task.kind == "classification":
+            preds += logits.argmax(-1).tolist()
+            refs += labels.tolist()
+        else:
+            preds += logits.float().reshape(-1).tolist()
+            refs += labels.float().reshape(-1).tolist()
+        lengths = batch["attention_mask"].sum(1).tolist()
+        steps = out.exit_step.tolist() if out.exit_step is not None else [None] * len(lengths)
+        for n, e in zip(lengths, steps):
+            key = (int(n), e if exits_on else None)
+            if key not in cache:
+                cache[key] = stack_flops(stack, int(n), setting, exit_after=key[1])
+            flops.append(cache[key])
+    metrics = compute_metrics(dev.task, preds, refs)
+    return metrics, sum(flops) / len(flops)
+
+
+# ---------------------------------------------------------------------- the verdict
+SINGLE_METHODS = ("int8", "factorize", "plugins", "exits")
+COST_AXES = {
+    "flops_dynamic": "FLOPs per example",
+    "latency_ratio_b1": "latency ratio, batch 1",
+    "latency_ratio_b32": "latency ratio, batch 32",
+    "size_on_disk": "size on disk",
+}
+
+
+def cost_of(row: dict, axis: str) -> float | None:
+    return row["extras"].get("size_on_disk") if axis == "size_on_disk" else row.get(axis)
+
+
+def dominance(rows: list[dict], axis: str) -> list[dict]:
+    """For each stack row of one task: the best single-method point whose ``axis`` cost is
+    at most the stack's (its budget), and whether the stack scores above it. A stack that
+    no single method can afford at its budget is "alone" (it dominates trivially).
+    Returns one dict per stack: setting, cost, score, best single (setting, score) or None,
+    margin (stack score - best single score), verdict ("dominates" | "alone" | "no")."""
+    singles = [r for r in rows if r["method"] in SINGLE_METHODS and cost_of(r, axis) is not None]
+    out = []
+    for s in rows:
+        if s["method"] != "stack" or cost_of(s, axis) is None:
+            continue
+        budget = cost_of(s, axis)
+        affordable = [r for r in singles if cost_of(r, axis) <= budget]
+        best = max(affordable, key=lambda r: r["score"], default=None)
+        if best is None:
+            verdict, margin = "alone", None
+        else:
+            margin = s["score"] - best["score"]
+            verdict = "dominates" if margin > 0 else "no"
+        out.append(
+            {
+                "setting": s["setting"],
+                "cost": budget,
+                "score": s["score"],
+                "best_single": None if best is None else (best["setting"], best["score"]),
+                "margin": margin,
+                "verdict": verdict,
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------- one task
+def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> list[dict]:
+    from gearshift.jobs import teacher_dir
+    from gearshift.measure.report import machine_description
+    from gearshift.train.finetune import training_finished
+
+    task = get_task(task_name)
+    tdir = teacher_dir(task.name) / "best"
+    if args.teacher:
+        tdir = Path(args.teacher)
+    elif not training_finished(teacher_dir(task.name)):
+        print(
+            f"[compose] {task.name}: no finished teacher at {tdir}; skipped "
+            "(train it with benchmarks/teachers.py)"
+        )
+        return []
+    root = Path(args.runs) / task.name
+    tok = load_tokenizer(str(tdir))
+    art = build_artifacts(task, tdir, root, args.quick)
+    stacks = make_stacks(art, root, task, tok)
+    dev = TaskData.load(task, tok, "dev", limit=args.dev_limit)
+    points = points_for(task, stacks)
+    loaded: dict[Path, Stack] = {}
+    for p in points:
+        if p.stack_dir not in loaded:
+            loaded[p.stack_dir] = load_stack(p.stack_dir)
+    metric = task.main_metric
+    rows = []
+    ref_score = None
+    for p in points:
+        stack = loaded[p.stack_dir]
+        metrics, flops = score_point(stack, p.run, dev)
+        if p.method == "teacher":
+            ref_score = metrics[metric]
+        rows.append(
+            {
+                "task": task.name,
+                "model": "minilm-l6",
+                "method": p.method,
+                "setting": p.setting,
+                "metric": metric,
+                "score": metrics[metric],
+                "flops_dynamic": flops,
+                "params": sum(t.numel() for t in stack.state_dict().values()),
+                "reference_score": None,
+                "seed": None
+                if p.method in ("teacher", "int8", "factorize") or p.setting == "svdllm:2 + int8"
+                else SEED,
+                "command": command_line("benchmarks/compose.py", args.argv),
+                "machine": machine_description(),
+                "extras": {
+                    "engine": "eager",
+                    "stack_dir": str(p.stack_dir),
+                    "stack_setting": p.run,
+                    "size_on_disk": folder_bytes(p.stack_dir),
+                    "dev_metrics": metrics,
+                    "quick": args.quick,
+                    "seeds": "1 seed (plugin and exit heads trained once, seed 42)",
+                },
+            }
+        )
+        print(
+            f"[compose] {task.name} {p.setting}: {metric} {metrics[metric]:.2f}, "
+            f"{flops / 1e6:.1f} MFLOPs"
+        )
+    for r in rows:
+        r["reference_score"] = ref_score
+        r["extras"]["flops_ratio"] = r["flops_dynamic"] / rows[0]["flops_dynamic"]
+    if args.skip_timing:
+        for r in rows:
+            r["extras"]["timing"] = {"how": "not timed yet: run with --retime"}
+    else:
+        time_rows(task, rows, points, loaded, tok, args)
+    sink.add(rows)
+    plot(task, rows, root, args)
+    return rows
+
+
+def plot(task, rows, root: Path, args) -> None:
+    if any(r.get("latency_ratio_b32") is None for r in rows):
+        return
+    plot_tradeoff(
+        rows,
+        RESULTS.with_name(f"compose_{task.name}.png") if not args.quick else root / "plot.png",
+        x="latency_ratio_b32",
+        title=f"{task.name}: stacks vs single methods (MiniLM-L6 teacher, eager)",
+    )
+
+
+def retime_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> list[dict]:
+    """Re-time the recorded rows of ``task_name`` from their saved stack folders."""
+    task = get_task(task_name)
+    rows = [r for r in sink.rows if r["task"] == task.name]
+    if not rows:
+        print(f"[compose] {task.name}: no recorded rows to re-time")
+        return []
+    rows.sort(key=lambda r: r["method"] != "teacher")  # the reference first
+    missing = [
+        r["extras"]["stack_dir"] for r in rows if not Path(r["extras"]["stack_dir"]).is_dir()
+    ]
+    if missing:
+        print(
+            f"[compose] {task.name}: saved stacks are gone ({missing[0]} ...): rebuild them "
+            f"with `python benchmarks/compose.py --tasks {task.name}`"
+        )
+        return []
+    loaded: dict[Path, Stack] = {}
+    points = []
+    for r in rows:
+        d = Path(r["extras"]["stack_dir"])
+        if d not in loaded:
+            loaded[d] = load_stack(d)
+        points.append(Point(r["method"], r["setting"], d, r["extras"].get("stack_setting") or {}))
+    tok = load_tokenizer(str(points[0].stack_dir))
+    time_rows(task, rows, points, loaded, tok, args)
+    for r in rows:
+        r["extras"]["timing"]["command"] = command_line("benchmarks/compose.py", args.argv)
+    sink.add(rows)
+    plot(task, rows, Path(args.runs) / task.name, args)
+    return rows
+
+
+def time_rows(task, rows, points, loaded, tok, args) -> None:
+    """Latency ratios by the shared protocol, every point interleaved with the teacher."""
+    protocol = QUICK if args.quick else TimingProtocol(threads=args.threads)
+    texts = dev_texts(task, 256)
+    batches = {1: make_batch(tok, texts, 1), 32: make_batch(tok, texts, 32)}
+    candidates = {}
+    for i, p in enumerate(points):
+        stack = loaded[p.stack_dir]
+        fn = forward_fn(stack)
+
+        def run(batch, fn=fn, stack=stack, setting=p.run):
+            with stack.using(setting):
+                return fn(batch)
+
+        candidates[f"p{i}"] = run
+    from gearshift.measure.retime import load_per_core
+
+    load = load_per_core()
+    timed = retime(candidates, batches, "p0", protocol, allow_load=args.allow_load)
+    for i, row in enumerate(rows):
+        for size, res in timed.items():
+            row[f"latency_ratio_b{size}"] = res.ratios[f"p{i}"]
+            row["extras"].setdefault("latency_spread", {})[f"b{size}"] = list(res.spread[f"p{i}"])
+            row["extras"].setdefault("latency_ms", {})[f"b{size}"] = res.median_ms[f"p{i}"]
+        row["extras"]["timing"] = {
+            "protocol": asdict(protocol),
+            "load_per_core_at_start": load,
+            "how": "gearshift.measure.retime: every point interleaved with the teacher in one "
+            "process, fixed threads, warm-up, median over rounds",
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--tasks", nargs="+", default=["mrpc", "stsb", "sst2"])
+    p.add_argument("--teacher", help="a teacher folder to use instead of the cached one")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dev-limit", type=int, help="first N dev examples (default: all)")
+    p.add_argument("--runs", default="runs/compose", help="where artifacts are cached")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, under runs/")
+    p.add_argument(
+        "--allow-load", action="store_true", help="time on a busy machine (the load is recorded)"
+    )
+    p.add_argument(
+        "--skip-timing", action="store_true", help="build and score only (time later: --retime)"
+    )
+    p.add_argument(
+        "--retime", action="store_true", help="re-time the recorded rows from their saved stacks"
+    )
+    args = p.parse_args(argv)
+    args.argv = argv if argv is not None else sys.argv[1:]
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.runs = str(Path(args.runs) / "quick")
+        args.dev_limit = args.dev_limit or 48
+        args.allow_load = True
+    sink = ResultsSink(RESULTS if not args.quick else Path(args.runs) / "compose.json", "compose")
+    for task in args.tasks:
+        if args.retime:
+            retime_task(task, args, sink)
+        else:
+            run_task(task, args, sink)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
