@@ -405,3 +405,17 @@ def test_plugged_verb_table_matches_what_each_module_registers():
             with pytest.raises(SystemExit) as exit_info:
                 main([verb, "--help"])
             assert exit_info.value.code == 0
+
+
+def test_a_stack_whose_head_does_not_fit_the_task_is_refused_not_a_traceback(
+    tmp_path, folders, capsys
+):
+    from gearshift.compose import Stack, save_stack
+
+    stack_dir = save_stack(
+        Stack(load_pretrained(str(folders["regression"]))),
+        tmp_path / "stack",
+        tokenizer=load_tokenizer("minilm-l6"),
+    )
+    code, _, err = run_cli(capsys, "evaluate", "--model", stack_dir, "--task", "sst2")
+    assert code == 2 and "a regression head" in err and "cannot swap its head" in err

@@ -221,6 +221,12 @@ def model_for_task(model_name: str, task: TaskSpec) -> tuple[Any, Any]:
     model = load_pretrained(model_name, head_kind="auto")
     head = model.config.head
     if head.kind != task.kind or head.num_labels != task.num_labels:
+        if not hasattr(model, "set_head"):  # e.g. a stack: its head is its base model's
+            raise ConfigError(
+                f"{model_name} has {describe_head(model)}, and {task.name} needs a "
+                f"{task.kind} head with {task.num_labels} outputs; this kind of folder cannot "
+                "swap its head: build it from a model fine-tuned on the task"
+            )
         model = load_pretrained(
             model_name, head_kind=task.kind, num_labels=task.num_labels, label_names=labels
         )
