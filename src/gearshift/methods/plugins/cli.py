@@ -120,6 +120,11 @@ def add_cli(subparsers: Any) -> None:
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--data-dir")
     t.add_argument(
+        "--keep-optimizer",
+        action="store_true",
+        help="keep the optimizer state in OUTPUT/checkpoint when training ends",
+    )
+    t.add_argument(
         "--resume",
         action="store_true",
         help="continue from OUTPUT/checkpoint after an interruption",
@@ -210,6 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         metric_for_best=metric if args.eval_every else None,
         greater_is_better=task.greater_is_better if task else True,
         progress=not args.no_progress,
+        keep_optimizer=args.keep_optimizer,
     )
     extra = {
         "training": {

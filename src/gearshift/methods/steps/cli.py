@@ -24,6 +24,11 @@ def _train_args(p: argparse.ArgumentParser, lr: float, steps: int, batch: int = 
     p.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT/checkpoint after a stop"
     )
+    p.add_argument(
+        "--keep-optimizer",
+        action="store_true",
+        help="keep the optimizer state in OUTPUT/checkpoint when training ends",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -56,6 +61,7 @@ def _config(args: argparse.Namespace, **kw: Any):
         save_every=args.save_every,
         seed=args.seed,
         progress=not args.no_progress,
+        keep_optimizer=args.keep_optimizer,
         **kw,
     )
 
