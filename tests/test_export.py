@@ -155,3 +155,30 @@ def test_hf_refuses_a_stack_and_says_to_export_its_base(hf_tiny_dir, tmp_path):
     stack = Stack(base, {"exits": Exits(base.config)})
     with pytest.raises(ConfigError, match="export its base model"):
         export_hf_folder(stack, tmp_path / "hf")
+
+
+def test_onnx_folder_of_a_plugin_setting_holds_one_graph_per_bucket(hf_tiny_dir, tmp_path):
+    from gearshift.methods.plugins import Plugin, PluginConfig, PluginModel
+
+    base = load_hf(str(hf_tiny_dir("distilbert", "classification")))
+    torch.manual_seed(0)
+    plugin = Plugin(PluginConfig(k=4, bottleneck=8), base)
+    with torch.no_grad():
+        for p in plugin.parameters():
+            p.normal_(std=0.1)
+    stack = PluginModel(base)
+    stack.add_plugin("k4", plugin)
+    setting = {"plugins": "k4"}
+    folder = export_onnx_folder(stack, tmp_path / "onnx", setting=setting, max_length=32)
+    meta = json.loads((folder / "gearshift.json").read_text())
+    assert meta["graphs"] == {"16": "model-n16.onnx", "32": "model-n32.onnx"}
+    assert meta["setting"] == setting and meta["bucket"] == 16
+    assert sorted(p.name for p in folder.glob("*.onnx")) == ["model-n16.onnx", "model-n32.onnx"]
+    run = load_onnx_export(folder, threads=1)
+    for b, n in [(3, 11), (2, 30)]:
+        batch = random_batch("distilbert", b, n, seed=n)
+        with torch.no_grad(), stack.using(**setting):
+            ref = stack(**batch).logits
+        assert (run(**batch).logits - ref).abs().max() <= 1e-4
+    with pytest.raises(ConfigError, match="longer than"):
+        run(**random_batch("distilbert", 1, 40))

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from gearshift.constants import CONFIG_NAME, FORMAT_VERSION
-from gearshift.engine.base import input_names, model_config
-from gearshift.engine.onnx import DEFAULT_OPSET, OnnxEngine, example_batch, session
+from gearshift.engine.base import Engine, EngineOutput, input_names, model_config
+from gearshift.engine.onnx import DEFAULT_OPSET, OnnxEngine, example_batch, run_padded, session
 from gearshift.errors import ArtifactError, ConfigError
 from gearshift.runtime.io import write_folder_atomically
 
@@ -67,10 +67,9 @@ def export_onnx_folder(
             for n in range(run.bucket, max_length + 1, run.bucket):
                 run._session_for(n)
             graphs = {str(n): run.graph_path(n).name for n in sorted(k for k in run._sessions if k)}
-        if int8:  # keep only the graphs the folder runs
-            for p in tmp.glob("*.onnx"):
-                if p.name not in graphs.values():
-                    p.unlink()
+        for p in tmp.glob("*.onnx"):  # keep only the graphs the folder runs
+            if p.name not in graphs.values():
+                p.unlink()
         has_tok = _save_tokenizer(tokenizer, tmp)
         meta = {
             "format_version": FORMAT_VERSION,
@@ -93,14 +92,11 @@ def export_onnx_folder(
     return write_folder_atomically(output, write)
 
 
-class OnnxFolder:
+class OnnxFolder(Engine):
     """An exported ONNX folder run with ONNX Runtime: ``run(input_ids, attention_mask=None,
     token_type_ids=None)`` returns an EngineOutput, like the engine that wrote it."""
 
     def __init__(self, folder: str | os.PathLike, threads: int | None = None) -> None:
-        from gearshift.engine.base import EngineOutput, batch_inputs
-
-        self._output, self._inputs = EngineOutput, batch_inputs
         folder = Path(folder)
         meta_path = folder / CONFIG_NAME
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -109,20 +105,16 @@ class OnnxFolder:
                 f"{folder} is not an ONNX export (no gearshift.json of kind {ONNX_KIND!r}); "
                 "write one with `gearshift export --format onnx`"
             )
-        self.meta, self.names = meta, meta["inputs"]
+        self.meta, self.names, self.name = meta, meta["inputs"], meta["engine"]
         self.sessions = {
             (None if n == "any" else int(n)): session(folder / f, threads)
             for n, f in meta["graphs"].items()
         }
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, **unused):
-        import numpy as np
-
-        inputs = self._inputs(self.names, input_ids, attention_mask, token_type_ids)
-        n = input_ids.shape[1]
-        length = n
+    def run(self, inputs: list[torch.Tensor]) -> EngineOutput:
+        n = inputs[0].shape[1]
         if None in self.sessions:
-            sess = self.sessions[None]
+            sess, length = self.sessions[None], n
         else:
             fits = [k for k in sorted(self.sessions) if k >= n]
             if not fits:
@@ -132,20 +124,8 @@ class OnnxFolder:
                 )
             length = fits[0]
             sess = self.sessions[length]
-            pad = {"input_ids": self.meta["pad_token_id"]}
-            inputs = [
-                torch.nn.functional.pad(t, (0, length - n), value=pad.get(name, 0))
-                for name, t in zip(self.names, inputs)
-            ]
-        wanted = {i.name for i in sess.get_inputs()}
-        feed = {k: t.numpy().astype(np.int64) for k, t in zip(self.names, inputs) if k in wanted}
-        logits = torch.from_numpy(sess.run(["logits"], feed)[0])
-        if logits.dim() == 3:
-            logits = logits[:, :n]
-        return self._output(logits=logits)
-
-    def eval(self):
-        return self
+        logits = run_padded(sess, self.names, inputs, length, self.meta["pad_token_id"])
+        return EngineOutput(logits=logits)
 
 
 def load_onnx_export(folder: str | os.PathLike, threads: int | None = None) -> OnnxFolder:

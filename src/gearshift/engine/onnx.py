@@ -257,6 +257,24 @@ def _run(sess, names: list[str], inputs: list[torch.Tensor], quiet: bool = False
     return sess.run(["logits"], feed, options)[0]
 
 
+def run_padded(
+    sess, names: list[str], inputs: list[torch.Tensor], length: int, pad_token_id: int
+) -> torch.Tensor:
+    """Run ``sess`` on ``inputs`` padded with masked pad tokens up to ``length`` tokens (a
+    length bucket's graph); returns the logits, a token head's cut back to the inputs'
+    length."""
+    n = inputs[0].shape[1]
+    if length != n:
+        inputs = [
+            torch.nn.functional.pad(
+                t, (0, length - n), value=pad_token_id if name == "input_ids" else 0
+            )
+            for name, t in zip(names, inputs)
+        ]
+    logits = torch.from_numpy(_run(sess, names, inputs))
+    return logits[:, :n] if logits.dim() == 3 else logits
+
+
 class OnnxEngine(Engine):
     """A gearshift model (at one setting) run by ONNX Runtime, fp32 or dynamic int8.
 
@@ -360,16 +378,5 @@ class OnnxEngine(Engine):
         return self._sessions[length], length
 
     def run(self, inputs: list[torch.Tensor]) -> EngineOutput:
-        n = inputs[0].shape[1]
-        sess, length = self._session_for(n)
-        if length != n:  # pad with masked pad tokens up to the bucket's length
-            extra = length - n
-            padded = []
-            for name, t in zip(self.names, inputs):
-                value = self.pad_id if name == "input_ids" else 0
-                padded.append(torch.nn.functional.pad(t, (0, extra), value=value))
-            inputs = padded
-        logits = torch.from_numpy(_run(sess, self.names, inputs))
-        if logits.dim() == 3 and length != n:  # token classification: drop the bucket's pads
-            logits = logits[:, :n]
-        return EngineOutput(logits=logits)
+        sess, length = self._session_for(inputs[0].shape[1])
+        return EngineOutput(logits=run_padded(sess, self.names, inputs, length, self.pad_id))
