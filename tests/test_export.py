@@ -182,3 +182,21 @@ def test_onnx_folder_of_a_plugin_setting_holds_one_graph_per_bucket(hf_tiny_dir,
         assert (run(**batch).logits - ref).abs().max() <= 1e-4
     with pytest.raises(ConfigError, match="longer than"):
         run(**random_batch("distilbert", 1, 40))
+
+
+def test_onnx_export_of_a_torch_int8_model_is_ort_int8(hf_tiny_dir, tmp_path):
+    import onnx
+
+    from gearshift.runtime.edits import quantize_int8
+    from gearshift.runtime.io import load_model
+
+    model = quantize_int8(load_hf(str(hf_tiny_dir("bert", "classification"))))
+    saved = load_model(save_model(model, tmp_path / "int8"))  # the folder round trip too
+    folder = export_onnx_folder(saved, tmp_path / "onnx")
+    meta = json.loads((folder / "gearshift.json").read_text())
+    assert meta["engine"] == "onnx-int8" and "torch int8" in meta["int8"]
+    graph = folder / meta["graphs"]["any"]
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(str(graph)).graph.node}
+    batch = random_batch("bert")
+    got = load_onnx_export(folder, threads=1)(**batch).logits
+    assert (got - _logits(saved, batch)).abs().max() < 0.05

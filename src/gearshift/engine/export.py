@@ -23,7 +23,13 @@ import torch
 from torch import nn
 
 from gearshift.constants import CONFIG_NAME, FORMAT_VERSION
-from gearshift.engine.base import Engine, EngineOutput, input_names, model_config
+from gearshift.engine.base import (
+    Engine,
+    EngineOutput,
+    has_quantized_linear,
+    input_names,
+    model_config,
+)
 from gearshift.engine.onnx import DEFAULT_OPSET, OnnxEngine, example_batch, run_padded, session
 from gearshift.errors import ArtifactError, ConfigError
 from gearshift.runtime.io import write_folder_atomically
@@ -55,9 +61,13 @@ def export_onnx_folder(
     """Write ``model`` (at ``setting``) as an ONNX folder; returns its path.
 
     The graph is checked against eager (fp32) before it is written. A graph fixed to one
-    length is written once per 16-token bucket up to ``max_length``.
+    length is written once per 16-token bucket up to ``max_length``. A torch int8 model is
+    written as ONNX Runtime's int8 of its fp32 equivalent (``int8`` is then implied).
     """
     config = model_config(model)
+    from_int8 = has_quantized_linear(model)
+    if from_int8:  # torch's int8 kernels have no ONNX form: ORT quantizes the fp32 graph
+        int8 = True
 
     def write(tmp: Path) -> None:
         run = OnnxEngine(model, int8=int8, setting=setting, folder=tmp, opset=opset)
@@ -86,6 +96,11 @@ def export_onnx_folder(
             "head": {"kind": config.head.kind, "label_names": config.head.label_names},
             "tokenizer": has_tok,
             "exporter": f"torch {torch.__version__} torch.onnx.export (TorchScript)",
+            "int8": (
+                "torch int8 model: its dequantized fp32 graph, quantized by ONNX Runtime"
+                if from_int8
+                else ("ONNX Runtime dynamic int8" if int8 else None)
+            ),
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
 
