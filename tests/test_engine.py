@@ -47,6 +47,8 @@ def test_onnx_matches_eager_on_every_family(tiny, family):
     model = tiny(family)
     run = engine.build(model, "onnx", threads=1)
     assert run.mode == "dynamic"
+    # encoders HF can hold go through their HF form, whose attention ORT fuses
+    assert run.route == ("gearshift" if family == "gpt2" else "hf")
     for batch in _batches(family):
         got = run(**batch).logits
         ref = _eager(model, batch)
@@ -60,7 +62,7 @@ def test_onnx_graph_is_fused_and_unfused_on_request(tiny):
     model = tiny("bert")
     fused = engine.build(model, "onnx", threads=1)
     ops = {node.op_type for node in onnx.load(str(fused.graph_path())).graph.node}
-    assert {"SkipLayerNormalization", "BiasGelu"} <= ops
+    assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= ops
     plain = OnnxEngine(model, threads=1, fuse=False)
     ops = {node.op_type for node in onnx.load(str(plain.graph_path())).graph.node}
     assert "SkipLayerNormalization" not in ops
@@ -105,6 +107,8 @@ def test_unknown_engine_names_the_choices(tiny):
 def test_factorized_model_exports(tiny):
     import copy
 
+    import onnx
+
     from gearshift.methods.factorize.model import replace_module
     from gearshift.methods.factorize.modules import LowRankLinear
 
@@ -115,8 +119,24 @@ def test_factorized_model_exports(tiny):
         new = LowRankLinear(old.in_features, old.out_features, rank=4)
         replace_module(model, name, new)
     run = engine.build(model, "onnx", threads=1)
+    assert run.route == "gearshift"  # low-rank Linears have no HF form
+    ops = {node.op_type for node in onnx.load(str(run.graph_path())).graph.node}
+    assert "SkipLayerNormalization" in ops
     for batch in _batches("bert"):
         assert (run(**batch).logits - _eager(model, batch)).abs().max() <= 1e-4
+
+
+def test_regression_head_on_the_hf_route(tiny):
+    import copy
+
+    model = copy.deepcopy(tiny("albert"))
+    model.set_head("regression", 1)
+    _randomize(model.head, 3, 0.3)
+    run = engine.build(model, "onnx", threads=1)
+    assert run.route == "hf"
+    for batch in _batches("albert"):
+        got, ref = run(**batch).logits, _eager(model, batch)
+        assert got.shape == ref.shape and (got - ref).abs().max() <= 1e-4
 
 
 def test_torch_int8_model_exports_as_its_fp32_equivalent(tiny):

@@ -208,9 +208,10 @@ def hf_state(c: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def to_hf(model: nn.Module):
+def to_hf(model: nn.Module, attn_implementation: str | None = None):
     """The transformers model (eval mode) computing what ``model`` computes; ConfigError with
-    the reason when the structure has no HF form (:func:`why_not_hf`)."""
+    the reason when the structure has no HF form (:func:`why_not_hf`). ``attn_implementation``
+    ("eager", "sdpa") picks transformers' attention code (default: its own choice)."""
     import transformers as T
 
     reason = why_not_hf(model)
@@ -218,7 +219,8 @@ def to_hf(model: nn.Module):
         raise ConfigError(f"this model cannot be written as a Hugging Face checkpoint: {reason}")
     c = model.config
     cfg = hf_config(c)
-    hf_model = getattr(T, HEAD_CLASSES[c.head.kind]).from_config(cfg).eval()
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    hf_model = getattr(T, HEAD_CLASSES[c.head.kind]).from_config(cfg, **kw).eval()
     expected = hf_model.state_dict()
     renamed = {}
     for name, tensor in hf_state(c, {k: v.detach() for k, v in model.state_dict().items()}).items():

@@ -163,6 +163,68 @@ def export_onnx(
     return path
 
 
+class _HFLogits(nn.Module):
+    def __init__(self, hf_model: nn.Module, names: list[str], regression: bool) -> None:
+        super().__init__()
+        self.hf, self.names, self.regression = hf_model, names, regression
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        logits = self.hf(**dict(zip(self.names, inputs))).logits
+        return logits.squeeze(-1) if self.regression else logits
+
+
+HF_ROUTE_FAMILIES = ("bert", "roberta", "albert", "distilbert")
+
+
+def export_via_hf(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Export ``model`` through its Hugging Face form (transformers' eager attention) and fuse
+    it fully with ONNX Runtime's transformer optimizer (embeddings + LayerNorm, attention,
+    LayerNorm + residual, GELU + bias): the graph a practitioner gets from Optimum for the
+    same weights. ConfigError when the model has no HF form (:func:`~gearshift.engine.hf.why_not_hf`)
+    or is not an encoder."""
+    from gearshift.engine.hf import to_hf
+
+    config = model_config(model)
+    if config.family not in HF_ROUTE_FAMILIES:
+        raise ConfigError(f"the Hugging Face route is for encoders, not {config.family}")
+    names = input_names(model)
+    hf_model = to_hf(model, attn_implementation="eager")
+    module = _HFLogits(hf_model, names, config.head.kind == "regression").eval()
+    example = example_batch(model)
+    path = Path(path)
+    raw = path.with_suffix(".raw.onnx")
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            tuple(example),
+            str(raw),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=False,
+        )
+    from onnxruntime.transformers import optimizer
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        opt = optimizer.optimize_model(
+            str(raw),
+            model_type="bert",
+            num_heads=config.hidden_size // config.head_dim,
+            hidden_size=config.hidden_size,
+        )
+    finally:
+        root.setLevel(level)
+    opt.save_model_to_file(str(path))
+    raw.unlink()
+    return path
+
+
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
     """Dynamic int8 quantization of an ONNX graph with ONNX Runtime (int8 weights,
     per-tensor); returns ``int8_path``."""
@@ -310,8 +372,18 @@ class OnnxEngine(Engine):
         self._model = dequantized_copy(model) if has_quantized_linear(model) else model
         self._sessions: dict[int | None, Any] = {}
         self.mode = "dynamic"
+        self.route = "gearshift"
         self._build(None)
-        if check and not self._dynamic_ok():
+        ok = not check or self._dynamic_ok()
+        if not ok and self.route == "hf":  # the HF graph differs: use the runtime's own
+            logger.info("the Hugging Face route's graph differs from eager; exporting the runtime")
+            self._hf_disabled = True
+            for path in (self.folder / "model.onnx", self.graph_path()):
+                path.unlink(missing_ok=True)
+            self._sessions.clear()
+            self._build(None)
+            ok = self._dynamic_ok()
+        if not ok:
             self.mode = "bucketed"
             self._sessions.clear()
             logger.info("the graph depends on the sequence length: one graph per %d tokens", bucket)
@@ -331,12 +403,33 @@ class OnnxEngine(Engine):
         paths = [self.graph_path(n) for n in self._sessions] or [self.graph_path()]
         return max(p.stat().st_size for p in paths if p.is_file())
 
+    def _hf_route(self) -> bool:
+        """Whether the dynamic graph is exported through the model's HF form (a plain encoder
+        HF can hold, at no setting): ORT fuses that graph's attention too."""
+        from gearshift.engine.hf import why_not_hf
+
+        return (
+            self.fuse
+            and not getattr(self, "_hf_disabled", False)
+            and not self.setting
+            and self.config.family in HF_ROUTE_FAMILIES
+            and why_not_hf(self._model) is None
+        )
+
     def _build(self, seq_len: int | None):
         fp32 = self.folder / ("model.onnx" if seq_len is None else f"model-n{seq_len}.onnx")
         if not fp32.is_file():
-            export_onnx(self._model, fp32, self.setting, self.opset, seq_len)
-            if self.fuse:
-                fuse_graph(fp32, self.config)
+            self.route = "gearshift"
+            if seq_len is None and self._hf_route():
+                try:
+                    export_via_hf(self._model, fp32, self.opset)
+                    self.route = "hf"
+                except Exception as exc:  # keep gearshift's own graph
+                    logger.info("the Hugging Face route failed (%s); exporting the runtime", exc)
+            if self.route == "gearshift":
+                export_onnx(self._model, fp32, self.setting, self.opset, seq_len)
+                if self.fuse:
+                    fuse_graph(fp32, self.config)
             if seq_len is not None:  # a bucket's graph: checked at its own length
                 probe = example_batch(self._model, 3, seq_len, seed=seq_len)
                 if not self._fp32_matches(session(fp32, self.threads), probe):
