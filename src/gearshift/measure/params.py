@@ -90,6 +90,8 @@ def parameter_bytes(model: nn.Module, include_buffers: bool = False) -> int:
 
 
 def _group_of(name: str) -> str:
+    if name.startswith("base."):  # a stack's (or a wrapper's) base model
+        name = name[len("base.") :]
     top = name.split(".", 1)[0]
     if top in EMBEDDING_PREFIXES:
         return "embeddings"
@@ -114,7 +116,7 @@ def parameter_breakdown(model: nn.Module) -> dict[str, int | list[int]]:
     for name, m in int8_modules(model):
         out[_group_of(name)] += _int8_weights(m)  # type: ignore[operator]
     out["total"] = sum(out[k] for k in ("embeddings", "blocks", "heads", "other"))  # type: ignore[misc]
-    blocks = getattr(model, "blocks", None)
+    blocks = getattr(getattr(model, "base", model), "blocks", None)
     if isinstance(blocks, nn.ModuleList):
         out["per_block"] = [count_parameters(b) for b in blocks]
     return out
