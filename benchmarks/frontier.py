@@ -17,8 +17,15 @@ Targets, evaluated per task and thread count and written under "targets":
      ort-int8 at batch 1 and at batch 32;
   2. every stack has latency ratio / FLOPs ratio <= 1.15 on its best engine.
 
+The ort rows are the practitioner's default: the teacher exported through its Hugging Face
+form and fused by ONNX Runtime's optimizer (what Optimum does), fp32 and dynamic int8
+(gearshift.engine's "HF route"); stacks with plugins or factorized weights run the runtime's
+own graph, where ORT fuses LayerNorm and GELU but not attention.
+
 Real run (a quiet machine, teachers cached in ~/.cache/gearshift/teachers by
-benchmarks/teachers.py; stacks built with `gearshift stack` under runs/stacks/TASK/):
+benchmarks/teachers.py; stacks built with `gearshift stack` under runs/stacks/TASK/, e.g.
+`gearshift stack --model TEACHER --factorize svdllm:2 --int8 --plugin k4=PLUGIN_DIR
+--exits EXITS_DIR --output runs/stacks/mrpc/svdllm2-int8-k4`):
 
     python benchmarks/frontier.py --stacks-dir runs/stacks
     # about 1-1.5 h: per task ~20 candidates x full dev scoring (~10 min) + 2 thread
@@ -327,6 +334,10 @@ def run_task(task_name: str, args, command: str) -> list[dict]:
                     "size_on_disk": size_on_disk(
                         c["model"], runs[k], work / "saved" / k.split(":")[0], tok
                     ),
+                    # which graph ran: the HF route or the runtime's own; dynamic, per
+                    # length bucket, or per-layer segments (exits)
+                    "graph": getattr(runs[k], "route", None),
+                    "graph_mode": getattr(runs[k], "mode", None),
                     "seed": 0,
                     "command": command,
                     "date": now_iso(),

@@ -95,6 +95,7 @@ class SegmentedOnnxEngine(Engine):
         self.pad_id = pad_id(stack)
         self.int8 = int8
         self.name = "onnx-int8" if int8 else "onnx"
+        self.route, self.mode = "gearshift", "segments"
         self.exits = stack.providers["exits"]
         self.criterion = self.exits.resolve(setting["exits"])
         if folder is None:

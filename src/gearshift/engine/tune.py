@@ -454,6 +454,9 @@ def run_tune(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(table(result["rows"], result["best"]))
+    print(
+        f"\nplot: {Path(args.output) / 'frontier.png'}; rows: {Path(args.output) / 'frontier.json'}"
+    )
     b = result["best"]
     print(
         f"\nbest under {dict(budgets)}: {b['name']} (score {b['score']:.2f}, latency ratio "
