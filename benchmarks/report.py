@@ -645,7 +645,9 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str, floors: dict) -
                 else "- (not timed) | "
             )
             + (
-                f"{lay['score']:.2f} | {lay['extras']['saved_flops_128']:.1%} |"
+                f"{lay['score']:.2f}"
+                + (" (first teacher)" if first_teacher(lay) and not first_teacher(f) else "")
+                + f" | {lay['extras']['saved_flops_128']:.1%} |"
                 if lay
                 else "- | - |"
             )
