@@ -20,7 +20,7 @@ Targets, evaluated per task and thread count and written under "targets":
 The ort rows are the practitioner's default: the teacher exported through its Hugging Face
 form and fused by ONNX Runtime's optimizer (what Optimum does), fp32 and dynamic int8
 (gearshift.engine's "HF route"); stacks with plugins or factorized weights run the runtime's
-own graph, where ORT fuses LayerNorm and GELU but not attention.
+own graph, exported so that ORT fuses its attention, LayerNorms and GELUs as well.
 
 Real run (a quiet machine, teachers cached in ~/.cache/gearshift/teachers by
 benchmarks/teachers.py; stacks built with `gearshift stack` under runs/stacks/TASK/, e.g.
@@ -85,7 +85,7 @@ def tiny_stack(teacher):
     """A stack of the teacher with a random k=2 plugin and random exits (--quick only)."""
     from gearshift.methods.plugins import Plugin, PluginConfig
     from gearshift.methods.plugins.model import Plugins
-    from gearshift.methods.slim.exits import Exits
+    from gearshift.methods.slim.model import Exits
     from gearshift.runtime.stack import Stack
 
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ call): what Optimum's dynamic quantization does.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import warnings
@@ -42,6 +43,7 @@ from gearshift.engine.base import (
     pad_id,
 )
 from gearshift.errors import ConfigError
+from gearshift.runtime.modules import Attention
 
 logger = logging.getLogger("gearshift.engine")
 
@@ -100,21 +102,44 @@ def _restore_without_views(self, u: torch.Tensor, x: torch.Tensor, info) -> torc
     return torch.cat([u[:, :1], body], dim=1) if off else body
 
 
+_ATTENTION_FORWARD = Attention.forward
+
+
+def _attention_as_matmuls(self, x, mask, kv_cache=None):
+    """:meth:`Attention.forward` written as ONNX Runtime's attention fusion expects it
+    (``softmax(q k^T / sqrt(dh) + (1 - keep) * min) v``: the additive padding bias of BERT's
+    original code); the same function. Causal masks and caches keep the runtime's form."""
+    if mask.causal or kv_cache is not None or self.num_heads == 0:
+        return _ATTENTION_FORWARD(self, x, mask, kv_cache)
+    B, n, _ = x.shape
+    h, dh = self.num_heads, self.head_dim
+    q = self.q(x).view(B, n, h, dh).transpose(1, 2)
+    k = self.k(x).view(B, n, h, dh).transpose(1, 2)
+    v = self.v(x).view(B, n, h, dh).transpose(1, 2)
+    scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(dh)
+    if mask.keep is not None:
+        keep = mask.keep[:, None, None, :].to(scores.dtype)
+        scores = scores + (1.0 - keep) * torch.finfo(scores.dtype).min
+    ctx = torch.matmul(scores.softmax(dim=-1), v).transpose(1, 2).reshape(B, n, h * dh)
+    return self.o(ctx), (k, v)
+
+
 @contextmanager
 def exportable():
-    """Within the block, modules whose eager form writes into views run an equivalent form
-    the exporter traces faithfully (token restoring of plugins)."""
-    try:
-        from gearshift.methods.plugins.modules import TokenRestorer
-    except ImportError:  # pragma: no cover - the plugins method is part of gearshift
-        yield
-        return
+    """Within the block, modules run an equivalent form the exporter traces faithfully and
+    ONNX Runtime fuses: attention as explicit matmuls with an additive padding bias, and the
+    plugins' token restorer without in-place writes into views. Not thread-safe (it swaps
+    methods on the classes): export from one thread."""
+    from gearshift.methods.plugins.modules import TokenRestorer
+
     original = TokenRestorer.forward
     TokenRestorer.forward = _restore_without_views
+    Attention.forward = _attention_as_matmuls
     try:
         yield
     finally:
         TokenRestorer.forward = original
+        Attention.forward = _ATTENTION_FORWARD
 
 
 def export_onnx(
@@ -252,8 +277,7 @@ def fuse_graph(path: str | Path, config) -> bool:
     with its residual add, GELU with its bias: what Optimum's optimization levels do); the
     graph is left as it was when the optimizer fails. Returns whether it fused anything.
 
-    The exported attention (scaled_dot_product_attention) does not match ORT's attention
-    fusion patterns, so attention stays unfused."""
+    Attention fuses when it was exported in :func:`exportable`'s form (encoders)."""
     try:
         from onnxruntime.transformers import optimizer
 

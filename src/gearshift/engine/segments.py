@@ -24,7 +24,14 @@ import torch
 from torch import nn
 
 from gearshift.engine.base import Engine, EngineOutput, input_names, pad_id
-from gearshift.engine.onnx import DEFAULT_OPSET, example_batch, quantize_int8, session
+from gearshift.engine.onnx import (
+    DEFAULT_OPSET,
+    example_batch,
+    exportable,
+    fuse_graph,
+    quantize_int8,
+    session,
+)
 from gearshift.errors import ConfigError
 from gearshift.runtime.modules import AttentionMask
 
@@ -119,7 +126,7 @@ class SegmentedOnnxEngine(Engine):
             args, names = (h, example[1]), ["hidden_states", "attention_mask"]
         axes = {n: {0: "batch", 1: "sequence"} for n in names}
         axes |= {"hidden_out": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), exportable():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
@@ -131,6 +138,7 @@ class SegmentedOnnxEngine(Engine):
                 opset_version=opset,
                 dynamo=False,
             )
+        fuse_graph(path, self.config)
         if self.int8:
             path = quantize_int8(path, self.folder / f"segment-{i}.int8.onnx")
         return session(path, threads)
