@@ -53,7 +53,7 @@ from gearshift.measure import ResultsSink, forward_fn, make_batch, plot_tradeoff
 from gearshift.measure.retime import QUICK, TimingProtocol, retime  # noqa: E402
 from gearshift.methods.plugins import Plugin, PluginConfig  # noqa: E402
 from gearshift.methods.plugins.model import Plugins  # noqa: E402
-from gearshift.methods.slim.exits import ExitConfig, Exits, MultiExitModel  # noqa: E402
+from gearshift.methods.slim.model import ExitConfig, Exits, MultiExitModel  # noqa: E402
 from gearshift.runtime import load_model, load_pretrained, load_tokenizer, save_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compose.json"
@@ -119,21 +119,23 @@ def train_exits_on(base, task, tok, out: Path, steps: int, quick: bool) -> Path:
         train_backbone=False,
         progress=not quick,
     )
-    from gearshift.methods.slim.exits import load_multi_exit
+    from gearshift.methods.slim.model import load_multi_exit
 
     trained = load_multi_exit(model_dir)
     trained.providers["exits"].save_pretrained(out / "exits", base.config)
     return out / "exits"
 
 
-def build_artifacts(task, teacher_dir: Path, root: Path, quick: bool) -> dict[str, Path]:
+def build_artifacts(
+    task, teacher_dir: Path, root: Path, quick: bool, train_steps: int = 150
+) -> dict[str, Path]:
     """Every model, plugin and exits folder the points need (cached in ``root``)."""
     from gearshift.methods.factorize import FactorizeConfig, calibration_batches, compress
     from gearshift.runtime import quantize_int8
 
     tok = load_tokenizer(str(teacher_dir))
     teacher = load_pretrained(str(teacher_dir)).eval()
-    steps = 20 if quick else 300
+    steps = 20 if quick else train_steps
     out: dict[str, Path] = {"teacher": teacher_dir}
 
     def edited(name: str, make: Callable[[], Any]) -> Path:
@@ -340,7 +342,7 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
         return []
     root = Path(args.runs) / task.name
     tok = load_tokenizer(str(tdir))
-    art = build_artifacts(task, tdir, root, args.quick)
+    art = build_artifacts(task, tdir, root, args.quick, args.train_steps)
     stacks = make_stacks(art, root, task, tok)
     dev = TaskData.load(task, tok, "dev", limit=args.dev_limit)
     points = points_for(task, stacks)
@@ -483,6 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", default=["mrpc", "stsb", "sst2"])
     p.add_argument("--teacher", help="a teacher folder to use instead of the cached one")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=150,
+        help="steps for each plugin (batch 16) and each set of exit heads (batch 32)",
+    )
     p.add_argument("--dev-limit", type=int, help="first N dev examples (default: all)")
     p.add_argument("--runs", default="runs/compose", help="where artifacts are cached")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, under runs/")

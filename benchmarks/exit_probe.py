@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from gearshift.data import compute_metrics, get_task
 from gearshift.jobs import TaskData, model_for_task, teacher_dir
 from gearshift.measure import ResultsSink, fixed_threads, machine_description, markdown_table
-from gearshift.methods.slim.exits import mean_of_real_tokens
+from gearshift.methods.slim.model import mean_of_real_tokens
 
 RESULTS = Path(__file__).resolve().parent / "results" / "exit_probe.json"
 TASKS = ["sst2", "mrpc", "rte", "stsb", "cola"]

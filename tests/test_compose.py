@@ -27,8 +27,8 @@ from gearshift.measure.flops import analytic_flops, count_flops
 from gearshift.methods.plugins import Plugin, PluginConfig
 from gearshift.methods.plugins.model import Plugins
 from gearshift.methods.slim.criteria import Entropy, Patience
-from gearshift.methods.slim.exits import Exits, MultiExitModel
-from gearshift.methods.steps.solver import StepModel, Steps, step_plan
+from gearshift.methods.slim.model import Exits, MultiExitModel
+from gearshift.methods.steps.model import StepModel, Steps, step_plan
 from gearshift.runtime import ForwardPlan, ModelConfig, Transformer, load_model, load_pretrained
 from gearshift.runtime.io import load_pretrained as runtime_load_pretrained
 
@@ -500,7 +500,7 @@ def test_multi_exit_folder_of_a_factorized_base_with_a_shared_basis(hf_tiny_dir,
     """A slim multi-exit folder stores a shared basis once and reloads identical logits."""
     from gearshift.methods.factorize.compress import compress
     from gearshift.methods.factorize.config import FactorizeConfig
-    from gearshift.methods.slim.exits import load_multi_exit
+    from gearshift.methods.slim.model import load_multi_exit
 
     bert = family_model(hf_tiny_dir, "bert")
     cfg = FactorizeConfig(

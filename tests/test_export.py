@@ -148,7 +148,7 @@ def test_export_cli_writes_both_formats(hf_tiny_dir, tmp_path):
 
 
 def test_hf_refuses_a_stack_and_says_to_export_its_base(hf_tiny_dir, tmp_path):
-    from gearshift.methods.slim.exits import Exits
+    from gearshift.methods.slim.model import Exits
     from gearshift.runtime.stack import Stack
 
     base = load_hf(str(hf_tiny_dir("bert", "classification")))

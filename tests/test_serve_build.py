@@ -18,7 +18,7 @@ def test_gears_build_measures_every_gear(tmp_path):
     from gearshift.data import get_task
     from gearshift.jobs import TaskData, evaluate
     from gearshift.methods.plugins import PluginModel
-    from gearshift.methods.slim.exits import MultiExitModel, save_multi_exit
+    from gearshift.methods.slim.model import MultiExitModel, save_multi_exit
     from gearshift.runtime import load_pretrained, load_tokenizer
 
     make_tiny_gears(tmp_path)

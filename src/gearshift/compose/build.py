@@ -113,8 +113,8 @@ def build_stack(
     """Build the stack ``recipe`` describes; saved to ``output`` when given. Returns it."""
     from gearshift.compose.io import save_stack
     from gearshift.methods.plugins.model import Plugins, load_plugin
-    from gearshift.methods.slim.exits import Exits
-    from gearshift.methods.steps.solver import Steps
+    from gearshift.methods.slim.model import Exits
+    from gearshift.methods.steps.model import Steps
     from gearshift.runtime import load_tokenizer
 
     base, meta, brought = load_parts(recipe.model)

@@ -40,8 +40,8 @@ def provider_kinds() -> dict[str, Callable[[Path, Transformer], PlanProvider]]:
     """Adapter folder kind -> loader(folder, base). The methods' providers, imported here
     (compose sits above the methods in the dependency order)."""
     from gearshift.methods.plugins.model import Plugins
-    from gearshift.methods.slim.exits import Exits
-    from gearshift.methods.steps.solver import Steps
+    from gearshift.methods.slim.model import Exits
+    from gearshift.methods.steps.model import Steps
 
     return {
         "plugins": Plugins.from_pretrained,

@@ -28,7 +28,7 @@ def load_gear_model(folder: str, plugins: dict[str, str] | None = None) -> nn.Mo
     """Load the model in ``folder`` once, as a Stack; with ``plugins`` (name -> folder)
     the plugins are loaded onto its base (a PluginModel)."""
     from gearshift.compose import Stack, is_stack_folder, load_stack
-    from gearshift.methods.slim.exits import is_multi_exit_folder, load_multi_exit
+    from gearshift.methods.slim.model import is_multi_exit_folder, load_multi_exit
     from gearshift.runtime import load_pretrained
 
     def kind_is(test) -> bool:

@@ -22,7 +22,7 @@ from gearshift.measure.flops import _head_flops, analytic_flops, model_inputs
 from gearshift.runtime.config import ModelConfig
 
 from .criteria import Criterion, simulate
-from .exits import ExitConfig, MultiExitModel
+from .model import ExitConfig, MultiExitModel
 
 
 def exit_head_flops(config: ModelConfig, exit_config: ExitConfig) -> int:

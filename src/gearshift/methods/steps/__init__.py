@@ -1,9 +1,13 @@
 """Step-size acceleration of parameter-shared models (the ODE view), encoders and decoders.
 
-- :mod:`.solver`: steps and solvers (Euler, Heun) as a ForwardPlan; :class:`StepModel`
-  switches the number of steps at run time.
-- :mod:`.share`: unshared -> fully or partially shared models, and their (step-aware)
-  distillation from the unshared model.
+The file roles of every method package: :mod:`.config` (a step setting: N and the solver),
+:mod:`.model` (how it attaches: steps and solvers as a ForwardPlan, the :class:`Steps`
+plan provider, :class:`StepModel` switching the number of steps at run time),
+:mod:`.cli`; it adds no modules (its edit, parameter sharing, reuses the runtime's blocks),
+and its training lives with the edit it trains:
+
+- :mod:`.share` (the model edit): unshared -> fully or partially shared models, and their
+  (step-aware) distillation from the unshared model.
 - :mod:`.decoder`: a small GPT-2-style decoder trained here; perplexity and generation at
   any number of steps; the step-aware training loss.
 """
@@ -18,6 +22,17 @@ from .decoder import (
     step_aware_loss,
     train_tokenizer,
 )
+from .model import (
+    SOLVERS,
+    StepModel,
+    heun_update,
+    layer_evaluations,
+    make_steps,
+    shared_groups,
+    step_plan,
+    step_sizes,
+    steps_from_sizes,
+)
 from .share import (
     INITS,
     ShareDistillation,
@@ -28,17 +43,6 @@ from .share import (
     make_shared,
     steps_for_group_sizes,
     steps_for_size,
-)
-from .solver import (
-    SOLVERS,
-    StepModel,
-    heun_update,
-    layer_evaluations,
-    make_steps,
-    shared_groups,
-    step_plan,
-    step_sizes,
-    steps_from_sizes,
 )
 
 __all__ = [

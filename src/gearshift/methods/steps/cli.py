@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .model import SOLVERS
 from .share import INITS
-from .solver import SOLVERS
 
 
 def _train_args(p: argparse.ArgumentParser, lr: float, steps: int, batch: int = 32) -> None:

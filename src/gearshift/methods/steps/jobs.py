@@ -27,8 +27,8 @@ from .decoder import (
     step_aware_loss,
     train_tokenizer,
 )
+from .model import layer_evaluations, step_plan
 from .share import distil_shared, make_shared
-from .solver import layer_evaluations, step_plan
 
 
 def share_model(

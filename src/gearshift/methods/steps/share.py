@@ -31,7 +31,7 @@ from gearshift.runtime.io import save_model
 from gearshift.runtime.model import Transformer
 from gearshift.train import TrainConfig, Trainer, hidden_mse
 
-from .solver import make_steps, shared_groups
+from .model import make_steps, shared_groups
 
 INITS = ("mean", "first", "middle", "last")
 
