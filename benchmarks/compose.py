@@ -324,6 +324,72 @@ def dominance(rows: list[dict], axis: str) -> list[dict]:
     return out
 
 
+def _ratio(row: dict, size: int) -> str:
+    r = row.get(f"latency_ratio_b{size}")
+    if r is None:
+        return "not timed"
+    lo, hi = (row["extras"].get("latency_spread") or {}).get(f"b{size}", (None, None))
+    return f"{r:.2f}" + (f" ({lo:.2f}-{hi:.2f})" if lo is not None else "")
+
+
+def markdown(rows: list[dict], floors: dict | None = None) -> str:
+    """The BENCHMARKS.md section: one table per task, then the dominance verdicts. Rows
+    within noise of the task's constant prediction (report.has_signal under ``floors``)
+    show "no signal" and take no part in a verdict."""
+    from report import NO_SIGNAL, has_signal
+
+    floors = floors or {}
+    out = [
+        "Stacks of methods next to each single method, on one teacher per task, every point "
+        "of a task in one run (`python benchmarks/compose.py`). Score: the task's metric on "
+        "the full dev set; FLOPs: the closed form of what runs per dev example, as a ratio "
+        "to the teacher's; latency: ratio to the teacher at batch 1 and 32, median over "
+        "rounds of the shared timing protocol (range over rounds in brackets); size: the "
+        "weight files. Plugins and exit heads were trained once (seed 42): every difference "
+        "below is 1 seed, and differences under about one point are within what another "
+        "seed moves (docs/plugins.md).",
+        "",
+    ]
+    for task in sorted({r["task"] for r in rows}):
+        rs = [r for r in rows if r["task"] == task]
+        teacher = next((r for r in rs if r["method"] == "teacher"), None)
+        note = teacher["extras"].get("teacher_note") if teacher else None
+        out.append(f"### {task}" + (f" ({note})" if note else ""))
+        out.append("")
+        out.append(
+            "| method | setting | score | vs teacher | FLOPs | latency b1 | latency b32 | size MB |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|")
+        signal = [r for r in rs if has_signal(r, floors, r.get("reference_score"))]
+        for r in rs:
+            ref = r.get("reference_score")
+            delta = "" if ref is None or r is teacher else f"{r['score'] - ref:+.2f}"
+            score = f"{r['score']:.2f}" if r in signal else f"{r['score']:.2f} ({NO_SIGNAL})"
+            out.append(
+                f"| {r['method']} | {r['setting']} | {score} | {delta} | "
+                f"{r['extras'].get('flops_ratio', float('nan')):.2f} | {_ratio(r, 1)} | "
+                f"{_ratio(r, 32)} | {r['extras'].get('size_on_disk', 0) / 2**20:.1f} |"
+            )
+        out.append("")
+        for axis, label in COST_AXES.items():
+            dom = dominance(signal, axis)
+            wins = [d for d in dom if d["verdict"] in ("dominates", "alone")]
+            if not dom:
+                continue
+            if not wins:
+                out.append(f"- {label}: no stack beats every single method at its budget.")
+                continue
+            parts = []
+            for d in wins:
+                if d["verdict"] == "alone":
+                    parts.append(f"{d['setting']} (no single method is this cheap)")
+                else:
+                    parts.append(f"{d['setting']} ({d['margin']:+.2f} over {d['best_single'][0]})")
+            out.append(f"- {label}: " + "; ".join(parts) + ".")
+        out.append("")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------- one task
 def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> list[dict]:
     from gearshift.jobs import teacher_dir
