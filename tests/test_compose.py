@@ -518,3 +518,26 @@ def test_multi_exit_folder_of_a_factorized_base_with_a_shared_basis(hf_tiny_dir,
     for crit in (None, Entropy(1.08)):
         a = model(**batch, criterion=crit).logits
         assert torch.equal(a, again(**batch, criterion=crit).logits)
+
+
+def test_setting_flag_picks_a_stack_operating_point(hf_tiny_dir):
+    """--setting on evaluate / predict / profile: the stack's default for the run."""
+    import argparse
+
+    from gearshift.cli import _apply_setting, build_parser
+    from gearshift.errors import GearshiftError
+
+    bert = family_model(hf_tiny_dir, "bert")
+    stack = Stack(bert, {"plugins": plugins_for(bert), "exits": exits_for(bert)})
+    stack.default_setting = {"plugins": "k2"}
+    args = argparse.Namespace(model="S", setting=["exits=entropy:1.0", "plugins=none"])
+    _apply_setting(stack, args)
+    assert stack.default_setting["plugins"] is None
+    assert stack.default_setting["exits"].spec == "entropy:1"
+    with pytest.raises(GearshiftError, match="--setting needs a stack"):
+        _apply_setting(bert, args)
+    for verb in ("evaluate", "predict", "profile"):
+        argv = [verb, "--model", "S", "--setting", "plugins=k2"]
+        if verb == "predict":
+            argv += ["--input", "x.txt"]
+        assert build_parser(argv).parse_args(argv).setting == ["plugins=k2"]

@@ -134,6 +134,35 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_setting(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--setting",
+        nargs="+",
+        metavar="PROVIDER=VALUE",
+        help="a stack's operating point for this run (e.g. plugins=k4 exits=entropy:0.2; "
+        "PROVIDER=none turns one off); default: the stack's own default setting",
+    )
+
+
+def _apply_setting(model, args: argparse.Namespace):
+    """``model`` (a stack) with ``--setting`` as its default setting for this run."""
+    from gearshift.runtime.stack import Stack
+
+    values = getattr(args, "setting", None)
+    if not values:
+        return model
+    if not isinstance(model, Stack):
+        raise GearshiftError(
+            f"--setting needs a stack, and {args.model} is a plain model: build one with "
+            "`gearshift stack` (or drop --setting)"
+        )
+    from gearshift.compose.build import parse_default
+
+    chosen = {k: (None if v == "none" else v) for k, v in parse_default(values).items()}
+    model.default_setting = {**model.default_setting, **chosen}
+    return model
+
+
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
@@ -240,6 +269,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if forced:
         print(forced, file=sys.stderr)
     model, tok = model_for_task(args.model, task)
+    model = _apply_setting(model, args)
     trained = head_is_trained(model)
     if not trained:
         print(untrained_head_warning(args.model, task), file=sys.stderr)
@@ -260,6 +290,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "head_trained": trained,
         "engine": args.engine,
     }
+    if hasattr(model, "describe") and hasattr(model, "providers"):  # a stack
+        out["setting"] = model.describe(model.default_setting)
     _emit(out, args.json)
     return 0
 
@@ -272,7 +304,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     from gearshift.engine.cli import apply_engine
 
-    model = load(args.model)
+    model = _apply_setting(load(args.model), args)
     rows = predict(
         apply_engine(model, args),
         texts,
@@ -296,7 +328,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from gearshift.measure import profile_markdown
 
     task = _resolve_task(args, args.model)
-    model = load(args.model)
+    model = _apply_setting(load(args.model), args)
     result = profile(
         model,
         model.tokenizer,
@@ -420,6 +452,7 @@ def _add_core_verbs(sub) -> None:
     _add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_engine(p)
+    _add_setting(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -444,6 +477,7 @@ def _add_core_verbs(sub) -> None:
     _add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_engine(p)
+    _add_setting(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -456,6 +490,7 @@ def _add_core_verbs(sub) -> None:
     p.add_argument("--json", help="also write the result to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_engine(p)
+    _add_setting(p)
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
