@@ -295,6 +295,8 @@ def run_task(task_name: str, args, command: str) -> list[dict]:
     for i, form in enumerate(forms(teacher, args, task.name)):
         for engine in form["engines"]:
             method = TEACHER_ENGINES[engine] if form["method"] == "teacher" else form["method"]
+            if method == "ort-int8":
+                form = dict(form, setting="int8")
             cands.append(
                 dict(
                     form,
