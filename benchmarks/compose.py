@@ -205,13 +205,20 @@ def make_stacks(art: dict[str, Path], root: Path, task, tok) -> dict[str, Path]:
         if plugin:
             stack.attach(Plugins({"k4-ffn": Plugin.from_pretrained(art[plugin], base)}))
         if exits:
-            stack.attach(Exits.from_pretrained(art[exits], base))
+            provider = Exits.from_pretrained(art[exits], base)
+            provider.choices = [parse_criterion(c) for c in criteria_for(task)]
+            stack.attach(provider)
         save_stack(stack, folder, tokenizer=tok, base_meta={"task": {"name": task.name}})
     return out
 
 
+def criteria_for(task) -> list[str]:
+    """The exit criteria measured: entropy thresholds, or patience for regression."""
+    return list(PATIENCE) if task.kind == "regression" else [f"entropy:{t:g}" for t in ENTROPY]
+
+
 def points_for(task, stacks: dict[str, Path]) -> list[Point]:
-    crits = PATIENCE if task.kind == "regression" else [f"entropy:{t:g}" for t in ENTROPY]
+    crits = criteria_for(task)
     pts = [
         Point("teacher", "full", stacks["teacher"]),
         Point("int8", "torch int8 (dynamic, per-channel)", stacks["int8"]),
