@@ -53,6 +53,7 @@ from gearshift.measure import ResultsSink, forward_fn, make_batch, plot_tradeoff
 from gearshift.measure.retime import QUICK, TimingProtocol, retime  # noqa: E402
 from gearshift.methods.plugins import Plugin, PluginConfig  # noqa: E402
 from gearshift.methods.plugins.model import Plugins  # noqa: E402
+from gearshift.methods.slim.criteria import parse_criterion  # noqa: E402
 from gearshift.methods.slim.model import ExitConfig, Exits, MultiExitModel  # noqa: E402
 from gearshift.runtime import load_model, load_pretrained, load_tokenizer, save_model  # noqa: E402
 
