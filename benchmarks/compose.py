@@ -465,6 +465,9 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
         )
     for r in rows:
         r["reference_score"] = ref_score
+        r["extras"]["teacher"] = str(tdir)
+        if args.teacher_note:
+            r["extras"]["teacher_note"] = args.teacher_note
         r["extras"]["flops_ratio"] = r["flops_dynamic"] / rows[0]["flops_dynamic"]
     if args.skip_timing:
         for r in rows:
@@ -558,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tasks", nargs="+", default=["mrpc", "stsb", "sst2"])
     p.add_argument("--teacher", help="a teacher folder to use instead of the cached one")
+    p.add_argument(
+        "--teacher-note", help="what that teacher is (shown beside the task in the report)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--train-steps",
