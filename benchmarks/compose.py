@@ -156,6 +156,29 @@ def build_artifacts(
         return model
 
     edited("svdllm2", svdllm)
+
+    def slim75():
+        """Slim's width edit alone: keep the 3/4 most important heads and FFN neurons of
+        every layer by first-order Taylor scores on 8 training batches, no recovery
+        distillation (COST-EFF's pipeline would recover; that takes hours here)."""
+        from gearshift.methods.slim.prune import prune, select, taylor_importance
+
+        train = TaskData.load(task, tok, "train", limit=8 * 32)
+        batches = list(train.loader(32))
+        model = copy.deepcopy(teacher)
+        imp = taylor_importance(model, batches, lambda m, b: m(**b).loss)
+        cfg = model.config
+        heads = select(
+            imp.heads, [cfg.layer_shape(i).num_heads * 3 // 4 for i in range(cfg.num_layers)]
+        )
+        neurons = select(
+            imp.neurons,
+            [cfg.layer_shape(i).intermediate_size * 3 // 4 for i in range(cfg.num_layers)],
+        )
+        return prune(model, heads, neurons)
+
+    edited("slim75", slim75)
+    edited("slim75-int8", lambda: quantize_int8(load_model(root / "slim75")))
     edited("svdllm2-int8", lambda: quantize_int8(load_model(root / "svdllm2")))
     t0 = time.perf_counter()
     out["plugin@teacher"] = train_plugin_on(
@@ -194,6 +217,9 @@ def make_stacks(art: dict[str, Path], root: Path, task, tok) -> dict[str, Path]:
         "int8+plugin": ("int8", "plugin@teacher", None),
         "svdllm2+int8+exits": ("svdllm2-int8", None, "exits@svdllm2"),
         "teacher+plugin+exits": ("teacher", "plugin@teacher", "exits@teacher"),
+        "slim75": ("slim75", None, None),
+        "slim75+int8": ("slim75-int8", None, None),
+        "slim75+plugin+int8": ("slim75-int8", "plugin@teacher", None),
     }
     out = {}
     for name, (base_name, plugin, exits) in specs.items():
@@ -228,6 +254,14 @@ def points_for(task, stacks: dict[str, Path]) -> list[Point]:
         Point("stack", "svdllm:2 + int8", stacks["svdllm2+int8"]),
         Point("stack", "svdllm:2 + plugin k4-ffn", stacks["svdllm2+plugin"], {"plugins": "k4-ffn"}),
         Point("stack", "int8 + plugin k4-ffn", stacks["int8+plugin"], {"plugins": "k4-ffn"}),
+        Point("slim", "slim widths 3/4 (Taylor, no recovery)", stacks["slim75"]),
+        Point("stack", "slim widths 3/4 + int8", stacks["slim75+int8"]),
+        Point(
+            "stack",
+            "slim widths 3/4 + plugin k4-ffn (trained on the teacher) + int8",
+            stacks["slim75+plugin+int8"],
+            {"plugins": "k4-ffn"},
+        ),
     ]
     for c in crits:
         pts.append(Point("exits", f"exits {c}", stacks["teacher+exits"], {"exits": c}))
@@ -287,7 +321,7 @@ def score_point(stack: Stack, setting: dict, dev: TaskData) -> tuple[dict, float
 
 
 # ---------------------------------------------------------------------- the verdict
-SINGLE_METHODS = ("int8", "factorize", "plugins", "exits")
+SINGLE_METHODS = ("int8", "factorize", "slim", "plugins", "exits")
 COST_AXES = {
     "flops_dynamic": "FLOPs per example",
     "latency_ratio_b1": "latency ratio, batch 1",
@@ -444,7 +478,9 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
                 "params": sum(t.numel() for t in stack.state_dict().values()),
                 "reference_score": None,
                 "seed": None
-                if p.method in ("teacher", "int8", "factorize") or p.setting == "svdllm:2 + int8"
+                if p.method in ("teacher", "int8", "factorize", "slim")
+                or "plugin" not in p.setting
+                and "exits" not in p.setting
                 else SEED,
                 "command": command_line("benchmarks/compose.py", args.argv),
                 "machine": machine_description(),
@@ -525,7 +561,13 @@ def retime_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> 
 
 def time_rows(task, rows, points, loaded, tok, args) -> None:
     """Latency ratios by the shared protocol, every point interleaved with the teacher."""
-    protocol = QUICK if args.quick else TimingProtocol(threads=args.threads)
+    protocol = (
+        QUICK
+        if args.quick
+        else TimingProtocol(
+            threads=args.threads, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds
+        )
+    )
     texts = dev_texts(task, 256)
     batches = {1: make_batch(tok, texts, 1), 32: make_batch(tok, texts, 32)}
     candidates = {}
@@ -565,6 +607,10 @@ def main(argv: list[str] | None = None) -> int:
         "--teacher-note", help="what that teacher is (shown beside the task in the report)"
     )
     p.add_argument("--threads", type=int, default=1)
+    defaults = TimingProtocol()
+    p.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed calls")
+    p.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per round")
+    p.add_argument("--rounds", type=int, default=defaults.rounds, help="interleaved rounds")
     p.add_argument(
         "--train-steps",
         type=int,

@@ -308,7 +308,13 @@ def run_task(task_name: str, args, command: str) -> list[dict]:
     rows: list[dict] = []
     scores: dict[str, float] = {}
     for threads in args.threads:
-        protocol = QUICK if args.quick else TimingProtocol(threads=threads)
+        protocol = (
+            QUICK
+            if args.quick
+            else TimingProtocol(
+                threads=threads, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds
+            )
+        )
         runs = {}
         for c in cands:
             runs[c["key"]] = build(c["model"], c["engine"], threads=threads, setting=c["stack"])
@@ -369,6 +375,14 @@ def main(argv: list[str] | None = None) -> int:
         "--output", help=f"results file (default: {RESULTS.relative_to(HERE.parent)})"
     )
     parser.add_argument("--allow-load", action="store_true", help="time on a busy machine anyway")
+    from gearshift.measure.retime import TimingProtocol
+
+    defaults = TimingProtocol()
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed calls")
+    parser.add_argument(
+        "--repeats", type=int, default=defaults.repeats, help="timed calls per round"
+    )
+    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="interleaved rounds")
     parser.add_argument("--quick", action="store_true", help="smoke run on a tiny random teacher")
     args = parser.parse_args(argv)
     if args.quick:
