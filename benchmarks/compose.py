@@ -374,13 +374,18 @@ def _ratio(row: dict, size: int) -> str:
     return f"{r:.2f}" + (f" ({lo:.2f}-{hi:.2f})" if lo is not None else "")
 
 
-def markdown(rows: list[dict], floors: dict | None = None) -> str:
+def markdown(rows: list[dict], floors: dict | None = None, signal=None) -> str:
     """The BENCHMARKS.md section: one table per task, then the dominance verdicts. Rows
-    within noise of the task's constant prediction (report.has_signal under ``floors``)
-    show "no signal" and take no part in a verdict."""
+    within noise of the task's constant prediction (``signal(row)``; default
+    report.has_signal under ``floors``) show "no signal" and take no part in a verdict."""
     from report import NO_SIGNAL, has_signal
 
     floors = floors or {}
+    if signal is None:
+
+        def signal(r: dict) -> bool:
+            return has_signal(r, floors, r.get("reference_score"))
+
     out = [
         "Stacks of methods next to each single method, on one teacher per task, every point "
         "of a task in one run (`python benchmarks/compose.py`). Score: the task's metric on "
@@ -402,11 +407,11 @@ def markdown(rows: list[dict], floors: dict | None = None) -> str:
             "| method | setting | score | vs teacher | FLOPs | latency b1 | latency b32 | size MB |"
         )
         out.append("|---|---|---|---|---|---|---|---|")
-        signal = [r for r in rs if has_signal(r, floors, r.get("reference_score"))]
+        with_signal = [r for r in rs if signal(r)]
         for r in rs:
             ref = r.get("reference_score")
             delta = "" if ref is None or r is teacher else f"{r['score'] - ref:+.2f}"
-            score = f"{r['score']:.2f}" if r in signal else f"{r['score']:.2f} ({NO_SIGNAL})"
+            score = f"{r['score']:.2f}" if r in with_signal else f"{r['score']:.2f} ({NO_SIGNAL})"
             out.append(
                 f"| {r['method']} | {r['setting']} | {score} | {delta} | "
                 f"{r['extras'].get('flops_ratio', float('nan')):.2f} | {_ratio(r, 1)} | "
@@ -414,7 +419,7 @@ def markdown(rows: list[dict], floors: dict | None = None) -> str:
             )
         out.append("")
         for axis, label in COST_AXES.items():
-            dom = dominance(signal, axis)
+            dom = dominance(with_signal, axis)
             wins = [d for d in dom if d["verdict"] in ("dominates", "alone")]
             if not dom:
                 continue

@@ -153,7 +153,24 @@ NOTES["steps"] = (
     "teacher's cost). `extras.distil_curve` holds the "
     "held-out fidelity during distillation."
 )
+NOTES["compose"] = (
+    "Stacks of methods on one model (docs/compose.md) against each single method, one run "
+    "per task: `python benchmarks/compose.py --skip-timing`, then `--retime` on a quiet "
+    "machine. The per-task tables and the dominance verdicts are under *Targets*; the raw "
+    "rows follow."
+)
+
 COLUMNS = {  # the table of each benchmark, here and in the scripts' own printouts
+    "compose": [
+        "task",
+        "method",
+        "setting",
+        "score",
+        "reference_score",
+        "flops_dynamic",
+        "latency_ratio_b1",
+        "latency_ratio_b32",
+    ],
     "plugins": [
         "task",
         "method",
@@ -1978,11 +1995,34 @@ def _claim_by_cell(
     ]
 
 
+def compose_targets(rows: list[dict]) -> str:
+    """The compose benchmark's tables per task and which stacks dominate every single
+    method at their budget (benchmarks/compose.py writes both)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gearshift_bench_compose", HERE / "compose.py")
+    compose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compose)
+    floors = constant_floors(sorted({r["task"] for r in rows}))
+    return compose.markdown(
+        rows, floors, signal=lambda r: has_signal(r, floors, r.get("reference_score"))
+    )
+
+
+def serve_targets(rows: list[dict]) -> str:
+    """The serving benchmark's own verdicts (benchmarks/serve.py writes serve.md beside its
+    rows)."""
+    md = RESULTS / "serve.md"
+    return md.read_text() if md.is_file() else ""
+
+
 TARGETS = {
     "plugins": plugins_targets,
     "slim": slim_targets,
     "steps": steps_targets,
     "factorize": factorize_targets,
+    "compose": compose_targets,
+    "serve": serve_targets,
 }
 
 

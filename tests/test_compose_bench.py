@@ -37,3 +37,27 @@ def test_dominance_compares_each_stack_with_the_best_affordable_single(load_benc
     # rows without the cost are left out, never counted as free
     rows.append(row("stack", "untimed", 99.0, 10, None))
     assert "untimed" not in {d["setting"] for d in bench.dominance(rows, "latency_ratio_b1")}
+
+
+def test_report_renders_the_compose_section_with_floors(load_benchmark):
+    """BENCHMARKS.md's compose section: per-task table, "no signal" rows kept out of the
+    verdict (a stack at the constant prediction never "dominates")."""
+    report = load_benchmark("report")
+    rows = [
+        row("teacher", "full", 90.0, 100, 1.0),
+        row("int8", "int8", 89.0, 100, 0.4),
+        row("stack", "svd+int8", 89.5, 50, 0.3),
+        row("stack", "svd+k4", 60.0, 30, 0.2),  # below the floor: no signal
+    ]
+    for r in rows:
+        r.update(metric="f1", reference_score=90.0, command="c", date="d", machine="m")
+        r["extras"]["flops_ratio"] = r["flops_dynamic"] / 100
+    floors = {"mrpc": report.Floor("mrpc", "f1", 81.22, 1.6, 408)}
+    report.constant_floors = lambda tasks: floors  # no dev data needed
+    text = report.render_section("compose", rows, floors, "compose.json")
+    assert "### Targets" in text and "### mrpc" in text
+    assert "| stack | svd+k4 | 60.00 (no signal) |" in text
+    verdicts = [line for line in text.splitlines() if line.startswith("- ") and ":" in line]
+    flops = next(v for v in verdicts if v.startswith("- FLOPs per example"))
+    assert flops == "- FLOPs per example: svd+int8 (no single method is this cheap)."
+    assert not any("svd+k4" in v for v in verdicts)

@@ -670,10 +670,11 @@ def test_a_result_file_the_report_does_not_know_gets_a_generic_section(report):
         {**_row("sst2", "served", "batch 8", 88.0), "latency_ratio_b1": 0.9},
         {"endpoint": "/v1/classify", "p50_ms": 12.0, "command": "x", "date": "d", "machine": "m"},
     ]
-    text = report.render_section("serve", rows, {}, "serve.json")
-    assert text.startswith("## serve\n") and "Raw rows: `benchmarks/results/serve.json`" in text
+    text = report.render_section("newbench", rows, {}, "newbench.json")
+    assert text.startswith("## newbench\n")
+    assert "Raw rows: `benchmarks/results/newbench.json`" in text
     assert "1 row timed under load, not re-timed" in text
-    graded = report.render_section("compose", rows[:1], {}, "compose.json")
+    graded = report.render_section("otherbench", rows[:1], {}, "otherbench.json")
     assert "| evidence |" in graded and "| loaded; seed ? |" in graded
     assert "### Targets" not in graded
 
