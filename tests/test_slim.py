@@ -489,3 +489,20 @@ def test_regression_sweep_widens_the_tolerance():
     layers = [simulate(Patience(1, tolerance=t), recorded).exit_layer for t in (0.0, 0.05, 1e9)]
     assert bool((layers[1] <= layers[0]).all()) and bool((layers[2] <= layers[1]).all())
     assert layers[2].tolist() == [1] * 16  # any two predictions agree: leave at exit 1
+
+
+def test_slim_stage_keeps_the_optimizer_only_when_asked():
+    """`gearshift slim --keep-optimizer` reaches the trainer of every stage."""
+    from pathlib import Path
+
+    from gearshift.cli import build_parser
+    from gearshift.methods.slim.cli import config_from_args
+    from gearshift.methods.slim.train import _trainer_config
+
+    argv = ["slim", "--model", "T", "--output", "O", "--heads", "2", "--ffn", "8"]
+    plain = config_from_args(build_parser(argv).parse_args(argv))
+    kept = config_from_args(
+        build_parser(argv + ["--keep-optimizer"]).parse_args(argv + ["--keep-optimizer"])
+    )
+    assert not _trainer_config(plain, Path("o"), 10, False).keep_optimizer
+    assert _trainer_config(kept, Path("o"), 10, False).keep_optimizer

@@ -155,8 +155,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--task", help="the model's task (default: the one its folder records)")
     p.add_argument("--gears", help="gear table from `gearshift gears build`")
     p.add_argument("--slo-ms", type=float, default=100.0, help="latency objective per request")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
     p.add_argument(
         "--policy",
@@ -164,7 +164,7 @@ def add_parsers(sub) -> None:
         help="adaptive (default), fixed (with --gear), or package.module:Class",
     )
     p.add_argument("--gear", help="the gear of --policy fixed (or the adaptive start gear)")
-    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-batch", type=int, default=32, help="texts per model call at most")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="wait this long to fill a batch")
     p.add_argument("--max-queue", type=int, help="texts queued before 429 (default 8 x max batch)")
     p.add_argument(
@@ -176,7 +176,12 @@ def add_parsers(sub) -> None:
         "--deadline-ms", type=float, help="drop texts not run by then (default 10 x SLO)"
     )
     p.add_argument("--max-length", type=int, default=128, help="tokens per text (truncation)")
-    p.add_argument("--engine", choices=["uvicorn", "ray"], default="uvicorn")
+    p.add_argument(
+        "--engine",
+        choices=["uvicorn", "ray"],
+        default="uvicorn",
+        help="one uvicorn process, or Ray Serve replicas (the ray extra)",
+    )
     p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas (--engine ray)")
     p.set_defaults(func=cmd_serve)
 
@@ -187,15 +192,27 @@ def add_parsers(sub) -> None:
     _add_task_args(b)
     b.add_argument("--plugin", action="append", help="plugin folder (NAME=DIR or DIR), repeatable")
     b.add_argument("--exits", action="append", help="multi-exit folder (NAME=DIR or DIR)")
-    b.add_argument("--exit-thresholds", type=float, nargs="+", default=[0.1, 0.3])
+    b.add_argument(
+        "--exit-thresholds",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.3],
+        help="entropy thresholds: one gear each per --exits folder",
+    )
     b.add_argument(
         "--stack", action="append", help="stack folder: one gear per operating point it lists"
     )
     b.add_argument("--folder", action="append", help="another model folder (int8, factorized...)")
     b.add_argument("--output", required=True, help="where to write the gear table (JSON)")
     b.add_argument("--dev-limit", type=int, help="score on the first N dev examples")
-    b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
-    b.add_argument("--repeats", type=int, default=10)
-    b.add_argument("--max-length", type=int, default=128)
+    b.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32],
+        help="batch sizes whose latency the table records",
+    )
+    b.add_argument("--repeats", type=int, default=10, help="timed calls per gear and batch size")
+    b.add_argument("--max-length", type=int, default=128, help="tokens per text (truncation)")
     b.add_argument("--threads", type=int, help="torch threads while timing")
     b.set_defaults(func=cmd_gears_build)

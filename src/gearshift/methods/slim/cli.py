@@ -90,6 +90,12 @@ def add_cli(subparsers: Any) -> None:
         help="weight of the hidden-state MSE to the distillation target",
     )
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--keep-optimizer",
+        action="store_true",
+        help="keep each finished stage's optimizer state (deleted by default: only an "
+        "unfinished stage needs it to resume)",
+    )
     p.add_argument("--train-limit", type=int, help="first N training examples")
     p.add_argument("--dev-limit", type=int, help="sweep on the first N dev examples")
     p.add_argument(
@@ -135,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> SlimConfig:
         learning_rate=args.lr,
         exit_learning_rate=args.exit_lr,
         seed=args.seed,
+        keep_optimizer=args.keep_optimizer,
     )
 
 

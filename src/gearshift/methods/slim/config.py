@@ -73,6 +73,10 @@ class SlimConfig:
     learning_rate: float = 5e-5
     exit_learning_rate: float = 1e-3
     seed: int = 42
+    keep_optimizer: bool = field(
+        default=False,
+        metadata={"help": "keep each finished stage's optimizer state (deleted by default)"},
+    )
 
     def validate(self) -> None:
         if self.target_ratio is None and (self.heads is None or self.ffn is None):

@@ -50,6 +50,7 @@ from .prune import (
 
 logger = logging.getLogger("gearshift.slim")
 
+
 # ---------------------------------------------------------------------- the loss
 class ExitDistillation(nn.Module):
     """The module the Trainer trains: the student and its loss against a frozen target."""
@@ -160,6 +161,7 @@ def _trainer_config(
         seed=config.seed,
         progress=progress,
         log_every=20,
+        keep_optimizer=config.keep_optimizer,
     )
 
 
