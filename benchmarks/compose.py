@@ -418,21 +418,32 @@ def markdown(rows: list[dict], floors: dict | None = None, signal=None) -> str:
                 f"{_ratio(r, 32)} | {r['extras'].get('size_on_disk', 0) / 2**20:.1f} |"
             )
         out.append("")
+        ref = teacher["score"] if teacher else None
         for axis, label in COST_AXES.items():
             dom = dominance(with_signal, axis)
-            wins = [d for d in dom if d["verdict"] in ("dominates", "alone")]
             if not dom:
                 continue
-            if not wins:
-                out.append(f"- {label}: no stack beats every single method at its budget.")
-                continue
-            parts = []
-            for d in wins:
-                if d["verdict"] == "alone":
-                    parts.append(f"{d['setting']} (no single method is this cheap)")
-                else:
-                    parts.append(f"{d['setting']} ({d['margin']:+.2f} over {d['best_single'][0]})")
-            out.append(f"- {label}: " + "; ".join(parts) + ".")
+            wins = [d for d in dom if d["verdict"] == "dominates"]
+            alone = [d for d in dom if d["verdict"] == "alone"]
+            near = [d for d in alone if ref is not None and d["score"] >= ref - 1.0]
+            text = "; ".join(
+                f"{d['setting']} ({d['margin']:+.2f} over {d['best_single'][0]})" for d in wins
+            )
+            line = f"- {label}: " + (
+                f"beats every single method it can afford: {text}."
+                if wins
+                else "no stack beats the best single method it can afford."
+            )
+            if near:
+                line += (
+                    " Cheaper than every single method and within 1 point of the teacher: "
+                    + "; ".join(f"{d['setting']} ({d['score'] - ref:+.2f})" for d in near)
+                    + "."
+                )
+            if len(alone) > len(near):
+                line += f" ({len(alone) - len(near)} more stacks are cheaper than any single "
+                line += "method but more than 1 point below the teacher.)"
+            out.append(line)
         out.append("")
     return "\n".join(out)
 

@@ -59,5 +59,8 @@ def test_report_renders_the_compose_section_with_floors(load_benchmark):
     assert "| stack | svd+k4 | 60.00 (no signal) |" in text
     verdicts = [line for line in text.splitlines() if line.startswith("- ") and ":" in line]
     flops = next(v for v in verdicts if v.startswith("- FLOPs per example"))
-    assert flops == "- FLOPs per example: svd+int8 (no single method is this cheap)."
+    assert flops == (
+        "- FLOPs per example: no stack beats the best single method it can afford. Cheaper "
+        "than every single method and within 1 point of the teacher: svd+int8 (-0.50)."
+    )
     assert not any("svd+k4" in v for v in verdicts)
