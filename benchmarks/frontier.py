@@ -145,9 +145,13 @@ def forms(teacher, args, task_name: str) -> list[dict[str, Any]]:
         for folder in sorted(p for p in root.glob("*") if (p / "gearshift.json").is_file()):
             stacks.append((folder.name, load(folder)))
     for name, stack in stacks:
+        # an edited base (factorized, pruned, int8) is a point of its own; an unedited one is
+        # the teacher, measured already
+        cfg = stack.base.config
+        edited = bool(cfg.forms) or cfg.word_rank is not None or cfg.blocks != teacher.config.blocks
         for label, setting in stack.settings().items():
-            if not any(v is not None for v in setting.values()):
-                continue  # "full": the base model alone, already measured as the teacher
+            if not any(v is not None for v in setting.values()) and not edited:
+                continue  # "full" on an unedited base: the teacher itself
             # exit settings run on the onnx engines as per-layer segments (engine/segments.py)
             out.append(
                 dict(
