@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import onnxruntime  # noqa: E402,F401  (a hard dependency: a missing one fails, never skips)
 import pytest
 import torch
-
-pytest.importorskip("onnxruntime", reason="the onnx engines need scripts/setup.sh's onnxruntime")
-
 from conftest import FAMILIES, random_batch  # noqa: E402
 
 from gearshift import engine  # noqa: E402

@@ -5,11 +5,9 @@ from __future__ import annotations
 import copy
 import json
 
+import onnxruntime  # noqa: E402,F401  (a hard dependency: a missing one fails, never skips)
 import pytest
 import torch
-
-pytest.importorskip("onnxruntime", reason="ONNX export needs scripts/setup.sh's onnxruntime")
-
 from conftest import FAMILIES, random_batch  # noqa: E402
 
 from gearshift.engine.export import (  # noqa: E402

@@ -6,13 +6,8 @@ import asyncio
 import json
 import random
 
+import httpx  # noqa: E402  (hard dependencies: a missing one fails, never skips)
 import pytest
-
-httpx = pytest.importorskip(
-    "httpx", reason="install gearshift's serve dependencies (scripts/setup.sh)"
-)
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
 
 from gearshift.serve.app import GearServer, ServeConfig, create_app  # noqa: E402
 from gearshift.serve.gears import GearSet  # noqa: E402

@@ -7,14 +7,9 @@ import shutil
 import tempfile
 import time
 
+import httpx  # noqa: E402  (hard dependencies: a missing one fails, never skips)
 import pytest
-
-httpx = pytest.importorskip(
-    "httpx", reason="install gearshift's serve dependencies (scripts/setup.sh)"
-)
-webdriver = pytest.importorskip(
-    "selenium.webdriver", reason="pip install selenium (scripts/setup.sh)"
-)
+from selenium import webdriver  # noqa: E402
 
 from gearshift.serve.app import GearServer, ServeConfig, create_app  # noqa: E402
 from gearshift.serve.gears import GearSet  # noqa: E402

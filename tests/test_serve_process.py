@@ -9,12 +9,8 @@ import subprocess
 import sys
 import time
 
+import httpx  # noqa: E402  (a hard dependency: a missing one fails, never skips)
 import pytest
-
-httpx = pytest.importorskip(
-    "httpx", reason="install gearshift's serve dependencies (scripts/setup.sh)"
-)
-pytest.importorskip("uvicorn")
 
 from gearshift.serve.testing import free_port, make_tiny_gears  # noqa: E402
 

@@ -7,14 +7,9 @@ import asyncio
 import random
 import time
 
+import httpx  # noqa: E402
 import pytest
-
-httpx = pytest.importorskip(
-    "httpx", reason="install gearshift's serve dependencies (scripts/setup.sh)"
-)
-pytest.importorskip(
-    "ray.serve", reason="Ray Serve is the optional extra gearshift[ray] (scripts/setup.sh)"
-)
+import ray.serve  # noqa: E402,F401  (the ray extra, which scripts/setup.sh installs: a missing one fails)
 
 from gearshift.serve.app import ServeConfig  # noqa: E402
 from gearshift.serve.gears import GearSet  # noqa: E402
