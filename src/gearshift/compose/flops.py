@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from gearshift.measure.flops import analytic_flops
+from gearshift.measure.flops import _device_of, analytic_flops
 from gearshift.runtime.model import Transformer
 from gearshift.runtime.stack import Call, Stack
 
@@ -90,7 +90,7 @@ def stack_flops(
         return analytic_flops(model.config, n)
     base = model.base
     setting = model.active_setting if setting is None else model.resolve(setting)
-    plan = model.build_plan(setting, Call(base, 1, torch_device(base), None))
+    plan = model.build_plan(setting, Call(base, 1, _device_of(base), None))
     steps = plan.steps if plan.steps is not None else base.steps
     evals = 2 if getattr(plan.update, "__name__", "") == "heun_update" else 1
     total = base_outside_layers(base, n)
@@ -104,12 +104,6 @@ def stack_flops(
     if exits is not None and exit_after is not None and exit_after < len(steps) - 1:
         total -= head_flops(base, n)  # it left at an exit: the head never ran
     return int(total)
-
-
-def torch_device(module: nn.Module):
-    import torch
-
-    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def _active_plugin(stack: Stack, setting: dict[str, Any]):

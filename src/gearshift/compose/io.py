@@ -63,7 +63,7 @@ def _base_checksums(folder: Path) -> dict[str, str]:
     return {name: file_sha256(folder / name) for name in (CONFIG_NAME, WEIGHTS_NAME)}
 
 
-def encode_setting(stack: Stack, setting: dict[str, Any]) -> dict[str, Any]:
+def encode_setting(setting: dict[str, Any]) -> dict[str, Any]:
     """A setting as JSON values (criteria and step settings as their spec strings)."""
     out = {}
     for name, value in setting.items():
@@ -119,8 +119,8 @@ def save_stack(
             "config": stack.base.config.to_dict(),
             "base": base_entry,
             "providers": providers,
-            "default_setting": encode_setting(stack, stack.default_setting),
-            "settings": {k: encode_setting(stack, v) for k, v in stack.settings().items()},
+            "default_setting": encode_setting(stack.default_setting),
+            "settings": {k: encode_setting(v) for k, v in stack.settings().items()},
             **_carried(base_meta),
             **(extra or {}),
         }

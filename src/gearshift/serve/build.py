@@ -110,7 +110,7 @@ def _stack_settings(model: nn.Module, key: str) -> list[tuple[str, dict[str, Any
     from gearshift.compose.io import encode_setting
 
     return [
-        (key if name == "full" else f"{key}-{name}", encode_setting(model, setting))
+        (key if name == "full" else f"{key}-{name}", encode_setting(setting))
         for name, setting in model.settings().items()
     ]
 

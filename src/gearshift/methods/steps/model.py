@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -272,12 +272,8 @@ class StepModel(Stack):
         return None if value is None else Steps._plan(value, self.base.config)
 
     def forward(self, *args: Any, **batch: Any) -> TransformerOutput:
-        value = (
-            batch.get("setting", self.active_setting).get("steps")
-            if isinstance(batch.get("setting", self.active_setting), Mapping)
-            else None
-        )
-        value = parse_step_setting(value) if value is not None else None
+        setting = self.resolve(batch["setting"]) if "setting" in batch else self.active_setting
+        value = setting.get("steps")
         if value is not None and value.solver == "heun" and batch.get("use_cache"):
             raise ConfigError(
                 "the Heun solver cannot decode with a key/value cache (its second evaluation "
