@@ -328,6 +328,11 @@ def run_task(task_name: str, args, command: str) -> list[dict]:
                 scores[c["key"]] = evaluate(runs[c["key"]], data)[task.main_metric]
         ref_key = next(c["key"] for c in cands if c["method"] == "teacher")
         fns = {k: (lambda b, r=r: r(**b)) for k, r in runs.items()}
+        from dataclasses import asdict
+
+        from gearshift.measure.retime import load_per_core
+
+        load = load_per_core()
         timed = retime(fns, batches, ref_key, protocol, allow_load=args.quick or args.allow_load)
         for c in cands:
             k = c["key"]
@@ -350,7 +355,9 @@ def run_task(task_name: str, args, command: str) -> list[dict]:
                     # length bucket, or per-layer segments (exits)
                     "graph": getattr(runs[k], "route", None),
                     "graph_mode": getattr(runs[k], "mode", None),
-                    "seed": 0,
+                    # nothing is trained here: a stack's adapters keep the seed of their own
+                    # training run (benchmarks/compose.py: 42)
+                    "seed": None,
                     "command": command,
                     "date": now_iso(),
                     "machine": machine_description(),
@@ -358,6 +365,15 @@ def run_task(task_name: str, args, command: str) -> list[dict]:
                     "spread": {"b1": timed[1].spread[k], "b32": timed[32].spread[k]},
                     "examples": len(data.features) if hasattr(data, "features") else limit,
                     "teacher": str(teacher_folder),
+                    "extras": {
+                        "retime": {
+                            "protocol": asdict(protocol),
+                            "ratio_b1_spread": list(timed[1].spread[k]),
+                            "ratio_b32_spread": list(timed[32].spread[k]),
+                            "load_per_core": load,
+                            "quiet": load <= protocol.max_load,
+                        }
+                    },
                 }
             )
     return rows

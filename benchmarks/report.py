@@ -2016,7 +2016,32 @@ def serve_targets(rows: list[dict]) -> str:
     return md.read_text() if md.is_file() else ""
 
 
+def frontier_targets(rows: list[dict]) -> str:
+    """The frontier's two targets as its script judged them (frontier.json "targets"), with
+    the caveat the floor rule and the seed count add: a verdict resting only on stacks at
+    the constant prediction's level, or on one training run, says so."""
+    path = RESULTS / "frontier.json"
+    targets = json.loads(path.read_text()).get("targets", []) if path.is_file() else []
+    floors = constant_floors(sorted({r["task"] for r in rows}))
+    out = []
+    for t in targets:
+        stacks = [r for r in rows if r["task"] == t["task"] and r["method"] == "stack"]
+        signal = [r for r in stacks if has_signal(r, floors, r.get("reference_score"))]
+        verdict = "met" if t["met"] else f"missed: {t['cause']}"
+        caveat = []
+        if t["met"] and stacks and not signal:
+            caveat.append(f"every stack measured is {NO_SIGNAL} on {t['task']}")
+        if stacks:
+            caveat.append("1 seed (each stack's adapters were trained once)")
+        out.append(
+            f"- {t['task']}, {t['threads']} thread(s), target {t['target']}: {verdict}"
+            + (f" ({'; '.join(caveat)})" if caveat else "")
+        )
+    return "\n".join(out)
+
+
 TARGETS = {
+    "frontier": frontier_targets,
     "plugins": plugins_targets,
     "slim": slim_targets,
     "steps": steps_targets,
