@@ -11,16 +11,19 @@ tiny random model (MiniLM's tokenizer, a k=2 plugin) on 32 SST-2 dev sentences i
 its rows say nothing about gearshift, they only show the script runs end to end.
 
 Method. The server runs as its own process (``gearshift serve``, uvicorn on 127.0.0.1), the
-client here sends open-loop Poisson arrivals with an httpx async client, one real SST-2 dev
+client here sends open-loop Poisson arrivals with an aiohttp client (bodies encoded before
+the clock starts; each send's lateness is recorded, and a run whose p99 lateness exceeds
+``--max-send-lag-ms`` is marked ``valid: false`` and gets no verdict), one real SST-2 dev
 sentence per request (in order, cycled; the label is kept to score the answer). First the
 full gear's capacity is measured: a closed loop of ``2 x max batch`` clients against the
-server fixed at the most accurate gear for ``--capacity-s`` seconds (answers per second).
+server fixed at the reference gear (the table's ``full``: the teacher as it is, fp32, no
+plugin; a faster gear that happens to score higher on dev is not the "full model") for ``--capacity-s`` seconds (answers per second).
 The trace then steps through ``--multipliers`` x that capacity, ``--phase-s`` seconds each
 (default 0.5x, 1x, 2x, 3x, 2x, 1x, 0.5x: up to 3x and back). Policies, each on a fresh
 server with the same admission control (bounded queue, 429 when full, the same deadline):
 
 - ``adaptive``: the controller (``--policy adaptive``);
-- ``static-full``: fixed at the most accurate gear (like a server with TEI's
+- ``static-full``: fixed at the reference gear, the teacher (like a server with TEI's
   max-concurrent-requests);
 - ``static-fastest``: fixed at the fastest gear at the largest batch.
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import math
 import os
 import random
@@ -135,27 +139,44 @@ class ServerProcess:
 
 
 # ---------------------------------------------------------------------- load
+def _session(timeout_s: float, url: str):
+    """An aiohttp client session on ``url`` with no connection cap (an open loop must never
+    wait for a free connection: uvicorn answers one request at a time per connection)."""
+    import aiohttp
+
+    return aiohttp.ClientSession(
+        base_url=url,
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        headers={"content-type": "application/json"},
+    )
+
+
+def _bodies(texts: list[str]) -> list[bytes]:
+    """Each request body encoded once, before the clock starts (the client's own cost per
+    request stays small beside the server's)."""
+    return [json.dumps({"texts": [t]}).encode() for t in texts]
+
+
 async def measure_capacity(url: str, texts: list[str], clients: int, seconds: float) -> float:
     """Answers per second of a closed loop of ``clients`` clients (one text per request)."""
-    import httpx
-
+    bodies = _bodies(texts)
     done = 0
-    stop_at = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+    async with _session(60, url) as c:
 
         async def loop(i: int) -> None:
             nonlocal done
             k = i
             while time.monotonic() < stop_at:
-                r = await c.post("/v1/predict", json={"texts": [texts[k % len(texts)]]})
-                if r.status_code == 200:
-                    done += 1
+                async with c.post("/v1/predict", data=bodies[k % len(bodies)]) as r:
+                    await r.read()
+                    if r.status == 200:
+                        done += 1
                 k += clients
 
         # a short warm-up, then the timed loop
-        await c.post("/v1/predict", json={"texts": [texts[0]]})
+        async with c.post("/v1/predict", data=bodies[0]) as r:
+            await r.read()
         start = time.monotonic()
         stop_at = start + seconds
         await asyncio.gather(*(loop(i) for i in range(clients)))
@@ -183,12 +204,16 @@ def poisson_trace(
 
 
 async def run_trace(url: str, trace, examples, label_names, timeout_s: float) -> list[dict]:
-    """Send every request of ``trace`` at its time (open loop); returns one record each."""
-    import httpx
+    """Send every request of ``trace`` at its time (open loop); returns one record each.
 
+    aiohttp, not httpx: at a few hundred requests per second httpx's client alone takes
+    most of a core, so requests left late and the load was not what the trace says. The
+    lateness of every send is recorded (``send_lag_ms``) and gates the run's validity."""
+    import aiohttp
+
+    bodies = _bodies([ex.text_a for ex in examples])
     records: list[dict] = []
-    limits = httpx.Limits(max_connections=4000, max_keepalive_connections=512)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as c:
+    async with _session(timeout_s, url) as c:
         start = time.monotonic()
 
         async def one(i: int, at: float, mult: float) -> None:
@@ -197,14 +222,15 @@ async def run_trace(url: str, trace, examples, label_names, timeout_s: float) ->
             sent = time.monotonic()
             rec["send_lag_ms"] = (sent - start - at) * 1000
             try:
-                r = await c.post("/v1/predict", json={"texts": [ex.text_a]})
-                rec["latency_ms"] = (time.monotonic() - sent) * 1000
-                rec["status"] = r.status_code
-                if r.status_code == 200:
-                    p = r.json()["predictions"][0]
+                async with c.post("/v1/predict", data=bodies[i % len(bodies)]) as r:
+                    payload = await r.read()
+                    rec["latency_ms"] = (time.monotonic() - sent) * 1000
+                    rec["status"] = r.status
+                if rec["status"] == 200:
+                    p = json.loads(payload)["predictions"][0]
                     rec["gear"] = p["gear"]
                     rec["correct"] = p["label"] == label_names[ex.label]
-            except httpx.HTTPError as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 rec["status"] = f"error: {type(exc).__name__}"
             records.append(rec)
 
@@ -216,6 +242,20 @@ async def run_trace(url: str, trace, examples, label_names, timeout_s: float) ->
             tasks.append(asyncio.create_task(one(i, at, mult)))
         await asyncio.gather(*tasks)
     return sorted(records, key=lambda r: r["i"])
+
+
+def client_check(records: list[dict], cpu_s: float, wall_s: float, lag_ms: float) -> dict:
+    """Whether the client sent the trace it was given: the p99 lateness of its sends and
+    the share of a core it used. A run whose p99 send lag exceeds ``lag_ms`` measured a
+    load other than the trace's and is marked invalid (its rows carry ``valid: false``)."""
+    lags = [r["send_lag_ms"] for r in records]
+    p99 = percentile(lags, 99) or 0.0
+    return {
+        "send_lag_p99_ms": p99,
+        "send_lag_max_ms": max(lags, default=0.0),
+        "client_cpu_share": cpu_s / wall_s if wall_s else None,
+        "valid": p99 <= lag_ms,
+    }
 
 
 def summarize(records: list[dict], slo_ms: float, seconds: float) -> dict:
@@ -299,7 +339,10 @@ def plot(series: dict[str, list[dict]], gears: list[str], slo_ms: float, path: P
 
 # ---------------------------------------------------------------------- the report
 def _row(rows: list[dict], policy: str, load) -> dict | None:
-    return next((r for r in rows if r["policy"] == policy and r["load_multiplier"] == load), None)
+    """The row of ``policy`` at ``load``; None when absent or from an invalid run (the client
+    fell behind its trace, so the load was not the one named)."""
+    r = next((r for r in rows if r["policy"] == policy and r["load_multiplier"] == load), None)
+    return r if r is not None and r.get("valid", True) else None
 
 
 def verdicts(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
@@ -344,19 +387,21 @@ def markdown_section(rows: list[dict]) -> str:
 
     lines = [
         "| policy | load | sent | SLO attainment | goodput/s | p50 ms | p99 ms | 429 share "
-        "| accuracy answered | effective accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| accuracy answered | effective accuracy | send lag p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['policy']} | {r['load_multiplier']} | {r['sent']} | "
             f"{f(r['slo_attainment'], '.3f')} | {f(r['goodput'], '.1f')} | "
             f"{f(r['p50_ms'], '.1f')} | {f(r['p99_ms'], '.1f')} | {f(r['share_429'], '.3f')} | "
-            f"{f(r['accuracy_answered'], '.2f')} | {f(r['effective_accuracy'], '.2f')} |"
+            f"{f(r['accuracy_answered'], '.2f')} | {f(r['effective_accuracy'], '.2f')} | "
+            f"{f((r.get('client') or {}).get('send_lag_p99_ms'), '.1f')}"
+            f"{'' if r.get('valid', True) else ' (invalid)'} |"
         )
     lines.append("")
     for claim, met, nums in verdicts(rows):
-        word = {True: "met", False: "not met", None: "not measured"}[met]
+        word = {True: "met", False: "not met", None: "not measured or invalid"}[met]
         lines.append(f"- {claim}: **{word}** ({nums})")
     if rows and rows[0].get("quick"):
         lines.append(
@@ -409,6 +454,12 @@ def run(argv: list[str] | None, work: Path) -> int:
     ap.add_argument("--threads", type=int, help="OMP threads of the server process")
     ap.add_argument("--dev-limit", type=int, help="SST-2 dev sentences to send (cycled)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--max-send-lag-ms",
+        type=float,
+        default=5.0,
+        help="a policy run whose p99 send lateness exceeds this is invalid (no verdict)",
+    )
     ap.add_argument("--output", help="results JSON (default benchmarks/results/serve.json)")
     args = ap.parse_args(argv)
 
@@ -440,7 +491,7 @@ def run(argv: list[str] | None, work: Path) -> int:
     examples = load_examples(task, "dev", limit=args.dev_limit)
     label_names = list(task.label_names)
     texts = [e.text_a for e in examples]
-    full = table.gears[0].name
+    full = table.reference.name
     fastest = table.fastest(args.max_batch).name
     policies = {
         "adaptive": ("adaptive", None),
@@ -468,7 +519,14 @@ def run(argv: list[str] | None, work: Path) -> int:
         server = ServerProcess(table_path, args.slo_ms, policy, gear, args)
         try:
             server.wait_ready()
+            cpu0, wall0 = time.process_time(), time.monotonic()
             records = asyncio.run(run_trace(server.url, trace, examples, label_names, timeout_s=60))
+            check = client_check(
+                records,
+                time.process_time() - cpu0,
+                time.monotonic() - wall0,
+                args.max_send_lag_ms,
+            )
             shifts = server.shifts_log()
         finally:
             server.stop()
@@ -484,6 +542,8 @@ def run(argv: list[str] | None, work: Path) -> int:
             "machine": machine,
             "quick": args.quick,
             "gear_table": str(table_path),
+            "client": check,
+            "valid": check["valid"],
         }
         for m in sorted(set(args.multipliers)):
             rs = [r for r in records if r["load"] == m]
@@ -501,7 +561,9 @@ def run(argv: list[str] | None, work: Path) -> int:
         last = rows[-1]
         print(
             f"{name:15s} slo {last['slo_attainment']:.3f} eff.acc {last['effective_accuracy']:.2f} "
-            f"p99 {last['p99_ms']:.1f} ms 429 {last['share_429']:.3f} shifts {len(shifts)}"
+            f"p99 {last['p99_ms']:.1f} ms 429 {last['share_429']:.3f} shifts {len(shifts)} "
+            f"send lag p99 {check['send_lag_p99_ms']:.1f} ms, client {check['client_cpu_share']:.0%}"
+            f" of a core{'' if check['valid'] else ' - INVALID: the client fell behind the trace'}"
         )
 
     from gearshift.atomic import write_json_atomic, write_text_atomic

@@ -85,3 +85,91 @@ def test_verdicts_on_synthetic_rows(load_benchmark):
     assert [met for _, met, _ in bench.verdicts(good[:3])] == [None, None, None]
     text = bench.markdown_section(good)
     assert "| adaptive | 3 | 100 | 0.995 |" in text and text.count("**met**") == 3
+
+
+def test_client_check_marks_a_late_client_invalid(load_benchmark):
+    bench = load_benchmark("serve")
+    on_time = [{"send_lag_ms": 0.5} for _ in range(200)]
+    ok = bench.client_check(on_time, cpu_s=2.0, wall_s=10.0, lag_ms=5.0)
+    assert ok["valid"] and ok["client_cpu_share"] == pytest.approx(0.2)
+    late = on_time[:190] + [{"send_lag_ms": 40.0} for _ in range(10)]  # 5% sent 40 ms late
+    bad = bench.client_check(late, cpu_s=9.5, wall_s=10.0, lag_ms=5.0)
+    assert not bad["valid"] and bad["send_lag_p99_ms"] == 40.0 and bad["send_lag_max_ms"] == 40.0
+
+
+def test_invalid_runs_get_no_verdict(load_benchmark):
+    bench = load_benchmark("serve")
+
+    def row(policy, load, slo, acc, eff, valid=True):
+        return {
+            "policy": policy,
+            "load_multiplier": load,
+            "sent": 100,
+            "slo_attainment": slo,
+            "goodput": 10.0,
+            "p50_ms": 5.0,
+            "p99_ms": 50.0,
+            "share_429": 0.0,
+            "accuracy_answered": acc,
+            "effective_accuracy": eff,
+            "valid": valid,
+            "client": {"send_lag_p99_ms": 1.0 if valid else 80.0},
+        }
+
+    rows = [
+        row("adaptive", 3, 0.995, 88.0, 87.5, valid=False),
+        row("static-full", 3, 0.40, 91.0, 36.0),
+    ]
+    assert [met for _, met, _ in bench.verdicts(rows)][0] is None
+    assert "80.0 (invalid)" in bench.markdown_section(rows)
+
+
+def test_load_generator_sends_on_time_against_a_real_server(load_benchmark, tmp_path):
+    """The aiohttp open loop against a tiny loopback server: every request answered, the
+    records carry lateness, and the client check reads them."""
+    import asyncio
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bench = load_benchmark("serve")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers["content-length"]))
+            import json
+
+            text = json.loads(body)["texts"][0]
+            out = json.dumps({"predictions": [{"label": text, "gear": "full"}]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+
+        class Ex:
+            def __init__(self, text, label):
+                self.text_a, self.label = text, label
+
+        examples = [Ex("negative", 0), Ex("positive", 1), Ex("wrong", 0)]
+        trace = bench.poisson_trace(100.0, [1], 1.0, 200, seed=0)
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        records = asyncio.run(
+            bench.run_trace(url, trace, examples, ["negative", "positive"], timeout_s=10)
+        )
+        check = bench.client_check(
+            records, time.process_time() - cpu0, time.monotonic() - wall0, lag_ms=50.0
+        )
+    finally:
+        server.shutdown()
+    assert len(records) == len(trace) and all(r["status"] == 200 for r in records)
+    assert [r["correct"] for r in records[:3]] == [True, True, False]
+    assert check["valid"] and 0 < check["client_cpu_share"] < 1

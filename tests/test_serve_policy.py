@@ -41,6 +41,16 @@ def test_table_orders_by_score_and_interpolates():
     assert full.latency(20) == pytest.approx(30 + (100 - 30) * 12 / 24)
     assert full.latency(64) == pytest.approx(100 + (100 - 30) / 24 * 32)
     assert t.fastest().name == "k8"
+    assert t.reference.name == "full"
+
+
+def test_reference_is_the_full_gear_even_when_another_scores_higher():
+    t = table()
+    t.gears.append(Gear("int8", "int8", {}, score=91.4, latency_ms={1: 5, 8: 15, 32: 50}))
+    t.__post_init__()
+    assert t.gears[0].name == "int8" and t.reference.name == "full"
+    no_full = GearTable(TaskInfo("sst2"), {"base": None}, [g for g in t.gears if g.name != "full"])
+    assert no_full.reference.name == "int8"  # without a "full" gear: the most accurate
 
 
 def test_steady_batch_and_prediction():
