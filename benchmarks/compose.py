@@ -3,6 +3,7 @@
     python benchmarks/compose.py --tasks mrpc stsb sst2     # about 30-60 min per task, 2 cores
     python benchmarks/compose.py --tasks mrpc --quick        # smoke run (a few minutes)
     python benchmarks/compose.py --tasks mrpc --retime       # re-time the saved artifacts only
+    python benchmarks/compose.py --tasks mrpc --build-only   # build the stacks, write no rows
 
 For each task with a finished MiniLM-L6 teacher (benchmarks/teachers.py builds them), it
 builds (cached under ``runs/compose/<task>/``, so a re-run resumes):
@@ -239,6 +240,55 @@ def make_stacks(art: dict[str, Path], root: Path, task, tok) -> dict[str, Path]:
     return out
 
 
+SHARED_STEPS = ("6", "3", "2")  # the step counts measured on a shared model (Euler)
+
+
+def shared_stacks(shared_dir: Path, root: Path, task, tok, steps: int, quick: bool) -> dict:
+    """A parameter-shared model of the task (``--shared``), its exit heads (trained on the
+    frozen shared model in its own 6-step loop, like the teacher's) and two stack folders:
+    steps alone, and steps + exits (an exit after each step; at N = 3 the heads of the
+    layers the steps land on)."""
+    from gearshift.methods.steps.model import Steps
+
+    base = load_model(shared_dir).eval()
+    if not base.config.is_shared:
+        raise SystemExit(f"--shared {shared_dir}: the model is not parameter-shared")
+    exits_dir = train_exits_on(base, task, tok, root / "exits-shared", steps, quick)
+    out = {}
+    for name, with_exits in (("shared+steps", False), ("shared+steps+exits", True)):
+        folder = root / "stacks" / name
+        out[name] = folder
+        if (folder / "gearshift.json").is_file():
+            continue
+        stack = Stack(base)
+        stack.attach(Steps(list(SHARED_STEPS)), "steps")
+        if with_exits:
+            provider = Exits.from_pretrained(exits_dir, base)
+            provider.choices = [parse_criterion(c) for c in criteria_for(task)]
+            stack.attach(provider)
+        save_stack(stack, folder, tokenizer=tok, base_meta={"task": {"name": task.name}})
+    return out
+
+
+def shared_points(task, stacks: dict[str, Path], label: str) -> list[Point]:
+    """Steps alone at N = 6, 3, 2, and steps + exits at N = 6 and 3 for every criterion."""
+    pts = [
+        Point("steps", f"{label}, N={n}", stacks["shared+steps"], {"steps": n})
+        for n in SHARED_STEPS
+    ]
+    for n in ("6", "3"):
+        for c in criteria_for(task):
+            pts.append(
+                Point(
+                    "stack",
+                    f"{label}, N={n} + exits {c}",
+                    stacks["shared+steps+exits"],
+                    {"steps": n, "exits": c},
+                )
+            )
+    return pts
+
+
 def criteria_for(task) -> list[str]:
     """The exit criteria measured: entropy thresholds, or patience for regression."""
     return list(PATIENCE) if task.kind == "regression" else [f"entropy:{t:g}" for t in ENTROPY]
@@ -321,7 +371,7 @@ def score_point(stack: Stack, setting: dict, dev: TaskData) -> tuple[dict, float
 
 
 # ---------------------------------------------------------------------- the verdict
-SINGLE_METHODS = ("int8", "factorize", "slim", "plugins", "exits")
+SINGLE_METHODS = ("int8", "factorize", "slim", "plugins", "exits", "steps")
 COST_AXES = {
     "flops_dynamic": "FLOPs per example",
     "latency_ratio_b1": "latency ratio, batch 1",
@@ -468,8 +518,19 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
     tok = load_tokenizer(str(tdir))
     art = build_artifacts(task, tdir, root, args.quick, args.train_steps)
     stacks = make_stacks(art, root, task, tok)
+    if args.shared and args.build_only:
+        steps = 20 if args.quick else args.train_steps
+        stacks.update(shared_stacks(Path(args.shared), root, task, tok, steps, args.quick))
+    if args.build_only:
+        for name, folder in stacks.items():
+            print(f"[compose] {task.name} stack {name}: {folder}")
+        return []
     dev = TaskData.load(task, tok, "dev", limit=args.dev_limit)
     points = points_for(task, stacks)
+    if args.shared:
+        steps = 20 if args.quick else args.train_steps
+        shared = shared_stacks(Path(args.shared), root, task, tok, steps, args.quick)
+        points += shared_points(task, shared, args.shared_label)
     loaded: dict[Path, Stack] = {}
     for p in points:
         if p.stack_dir not in loaded:
@@ -497,6 +558,7 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
                 if p.method in ("teacher", "int8", "factorize", "slim")
                 or "plugin" not in p.setting
                 and "exits" not in p.setting
+                and p.method != "steps"
                 else SEED,
                 "command": command_line("benchmarks/compose.py", args.argv),
                 "machine": machine_description(),
@@ -652,8 +714,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--retime", action="store_true", help="re-time the recorded rows from their saved stacks"
     )
+    p.add_argument(
+        "--shared",
+        help="a parameter-shared model fine-tuned on the (one) task, e.g. the steps "
+        "benchmark's runs/steps/shared-g2-step-aware-ln/sst2/best: adds steps alone and "
+        "steps + exits (exit heads trained here) to the points",
+    )
+    p.add_argument(
+        "--shared-label",
+        default="shared g2 step-aware",
+        help="how the shared model's rows name it",
+    )
+    p.add_argument(
+        "--build-only",
+        action="store_true",
+        help="build (or resume) the artifacts and stack folders only; write no rows (for "
+        "benchmarks that measure the stacks themselves, such as frontier.py and serve.py)",
+    )
     args = p.parse_args(argv)
     args.argv = argv if argv is not None else sys.argv[1:]
+    if args.shared and len(args.tasks) != 1:
+        p.error("--shared is one task's model: give one task with --tasks")
     torch.set_num_threads(args.threads)
     if args.quick:
         args.runs = str(Path(args.runs) / "quick")

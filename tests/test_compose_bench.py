@@ -64,3 +64,52 @@ def test_report_renders_the_compose_section_with_floors(load_benchmark):
         "than every single method and within 1 point of the teacher: svd+int8 (-0.50)."
     )
     assert not any("svd+k4" in v for v in verdicts)
+
+
+def test_shared_steps_and_exits_points_run_and_count_fewer_flops(load_benchmark, tmp_path):
+    """The compose benchmark's shared-model part on a tiny shared encoder with the real
+    tokenizer and SST-2 sentences: exit heads train on the frozen shared model, both stack
+    folders save and reload, every point scores, and fewer steps (and exits) cost fewer
+    FLOPs while exits leave after a step the plan runs."""
+    import torch
+
+    from gearshift.compose import load_stack
+    from gearshift.data import get_task
+    from gearshift.data.taskdata import TaskData
+    from gearshift.runtime import ModelConfig, Transformer, load_tokenizer, save_model
+
+    bench = load_benchmark("compose")
+    task, tok = get_task("sst2"), load_tokenizer("minilm-l6")
+    torch.manual_seed(0)
+    cfg = ModelConfig.uniform(
+        family="bert",
+        vocab_size=len(tok),
+        num_layers=6,
+        num_heads=2,
+        intermediate_size=32,
+        hidden_size=16,
+        shared_groups=2,
+        type_vocab_size=2,
+        layer_norms=True,
+        max_positions=130,
+        head={"kind": "classification", "num_labels": 2},
+    )
+    save_model(Transformer(cfg).eval(), tmp_path / "shared", tokenizer=tok)
+    stacks = bench.shared_stacks(tmp_path / "shared", tmp_path / "runs", task, tok, 4, True)
+    points = bench.shared_points(task, stacks, "tiny shared")
+    assert [p.run for p in points[:3]] == [{"steps": n} for n in ("6", "3", "2")]
+    assert sum(p.method == "stack" for p in points) == 2 * len(bench.criteria_for(task))
+    dev = TaskData.load(task, tok, "dev", limit=24)
+    flops = {}
+    for p in points:
+        metrics, f = bench.score_point(load_stack(p.stack_dir), p.run, dev)
+        assert 0 <= metrics[task.main_metric] <= 100
+        flops[p.setting] = f
+    assert flops["tiny shared, N=2"] < flops["tiny shared, N=3"] < flops["tiny shared, N=6"]
+    eager = [p for p in points if p.run.get("exits") == "entropy:0.4" and p.run["steps"] == "3"][0]
+    # a loose threshold exits early: never dearer than running all three steps
+    assert flops[eager.setting] <= flops["tiny shared, N=3"] * 1.001
+    stack = load_stack(eager.stack_dir)
+    batch = {k: v for k, v in next(iter(dev.loader(8))).items() if k != "labels"}
+    out = stack(**batch, setting=eager.run)
+    assert out.exit_step is not None and int(out.exit_step.max()) <= 3
