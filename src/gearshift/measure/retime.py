@@ -5,8 +5,8 @@ those latencies are noisy. This module is the protocol every latency in BENCHMAR
 meant to come from: reload what a run saved, then time every candidate against the
 reference
 
-- on a quiet machine (:func:`check_quiet` refuses to start while the load average per core
-  is above ``max_load``, unless told to record a loaded re-time),
+- on a quiet machine (:func:`check_quiet` refuses to start while other processes use more
+  than ``max_load`` of the cores, unless told to record a loaded re-time),
 - at a fixed thread count, after warm-up rounds,
 - interleaved in one process (A B C A B C ..., :func:`~gearshift.measure.compare_latency`),
 - in several independent ``rounds``, so each ratio comes with its spread over rounds.
@@ -34,13 +34,14 @@ from gearshift.measure.latency import ModelFn, compare_latency
 class TimingProtocol:
     """How every re-timing runs: ``threads`` intra-op threads, ``warmup`` untimed rounds
     and ``repeats`` timed calls per candidate in each of ``rounds`` interleaved runs;
-    ``max_load``: the highest load average per core at which the machine counts as quiet."""
+    ``max_load``: the highest share of the cores other processes may use (over a 1 s
+    sample, :func:`load_per_core`) for the machine to count as quiet."""
 
     threads: int = 1
     warmup: int = 10
     repeats: int = 30
     rounds: int = 5
-    max_load: float = 0.5
+    max_load: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("threads", "warmup", "repeats", "rounds"):
@@ -57,8 +58,35 @@ class TimingProtocol:
 QUICK = TimingProtocol(warmup=1, repeats=2, rounds=2, max_load=float("inf"))
 
 
-def load_per_core() -> float:
-    """The 1-minute load average divided by the number of cores (0 where not available)."""
+def load_per_core(sample_s: float = 1.0) -> float:
+    """How busy the rest of the machine is: CPU time used by other processes over a
+    ``sample_s`` sample, per core (0 = idle, 1 = every core busy). This process's own use is
+    left out, which the load average cannot do: a benchmark that has just scored its models
+    on one core would otherwise find its own work "load" and refuse to time. Falls back to
+    the 1-minute load average per core where psutil cannot read the counters."""
+    try:
+        import time
+
+        import psutil
+
+        me = psutil.Process()
+
+        def busy(t) -> float:
+            return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+        def own() -> float:
+            c = me.cpu_times()
+            return c.user + c.system
+
+        t0, m0 = psutil.cpu_times(), own()
+        time.sleep(sample_s)
+        t1, m1 = psutil.cpu_times(), own()
+        total = sum(t1) - sum(t0)
+        if total <= 0:
+            raise OSError("no CPU time elapsed")
+        return max(0.0, min(1.0, (busy(t1) - busy(t0) - (m1 - m0)) / total))
+    except (ImportError, OSError, AttributeError):
+        pass
     try:
         return os.getloadavg()[0] / (os.cpu_count() or 1)
     except (AttributeError, OSError):
@@ -71,7 +99,7 @@ def check_quiet(protocol: TimingProtocol, allow_load: bool = False) -> float:
     load = load_per_core()
     if load > protocol.max_load and not allow_load:
         raise ConfigError(
-            f"the machine is not quiet: load average {load:.2f} per core is above "
+            f"the machine is not quiet: other processes use {load:.2f} of each core, above "
             f"max_load {protocol.max_load:.2f}; stop the other jobs and re-time, or pass "
             "--allow-load to record a loaded re-time (the rows then say so)"
         )
