@@ -73,14 +73,14 @@ def folder_bytes(*folders: Path) -> int:
     return total
 
 
-def train_plugin_on(base, task, tok, out: Path, steps: int, quick: bool) -> Path:
+def train_plugin_on(base, task, tok, out: Path, steps: int, quick: bool, seed: int = SEED) -> Path:
     """A k=4 "ffn" plugin trained on frozen ``base`` (stage C: its own outputs as targets)."""
     from gearshift.methods.plugins.train import train_plugin
     from gearshift.train import TrainConfig
 
     if (out / "plugin" / "gearshift.json").is_file():
         return out / "plugin"
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     train = TaskData.load(task, tok, "train", limit=steps * 16)
     plugin = Plugin(PluginConfig(k=4, placement="ffn"), base)
     cfg = TrainConfig(
@@ -91,25 +91,25 @@ def train_plugin_on(base, task, tok, out: Path, steps: int, quick: bool) -> Path
         warmup_ratio=0.06,
         save_every=0,
         log_every=10,
-        seed=SEED,
+        seed=seed,
         progress=not quick,
     )
     res = train_plugin(base, plugin, train.features, train.collator, cfg, resume=True)
     return res.plugin_dir
 
 
-def train_exits_on(base, task, tok, out: Path, steps: int, quick: bool) -> Path:
+def train_exits_on(base, task, tok, out: Path, steps: int, quick: bool, seed: int = SEED) -> Path:
     """Exit heads trained on frozen ``base`` from its final logits (DeeBERT's second stage)."""
     from gearshift.methods.slim.train import SlimConfig, distil_stage
 
     if (out / "exits" / "gearshift.json").is_file():
         return out / "exits"
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     train = TaskData.load(task, tok, "train", limit=steps * 32)
     # mean pooling: all-MiniLM-L6-v2 was pre-trained with mean pooling, so its shallow
     # layers' first token carries little (docs/slim.md)
     student = MultiExitModel(copy.deepcopy(base), ExitConfig(pool="mean"))
-    config = SlimConfig(heads=1, ffn=1, ta_steps=steps, seed=SEED)
+    config = SlimConfig(heads=1, ffn=1, ta_steps=steps, seed=seed)
     model_dir = distil_stage(
         student,
         base,
@@ -128,10 +128,16 @@ def train_exits_on(base, task, tok, out: Path, steps: int, quick: bool) -> Path:
     return out / "exits"
 
 
+def seeded(name: str, seed: int) -> str:
+    """The folder name of a trained artifact of ``seed`` (seed 42's keep their plain names)."""
+    return name if seed == SEED else f"{name}-s{seed}"
+
+
 def build_artifacts(
-    task, teacher_dir: Path, root: Path, quick: bool, train_steps: int = 150
+    task, teacher_dir: Path, root: Path, quick: bool, train_steps: int = 150, seed: int = SEED
 ) -> dict[str, Path]:
-    """Every model, plugin and exits folder the points need (cached in ``root``)."""
+    """Every model, plugin and exits folder the points need (cached in ``root``); the
+    trained ones (plugins, exit heads) of ``seed``."""
     from gearshift.methods.factorize import FactorizeConfig, calibration_batches, compress
     from gearshift.runtime import quantize_int8
 
@@ -182,13 +188,15 @@ def build_artifacts(
     edited("slim75-int8", lambda: quantize_int8(load_model(root / "slim75")))
     edited("svdllm2-int8", lambda: quantize_int8(load_model(root / "svdllm2")))
     t0 = time.perf_counter()
-    out["plugin@teacher"] = train_plugin_on(
-        teacher, task, tok, root / "plugin-teacher", steps, quick
-    )
     svd = load_model(root / "svdllm2")
-    out["plugin@svdllm2"] = train_plugin_on(svd, task, tok, root / "plugin-svdllm2", steps, quick)
-    out["exits@teacher"] = train_exits_on(teacher, task, tok, root / "exits-teacher", steps, quick)
-    out["exits@svdllm2"] = train_exits_on(svd, task, tok, root / "exits-svdllm2", steps, quick)
+    for name, train, base in (
+        ("plugin@teacher", train_plugin_on, teacher),
+        ("plugin@svdllm2", train_plugin_on, svd),
+        ("exits@teacher", train_exits_on, teacher),
+        ("exits@svdllm2", train_exits_on, svd),
+    ):
+        folder = root / seeded(name.replace("@", "-"), seed)
+        out[name] = train(base, task, tok, folder, steps, quick, seed)
     print(f"[compose] {task.name}: artifacts ready ({time.perf_counter() - t0:.0f} s of training)")
     return out
 
@@ -203,8 +211,9 @@ class Point(NamedTuple):
     run: dict[str, Any] = {}  # the stack setting (never mutated)
 
 
-def make_stacks(art: dict[str, Path], root: Path, task, tok) -> dict[str, Path]:
-    """Stack folders (each one artifact) for every combination measured."""
+def make_stacks(art: dict[str, Path], root: Path, task, tok, seed: int = SEED) -> dict[str, Path]:
+    """Stack folders (each one artifact) for every combination measured; those with trained
+    parts of a seed other than 42 under ``stacks-s<seed>``."""
     specs = {
         # name: (base, plugin, exits)
         "teacher": ("teacher", None, None),
@@ -224,7 +233,8 @@ def make_stacks(art: dict[str, Path], root: Path, task, tok) -> dict[str, Path]:
     }
     out = {}
     for name, (base_name, plugin, exits) in specs.items():
-        folder = root / "stacks" / name
+        # nothing trained: one folder for every seed
+        folder = root / (seeded("stacks", seed) if plugin or exits else "stacks") / name
         out[name] = folder
         if (folder / "gearshift.json").is_file():
             continue
@@ -287,6 +297,12 @@ def shared_points(task, stacks: dict[str, Path], label: str) -> list[Point]:
                 )
             )
     return pts
+
+
+def trained(p: Point) -> bool:
+    """Whether the point has trained parts (a plugin, exit heads, a shared model), whose
+    score moves with the seed."""
+    return p.method == "steps" or "plugin" in p.setting or "exits" in p.setting
 
 
 def criteria_for(task) -> list[str]:
@@ -424,6 +440,55 @@ def _ratio(row: dict, size: int) -> str:
     return f"{r:.2f}" + (f" ({lo:.2f}-{hi:.2f})" if lo is not None else "")
 
 
+def over_seeds(rows: list[dict]) -> list[dict]:
+    """One row per (task, method, setting): the timed run's row (seed 42, or no seed) with
+    ``score`` the mean over every seed recorded and ``extras["seeds"]`` the per-seed scores
+    (a seed study's rows are untimed: the latency stays the timed row's)."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"], r["setting"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        timed = next((r for r in rs if r.get("seed") in (None, SEED)), rs[0])
+        if len(rs) == 1:
+            out.append(timed)
+            continue
+        scores = {r.get("seed"): r["score"] for r in rs}
+        row = dict(timed, score=statistics.mean(scores.values()))
+        row["extras"] = dict(
+            timed["extras"], seeds=scores, score_std=statistics.stdev(scores.values())
+        )
+        out.append(row)
+    return out
+
+
+def _score_cell(r: dict) -> str:
+    seeds = r["extras"].get("seeds")
+    if not seeds:
+        return f"{r['score']:.2f}"
+    return f"{r['score']:.2f} ± {r['extras']['score_std']:.2f} ({len(seeds)} seeds)"
+
+
+def _n_seeds(row: dict) -> str:
+    n = len(row["extras"].get("seeds") or {})
+    return f"{n} seeds" if n > 1 else "1 seed"
+
+
+def _seed_note(d: dict, by_setting: dict) -> str:
+    """How many seeds stand behind a stack's margin over its single, and whether the margin
+    clears the seeds' spread (the larger of the two standard deviations)."""
+    stack = by_setting.get(d["setting"], {})
+    single = by_setting.get(d["best_single"][0], {}) if d.get("best_single") else {}
+    n = len(stack.get("extras", {}).get("seeds") or {}) or 1
+    if n == 1:
+        return "1 seed"
+    sd = max(stack["extras"].get("score_std", 0.0), single.get("extras", {}).get("score_std", 0.0))
+    clear = "clears" if abs(d["margin"]) > sd else "within"
+    return f"{n} seeds, {clear} the seed spread (std {sd:.2f})"
+
+
 def markdown(rows: list[dict], floors: dict | None = None, signal=None) -> str:
     """The BENCHMARKS.md section: one table per task, then the dominance verdicts. Rows
     within noise of the task's constant prediction (``signal(row)``; default
@@ -442,13 +507,18 @@ def markdown(rows: list[dict], floors: dict | None = None, signal=None) -> str:
         "the full dev set; FLOPs: the closed form of what runs per dev example, as a ratio "
         "to the teacher's; latency: ratio to the teacher at batch 1 and 32, median over "
         "rounds of the shared timing protocol (range over rounds in brackets); size: the "
-        "weight files. Plugins and exit heads were trained once (seed 42): every difference "
-        "below is 1 seed, and differences under about one point are within what another "
-        "seed moves (docs/plugins.md).",
+        "weight files. Plugins and exit heads were trained with seed 42; where a seed study "
+        "trained them again (`--seed 43`, `--seed 44`), the score is the mean ± std over "
+        "seeds (latency stays seed 42's) and each verdict says how many seeds stand behind "
+        "it and whether its margin clears the seeds' spread; elsewhere a difference is 1 "
+        "seed, and differences under about one point are within what another seed moves "
+        "(docs/plugins.md).",
         "",
     ]
+    rows = over_seeds(rows)
     for task in sorted({r["task"] for r in rows}):
         rs = [r for r in rows if r["task"] == task]
+        by_setting = {r["setting"]: r for r in rs}
         teacher = next((r for r in rs if r["method"] == "teacher"), None)
         note = teacher["extras"].get("teacher_note") if teacher else None
         out.append(f"### {task}" + (f" ({note})" if note else ""))
@@ -461,7 +531,7 @@ def markdown(rows: list[dict], floors: dict | None = None, signal=None) -> str:
         for r in rs:
             ref = r.get("reference_score")
             delta = "" if ref is None or r is teacher else f"{r['score'] - ref:+.2f}"
-            score = f"{r['score']:.2f}" if r in with_signal else f"{r['score']:.2f} ({NO_SIGNAL})"
+            score = _score_cell(r) if r in with_signal else f"{_score_cell(r)} ({NO_SIGNAL})"
             out.append(
                 f"| {r['method']} | {r['setting']} | {score} | {delta} | "
                 f"{r['extras'].get('flops_ratio', float('nan')):.2f} | {_ratio(r, 1)} | "
@@ -477,7 +547,9 @@ def markdown(rows: list[dict], floors: dict | None = None, signal=None) -> str:
             alone = [d for d in dom if d["verdict"] == "alone"]
             near = [d for d in alone if ref is not None and d["score"] >= ref - 1.0]
             text = "; ".join(
-                f"{d['setting']} ({d['margin']:+.2f} over {d['best_single'][0]})" for d in wins
+                f"{d['setting']} ({d['margin']:+.2f} over {d['best_single'][0]}; "
+                f"{_seed_note(d, by_setting)})"
+                for d in wins
             )
             line = f"- {label}: " + (
                 f"beats every single method it can afford: {text}."
@@ -487,7 +559,11 @@ def markdown(rows: list[dict], floors: dict | None = None, signal=None) -> str:
             if near:
                 line += (
                     " Cheaper than every single method and within 1 point of the teacher: "
-                    + "; ".join(f"{d['setting']} ({d['score'] - ref:+.2f})" for d in near)
+                    + "; ".join(
+                        f"{d['setting']} ({d['score'] - ref:+.2f}, "
+                        f"{_n_seeds(by_setting[d['setting']])})"
+                        for d in near
+                    )
                     + "."
                 )
             if len(alone) > len(near):
@@ -516,8 +592,8 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
         return []
     root = Path(args.runs) / task.name
     tok = load_tokenizer(str(tdir))
-    art = build_artifacts(task, tdir, root, args.quick, args.train_steps)
-    stacks = make_stacks(art, root, task, tok)
+    art = build_artifacts(task, tdir, root, args.quick, args.train_steps, args.seed)
+    stacks = make_stacks(art, root, task, tok, args.seed)
     if args.shared and args.build_only:
         steps = 20 if args.quick else args.train_steps
         stacks.update(shared_stacks(Path(args.shared), root, task, tok, steps, args.quick))
@@ -527,6 +603,8 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
         return []
     dev = TaskData.load(task, tok, "dev", limit=args.dev_limit)
     points = points_for(task, stacks)
+    if args.seed != SEED:  # a seed study: only the points with trained parts (and the teacher)
+        points = [p for p in points if p.method == "teacher" or trained(p)]
     if args.shared:
         steps = 20 if args.quick else args.train_steps
         shared = shared_stacks(Path(args.shared), root, task, tok, steps, args.quick)
@@ -554,12 +632,7 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
                 "flops_dynamic": flops,
                 "params": sum(t.numel() for t in stack.state_dict().values()),
                 "reference_score": None,
-                "seed": None
-                if p.method in ("teacher", "int8", "factorize", "slim")
-                or "plugin" not in p.setting
-                and "exits" not in p.setting
-                and p.method != "steps"
-                else SEED,
+                "seed": args.seed if trained(p) else None,
                 "command": command_line("benchmarks/compose.py", args.argv),
                 "machine": machine_description(),
                 "extras": {
@@ -583,7 +656,14 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
         if args.teacher_note:
             r["extras"]["teacher_note"] = args.teacher_note
         r["extras"]["flops_ratio"] = r["flops_dynamic"] / rows[0]["flops_dynamic"]
-    if args.skip_timing:
+    if args.seed != SEED:
+        rows = [r for r in rows if r["method"] != "teacher"]  # seed 42's run records it
+        for r in rows:
+            r["extras"]["timing"] = {
+                "how": f"not timed: a seed study (seed {args.seed}); the table takes the "
+                "latency of the seed-42 row"
+            }
+    elif args.skip_timing:
         for r in rows:
             r["extras"]["timing"] = {"how": "not timed yet: run with --retime"}
     else:
@@ -594,6 +674,7 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
 
 
 def plot(task, rows, root: Path, args) -> None:
+    rows = [r for r in rows if r.get("seed") in (None, SEED)]  # the timed run
     if any(r.get("latency_ratio_b32") is None for r in rows):
         return
     plot_tradeoff(
@@ -607,7 +688,8 @@ def plot(task, rows, root: Path, args) -> None:
 def retime_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> list[dict]:
     """Re-time the recorded rows of ``task_name`` from their saved stack folders."""
     task = get_task(task_name)
-    rows = [r for r in sink.rows if r["task"] == task.name]
+    # seed studies are not timed: their rows take seed 42's latency
+    rows = [r for r in sink.rows if r["task"] == task.name and r.get("seed") in (None, SEED)]
     if not rows:
         print(f"[compose] {task.name}: no recorded rows to re-time")
         return []
@@ -715,6 +797,14 @@ def main(argv: list[str] | None = None) -> int:
         "--retime", action="store_true", help="re-time the recorded rows from their saved stacks"
     )
     p.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help="seed of the plugins and exit heads (default 42, the timed run); another seed "
+        "is a seed study: it trains its own heads (folders *-s<seed>), scores the points "
+        "with trained parts and writes their rows untimed, beside seed 42's",
+    )
+    p.add_argument(
         "--shared",
         help="a parameter-shared model fine-tuned on the (one) task, e.g. the steps "
         "benchmark's runs/steps/shared-g2-step-aware-ln/sst2/best: adds steps alone and "
@@ -735,6 +825,11 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv if argv is not None else sys.argv[1:]
     if args.shared and len(args.tasks) != 1:
         p.error("--shared is one task's model: give one task with --tasks")
+    if args.seed != SEED and (args.retime or args.shared):
+        p.error(
+            "--seed is a seed study of the trained heads: it is never timed, and the shared "
+            "model was trained once (give --seed without --retime / --shared)"
+        )
     torch.set_num_threads(args.threads)
     if args.quick:
         args.runs = str(Path(args.runs) / "quick")

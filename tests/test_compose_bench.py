@@ -61,7 +61,7 @@ def test_report_renders_the_compose_section_with_floors(load_benchmark):
     flops = next(v for v in verdicts if v.startswith("- FLOPs per example"))
     assert flops == (
         "- FLOPs per example: no stack beats the best single method it can afford. Cheaper "
-        "than every single method and within 1 point of the teacher: svd+int8 (-0.50)."
+        "than every single method and within 1 point of the teacher: svd+int8 (-0.50, 1 seed)."
     )
     assert not any("svd+k4" in v for v in verdicts)
 
@@ -113,3 +113,44 @@ def test_shared_steps_and_exits_points_run_and_count_fewer_flops(load_benchmark,
     batch = {k: v for k, v in next(iter(dev.loader(8))).items() if k != "labels"}
     out = stack(**batch, setting=eager.run)
     assert out.exit_step is not None and int(out.exit_step.max()) <= 3
+
+
+def test_seed_studies_average_and_say_how_many_seeds(load_benchmark):
+    """Rows of a seed study (untimed, seeds 43 and 44) join seed 42's timed row: the table
+    shows mean ± std over seeds with seed 42's latency, and a verdict says whether its
+    margin clears the seeds' spread."""
+    bench = load_benchmark("compose")
+
+    def r(method, setting, score, flops, seed=None, b1=None):
+        return {
+            "task": "mrpc",
+            "method": method,
+            "setting": setting,
+            "score": score,
+            "flops_dynamic": flops,
+            "latency_ratio_b1": b1,
+            "latency_ratio_b32": b1,
+            "reference_score": 90.0,
+            "seed": seed,
+            "extras": {"size_on_disk": 10, "flops_ratio": flops / 100},
+        }
+
+    rows = [
+        r("teacher", "full", 90.0, 100, b1=1.0),
+        r("factorize", "svd", 86.0, 60, b1=0.6),
+        r("stack", "svd+exits", 87.0, 50, seed=42, b1=0.4),
+        r("stack", "svd+exits", 86.5, 50, seed=43),
+        r("stack", "svd+exits", 85.9, 50, seed=44),
+        r("stack", "svd+int8+exits", 89.0, 55, seed=42, b1=0.3),
+    ]
+    agg = {x["setting"]: x for x in bench.over_seeds(rows)}
+    assert len(agg) == 4
+    se = agg["svd+exits"]
+    assert abs(se["score"] - (87.0 + 86.5 + 85.9) / 3) < 1e-9
+    assert se["latency_ratio_b1"] == 0.4 and sorted(se["extras"]["seeds"]) == [42, 43, 44]
+    assert agg["svd+int8+exits"]["score"] == 89.0 and "seeds" not in agg["svd+int8+exits"]["extras"]
+    text = bench.markdown(rows, signal=lambda row: True)
+    assert "86.47 ± 0.55 (3 seeds)" in text
+    # svd+exits beats svd by 0.47 on average, inside its own seeds' std of 0.55
+    assert "svd+exits (+0.47 over svd; 3 seeds, within the seed spread (std 0.55))" in text
+    assert "svd+int8+exits (+3.00 over svd; 1 seed)" in text

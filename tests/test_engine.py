@@ -264,3 +264,25 @@ def test_stack_of_an_edited_model_with_a_plugin_exports(tiny):
         with torch.no_grad():
             ref = stack(**batch, setting=setting).logits
         assert (run(**batch).logits - ref).abs().max() <= 1e-4
+
+
+def test_segments_of_an_int8_base_run_its_dequantized_graph(tiny):
+    """An int8 model (here also with exits) exports as its fp32 equivalent, segments too:
+    torch's quantized kernels cannot be traced into ONNX."""
+    from gearshift.engine import dequantized_copy
+    from gearshift.methods.slim.model import Exits
+    from gearshift.runtime import quantize_int8
+    from gearshift.runtime.stack import Stack
+
+    base = quantize_int8(tiny("bert"))
+    exits = _randomize(Exits(base.config), 7, 1.0)
+    stack = Stack(base, {"exits": exits})
+    setting = {"exits": 0.5}
+    run = engine.build(stack, "onnx", threads=1, setting=setting)
+    reference = Stack(dequantized_copy(base), {"exits": exits})
+    batch = random_batch("bert", 4, 9, seed=5)
+    with torch.no_grad():
+        ref = reference(**batch, setting=setting)
+    got = run(**batch)
+    assert torch.equal(got.exit_step, ref.exit_step)
+    assert (got.logits - ref.logits).abs().max() <= 1e-4

@@ -173,3 +173,42 @@ def test_load_generator_sends_on_time_against_a_real_server(load_benchmark, tmp_
     assert len(records) == len(trace) and all(r["status"] == 200 for r in records)
     assert [r["correct"] for r in records[:3]] == [True, True, False]
     assert check["valid"] and 0 < check["client_cpu_share"] < 1
+
+
+def test_cpus_split_between_server_and_client(load_benchmark, monkeypatch):
+    import os
+
+    bench = load_benchmark("serve")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert bench.split_cpus(None, None) == ({0, 1, 2}, {3})
+    assert bench.split_cpus("0", "1,2") == ({0}, {1, 2})
+    assert bench.split_cpus("all", "all") == ({0, 1, 2, 3}, {0, 1, 2, 3})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert bench.split_cpus(None, None) == ({0}, {0})  # one core: nothing to split
+
+
+def test_the_3x_verdict_names_the_fastest_gears_headroom(load_benchmark):
+    bench = load_benchmark("serve")
+    base = {
+        "sent": 100,
+        "goodput": 1.0,
+        "p50_ms": 1.0,
+        "p99_ms": 1.0,
+        "share_429": 0.0,
+        "accuracy_answered": 90.0,
+        "effective_accuracy": 10.0,
+    }
+    rows = [
+        {
+            **base,
+            "policy": "adaptive",
+            "load_multiplier": 3,
+            "slo_attainment": 0.4,
+            "capacity_full": 90.0,
+            "capacity_fastest": 200.0,
+            "fastest_gear": "int8",
+        },
+        {**base, "policy": "static-full", "load_multiplier": 3, "slo_attainment": 0.0},
+    ]
+    claim, met, nums = bench.verdicts(rows)[0]
+    assert met is False and "int8" in nums and "2.22x" in nums and "no policy can carry 3x" in nums

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from gearshift.engine.base import Engine, EngineOutput, input_names, pad_id
+from gearshift.engine.base import (
+    Engine,
+    EngineOutput,
+    dequantized_copy,
+    has_quantized_linear,
+    input_names,
+    pad_id,
+)
 from gearshift.engine.onnx import (
     DEFAULT_OPSET,
     example_batch,
@@ -95,6 +102,8 @@ class SegmentedOnnxEngine(Engine):
         opset: int = DEFAULT_OPSET,
     ) -> None:
         base = stack.base
+        if has_quantized_linear(base):  # torch's int8 kernels have no ONNX form (as OnnxEngine)
+            base = dequantized_copy(base)
         self.config = base.config
         if base.config.causal:
             raise ConfigError("segmented early exit is built for encoders, not causal models")
