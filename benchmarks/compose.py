@@ -442,7 +442,7 @@ def _ratio(row: dict, size: int) -> str:
 
 def over_seeds(rows: list[dict]) -> list[dict]:
     """One row per (task, method, setting): the timed run's row (seed 42, or no seed) with
-    ``score`` the mean over every seed recorded and ``extras["seeds"]`` the per-seed scores
+    ``score`` the mean over every seed recorded and ``extras["seed_scores"]`` the per-seed scores
     (a seed study's rows are untimed: the latency stays the timed row's)."""
     import statistics
 
@@ -458,21 +458,21 @@ def over_seeds(rows: list[dict]) -> list[dict]:
         scores = {r.get("seed"): r["score"] for r in rs}
         row = dict(timed, score=statistics.mean(scores.values()))
         row["extras"] = dict(
-            timed["extras"], seeds=scores, score_std=statistics.stdev(scores.values())
+            timed["extras"], seed_scores=scores, score_std=statistics.stdev(scores.values())
         )
         out.append(row)
     return out
 
 
 def _score_cell(r: dict) -> str:
-    seeds = r["extras"].get("seeds")
+    seeds = r["extras"].get("seed_scores")
     if not seeds:
         return f"{r['score']:.2f}"
     return f"{r['score']:.2f} ± {r['extras']['score_std']:.2f} ({len(seeds)} seeds)"
 
 
 def _n_seeds(row: dict) -> str:
-    n = len(row["extras"].get("seeds") or {})
+    n = len(row["extras"].get("seed_scores") or {})
     return f"{n} seeds" if n > 1 else "1 seed"
 
 
@@ -481,7 +481,7 @@ def _seed_note(d: dict, by_setting: dict) -> str:
     clears the seeds' spread (the larger of the two standard deviations)."""
     stack = by_setting.get(d["setting"], {})
     single = by_setting.get(d["best_single"][0], {}) if d.get("best_single") else {}
-    n = len(stack.get("extras", {}).get("seeds") or {}) or 1
+    n = len(stack.get("extras", {}).get("seed_scores") or {}) or 1
     if n == 1:
         return "1 seed"
     sd = max(stack["extras"].get("score_std", 0.0), single.get("extras", {}).get("score_std", 0.0))

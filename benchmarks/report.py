@@ -2016,6 +2016,43 @@ def serve_targets(rows: list[dict]) -> str:
     return md.read_text() if md.is_file() else ""
 
 
+def frontier_table(rows: list[dict], floors: dict) -> str:
+    """The frontier's rows as one table per task: thread count, engine, score, latency
+    ratios at batch 1 and 32 (median over rounds, range in brackets), FLOPs ratio and size,
+    every row against the fp32 teacher of the same run and thread count."""
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        rs = [r for r in rows if r["task"] == task]
+        out += [
+            f"#### {task} (teacher {rs[0]['reference_score']:.2f}, {rs[0]['metric']})",
+            "",
+            "| threads | method | setting | engine | score | b1 | b32 | FLOPs | MB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for threads in sorted({r["threads"] for r in rs}):
+            tr = [r for r in rs if r["threads"] == threads]
+            ref = next((r for r in tr if r["method"] == "teacher" and r["engine"] == "eager"), None)
+            for r in tr:
+                spread = r.get("spread") or {}
+
+                def cell(key, b, r=r, spread=spread):
+                    lo, hi = spread.get(b, (None, None))
+                    v = r[key]
+                    return f"{v:.2f}" + (f" ({lo:.2f}-{hi:.2f})" if lo is not None else "")
+
+                score = f"{r['score']:.2f}"
+                if not has_signal(r, floors, r.get("reference_score")):
+                    score += f" ({NO_SIGNAL})"
+                flops = f"{r['flops'] / ref['flops']:.2f}" if ref and r.get("flops") else "-"
+                out.append(
+                    f"| {threads} | {r['method']} | {r['setting']} | {r['engine']} | {score} | "
+                    f"{cell('latency_ratio_b1', 'b1')} | {cell('latency_ratio_b32', 'b32')} | "
+                    f"{flops} | {(r.get('size_on_disk') or 0) / 2**20:.0f} |"
+                )
+        out.append("")
+    return "\n".join(out)
+
+
 def frontier_targets(rows: list[dict]) -> str:
     """The frontier's two targets as its script judged them (frontier.json "targets"), with
     the caveat the floor rule and the seed count add: a verdict resting only on stacks at
@@ -2023,7 +2060,7 @@ def frontier_targets(rows: list[dict]) -> str:
     path = RESULTS / "frontier.json"
     targets = json.loads(path.read_text()).get("targets", []) if path.is_file() else []
     floors = constant_floors(sorted({r["task"] for r in rows}))
-    out = []
+    out = [frontier_table(rows, floors), ""] if rows else []
     for t in targets:
         stacks = [r for r in rows if r["task"] == t["task"] and r["method"] == "stack"]
         signal = [r for r in stacks if has_signal(r, floors, r.get("reference_score"))]

@@ -49,3 +49,30 @@ def test_target_two_uses_each_stacks_best_engine(load_benchmark):
     ]
     _, t2 = frontier.evaluate_targets(rows)
     assert t2["met"] and t2["cause"] is None
+
+
+def test_report_table_shows_threads_engines_and_spreads(load_benchmark):
+    report = load_benchmark("report")
+    rows = []
+    for threads in (1, 2):
+        for r in BASE + [_row("stack", "svd+int8", "onnx", 85.9, 0.2, 0.3, flops=50.0)]:
+            rows.append(
+                dict(
+                    r,
+                    threads=threads,
+                    metric="f1",
+                    reference_score=86.0,
+                    size_on_disk=2**20 * 29,
+                    spread={
+                        "b1": [r["latency_ratio_b1"] * 0.9, r["latency_ratio_b1"]],
+                        "b32": [r["latency_ratio_b32"], r["latency_ratio_b32"] * 1.1],
+                    },
+                )
+            )
+    text = report.frontier_table(rows, {})
+    assert text.startswith("#### mrpc (teacher 86.00, f1)")
+    assert (
+        "| 2 | stack | svd+int8 | onnx | 85.90 | 0.20 (0.18-0.20) | 0.30 (0.30-0.33) | 0.50 | 29 |"
+        in text
+    )
+    assert text.count("| 1 | ") == 3 and text.count("| 2 | ") == 3
