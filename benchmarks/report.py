@@ -160,7 +160,32 @@ NOTES["compose"] = (
     "rows follow."
 )
 
+NOTES["serve"] = (
+    "`gearshift serve` under an open-loop Poisson trace of 0.5x-3x the full gear's "
+    "closed-loop capacity and back (`python benchmarks/serve.py`; README, *Serving with "
+    "gears*): per policy and load step, SLO attainment and effective accuracy over all "
+    "requests sent, p50/p99 client latency, the 429 share and the accuracy of answered "
+    "requests. One trace (seed 0): a difference of a few points between policies is within "
+    "what another capacity measurement moves. `valid` is false where the load generator "
+    "sent late (p99 lateness above 5 ms): such rows get no verdict."
+)
+
 COLUMNS = {  # the table of each benchmark, here and in the scripts' own printouts
+    "serve": [
+        "policy",
+        "load_multiplier",
+        "sent",
+        "slo_attainment",
+        "goodput",
+        "p50_ms",
+        "p99_ms",
+        "share_429",
+        "accuracy_answered",
+        "effective_accuracy",
+        "capacity_full",
+        "capacity_fastest",
+        "valid",
+    ],
     "compose": [
         "task",
         "method",
@@ -2077,6 +2102,7 @@ def frontier_targets(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+UNGRADED_TARGETS = {"serve"}  # rows without task/method whose targets the report still prints
 TARGETS = {
     "frontier": frontier_targets,
     "plugins": plugins_targets,
@@ -2208,7 +2234,12 @@ def render_section(name: str, rows: list[dict], floors: dict, filename: str) -> 
     else:
         rows_shown = rows
     parts.append(markdown_table(rows_shown, columns or None) + "\n")
-    if name in TARGETS and graded:
+    plots = sorted(RESULTS.glob(f"{name}_*.png")) + sorted(RESULTS.glob(f"{name}.png"))
+    if plots:
+        parts.append(
+            "Plots: " + ", ".join(f"[{q.name}](benchmarks/results/{q.name})" for q in plots) + "\n"
+        )
+    if name in TARGETS and (graded or name in UNGRADED_TARGETS):
         summary = TARGETS[name](rows)
         if summary:
             parts.append("### Targets\n")

@@ -701,3 +701,32 @@ def test_slim_target_rows_say_first_written_or_later_and_how_noisy(report):
     assert "| later variant |" in later and "met (1 seed), within noise" in later
     assert report.slim_variant("multi-exit-steps4x") == "later variant"
     assert report.slim_variant("cost-eff-last-exit-A") == "as first written"
+
+
+def test_serve_section_shows_its_rows_and_targets(report, monkeypatch, tmp_path):
+    """Serve rows carry no task/method: the section still shows their own columns, the
+    plot link and the verdicts serve.py wrote beside them."""
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    (tmp_path / "serve.md").write_text("- 3x load: adaptive ...: **not met** (0.000 vs 0.000)\n")
+    (tmp_path / "serve.png").write_bytes(b"png")
+    rows = [
+        {
+            "policy": "adaptive",
+            "load_multiplier": "trace",
+            "sent": 10,
+            "slo_attainment": 0.5,
+            "goodput": 1.0,
+            "p50_ms": 1.0,
+            "p99_ms": 2.0,
+            "share_429": 0.0,
+            "accuracy_answered": 90.0,
+            "effective_accuracy": 45.0,
+            "capacity_full": 80.0,
+            "capacity_fastest": 160.0,
+            "valid": True,
+        }
+    ]
+    text = report.render_section("serve", rows, {}, "serve.json")
+    assert "| policy | load_multiplier |" in text and "| adaptive | trace |" in text
+    assert "[serve.png](benchmarks/results/serve.png)" in text
+    assert "### Targets" in text and "**not met**" in text
