@@ -170,6 +170,14 @@ NOTES["serve"] = (
     "sent late (p99 lateness above 5 ms): such rows get no verdict."
 )
 
+NOTES["serve_fix"] = (
+    "A later run, labelled, not a replacement: the serving benchmark again after the "
+    "controller fix that the first run exposed (under overload every gear's prediction was "
+    "infinite and the tie went to the most accurate gear, so the adaptive policy shifted "
+    "*up* at the peak; see the *serve* plot, 60-80 s). Same gear table, SLO, trace seed "
+    "and protocol; the *serve* section above keeps the first run's verdicts."
+)
+
 COLUMNS = {  # the table of each benchmark, here and in the scripts' own printouts
     "serve": [
         "policy",
@@ -2034,10 +2042,10 @@ def compose_targets(rows: list[dict]) -> str:
     )
 
 
-def serve_targets(rows: list[dict]) -> str:
-    """The serving benchmark's own verdicts (benchmarks/serve.py writes serve.md beside its
+def serve_targets(rows: list[dict], name: str = "serve") -> str:
+    """The serving benchmark's own verdicts (benchmarks/serve.py writes NAME.md beside its
     rows)."""
-    md = RESULTS / "serve.md"
+    md = RESULTS / f"{name}.md"
     return md.read_text() if md.is_file() else ""
 
 
@@ -2102,7 +2110,10 @@ def frontier_targets(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-UNGRADED_TARGETS = {"serve"}  # rows without task/method whose targets the report still prints
+UNGRADED_TARGETS = {
+    "serve",
+    "serve_fix",
+}  # rows without task/method whose targets the report still prints
 TARGETS = {
     "frontier": frontier_targets,
     "plugins": plugins_targets,
@@ -2111,6 +2122,7 @@ TARGETS = {
     "factorize": factorize_targets,
     "compose": compose_targets,
     "serve": serve_targets,
+    "serve_fix": lambda rows: serve_targets(rows, "serve_fix"),
 }
 
 
@@ -2204,6 +2216,9 @@ def references_section(files: list[tuple[str, list[dict]]], teachers: list[dict]
     )
 
 
+COLUMNS["serve_fix"] = COLUMNS["serve"]
+
+
 def render_section(name: str, rows: list[dict], floors: dict, filename: str) -> str:
     """One benchmark's section of BENCHMARKS.md. A benchmark the report does not know (no
     entry in ``NOTES``, ``COLUMNS`` or ``TARGETS``) gets its rows in the default columns;
@@ -2234,7 +2249,11 @@ def render_section(name: str, rows: list[dict], floors: dict, filename: str) -> 
     else:
         rows_shown = rows
     parts.append(markdown_table(rows_shown, columns or None) + "\n")
-    plots = sorted(RESULTS.glob(f"{name}_*.png")) + sorted(RESULTS.glob(f"{name}.png"))
+    plots = [  # NAME.png and NAME_<task>.png, not another results file's own plot
+        q
+        for q in sorted(RESULTS.glob(f"{name}_*.png")) + sorted(RESULTS.glob(f"{name}.png"))
+        if q.stem == name or not (RESULTS / f"{q.stem}.json").is_file()
+    ]
     if plots:
         parts.append(
             "Plots: " + ", ".join(f"[{q.name}](benchmarks/results/{q.name})" for q in plots) + "\n"

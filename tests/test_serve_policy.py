@@ -72,6 +72,19 @@ def test_rising_load_shifts_down_at_once():
     assert p.choose(state(10_000, t=3)) == "k8"  # nothing fits: the fastest
 
 
+def test_sustained_overload_stays_on_the_fastest_gear():
+    """Every gear predicted infinite (the load exceeds them all): the controller holds the
+    gear with the most throughput, however long it lasts. It used to read the tie at
+    infinity as "the most accurate fits" and climb one gear per few batches (the serving
+    benchmark's overload phases showed it)."""
+    p = AdaptivePolicy(table(), slo_ms=100, min_dwell_s=0, up_hold=2)
+    p.choose(state(1500, t=0))
+    assert p.current == "k8"
+    for i in range(20):
+        assert p.choose(state(10_000, queue=200, wait=500, t=1 + i * 0.1)) == "k8"
+    assert p.best_fitting(state(10_000), p.margin) == "k8"
+
+
 def test_queue_alone_shifts_down():
     p = AdaptivePolicy(table(), slo_ms=100)
     assert p.choose(state(1, queue=64, wait=10)) == "k4"  # full: 210 ms to drain

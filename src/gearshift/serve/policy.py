@@ -124,11 +124,20 @@ class AdaptivePolicy:
         return next(i for i, g in enumerate(self.order) if g.name == name)
 
     def best_fitting(self, state: LoadState, margin: float) -> str:
-        """The most accurate gear predicted within ``margin * slo`` (else the fastest)."""
+        """The most accurate gear predicted within ``margin * slo``; else the one predicted
+        fastest, and among gears that cannot keep up at all (predicted infinite) the one
+        with the most throughput at the largest batch. (Ties at infinity once went to the
+        first, most accurate gear: under overload the controller then shifted *up*.)"""
         for g in self.order:
             if predicted_ms(g, state, self.scale) <= margin * self.slo_ms:
                 return g.name
-        return min(self.order, key=lambda g: predicted_ms(g, state, self.scale)).name
+        return min(
+            self.order,
+            key=lambda g: (
+                predicted_ms(g, state, self.scale),
+                g.latency(state.max_batch) / state.max_batch,
+            ),
+        ).name
 
     def observe(self, gear: str, batch_size: int, seconds: float) -> None:
         """Calibrate: ``scale`` follows (EWMA, clamped to [0.25, 20]) how much slower than
