@@ -333,12 +333,11 @@ def test_folders_of_older_formats_load_with_their_outputs(name):
     model = load_model(folder)  # "factorized-model" folders dispatch to load_factorized
     batch = {k: expected[k] for k in ("input_ids", "attention_mask")}
     out = logits(model, batch)
-    if name == "factorized-lm-tied":
-        # A tied LM head over a low-rank table is now (h P) C^T, as slim computed it, where
-        # factorize rebuilt the V x E table first: the same product, rounded differently.
-        assert torch.allclose(out, expected["logits"], atol=1e-5, rtol=0)
-    else:
-        assert torch.equal(out, expected["logits"])
+    # Within 1e-5, not bitwise: the expected logits were written on one CPU, and another
+    # (a different matmul kernel) rounds the low-rank products differently in the last bits.
+    # A tied LM head over a low-rank table is also now (h P) C^T, as slim computed it, where
+    # factorize rebuilt the V x E table first: the same product, rounded differently.
+    assert torch.allclose(out, expected["logits"], atol=1e-5, rtol=0)
     if name.startswith("factorized"):
         assert load_factorized(folder).config.forms == model.config.forms
         assert any(f["form"] in ("low-rank", "decoded") for f in model.config.forms.values())
