@@ -481,12 +481,11 @@ def _seed_note(d: dict, by_setting: dict) -> str:
     clears the seeds' spread (the larger of the two standard deviations)."""
     stack = by_setting.get(d["setting"], {})
     single = by_setting.get(d["best_single"][0], {}) if d.get("best_single") else {}
-    n = len(stack.get("extras", {}).get("seed_scores") or {}) or 1
-    if n == 1:
+    if not stack.get("extras", {}).get("seed_scores"):
         return "1 seed"
     sd = max(stack["extras"].get("score_std", 0.0), single.get("extras", {}).get("score_std", 0.0))
     clear = "clears" if abs(d["margin"]) > sd else "within"
-    return f"{n} seeds, {clear} the seed spread (std {sd:.2f})"
+    return f"{_n_seeds(stack)}, {clear} the seed spread (std {sd:.2f})"
 
 
 def markdown(rows: list[dict], floors: dict | None = None, signal=None) -> str:
@@ -594,20 +593,19 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
     tok = load_tokenizer(str(tdir))
     art = build_artifacts(task, tdir, root, args.quick, args.train_steps, args.seed)
     stacks = make_stacks(art, root, task, tok, args.seed)
-    if args.shared and args.build_only:
+    shared = {}
+    if args.shared:
         steps = 20 if args.quick else args.train_steps
-        stacks.update(shared_stacks(Path(args.shared), root, task, tok, steps, args.quick))
+        shared = shared_stacks(Path(args.shared), root, task, tok, steps, args.quick)
     if args.build_only:
-        for name, folder in stacks.items():
+        for name, folder in {**stacks, **shared}.items():
             print(f"[compose] {task.name} stack {name}: {folder}")
         return []
     dev = TaskData.load(task, tok, "dev", limit=args.dev_limit)
     points = points_for(task, stacks)
     if args.seed != SEED:  # a seed study: only the points with trained parts (and the teacher)
         points = [p for p in points if p.method == "teacher" or trained(p)]
-    if args.shared:
-        steps = 20 if args.quick else args.train_steps
-        shared = shared_stacks(Path(args.shared), root, task, tok, steps, args.quick)
+    if shared:
         points += shared_points(task, shared, args.shared_label)
     loaded: dict[Path, Stack] = {}
     for p in points:

@@ -122,18 +122,10 @@ def test_seed_studies_average_and_say_how_many_seeds(load_benchmark):
     bench = load_benchmark("compose")
 
     def r(method, setting, score, flops, seed=None, b1=None):
-        return {
-            "task": "mrpc",
-            "method": method,
-            "setting": setting,
-            "score": score,
-            "flops_dynamic": flops,
-            "latency_ratio_b1": b1,
-            "latency_ratio_b32": b1,
-            "reference_score": 90.0,
-            "seed": seed,
-            "extras": {"size_on_disk": 10, "flops_ratio": flops / 100},
-        }
+        out = row(method, setting, score, flops, b1)
+        out.update(latency_ratio_b32=b1, reference_score=90.0, seed=seed)
+        out["extras"].update(size_on_disk=10, flops_ratio=flops / 100)
+        return out
 
     rows = [
         r("teacher", "full", 90.0, 100, b1=1.0),
@@ -148,7 +140,10 @@ def test_seed_studies_average_and_say_how_many_seeds(load_benchmark):
     se = agg["svd+exits"]
     assert abs(se["score"] - (87.0 + 86.5 + 85.9) / 3) < 1e-9
     assert se["latency_ratio_b1"] == 0.4 and sorted(se["extras"]["seed_scores"]) == [42, 43, 44]
-    assert agg["svd+int8+exits"]["score"] == 89.0 and "seed_scores" not in agg["svd+int8+exits"]["extras"]
+    assert (
+        agg["svd+int8+exits"]["score"] == 89.0
+        and "seed_scores" not in agg["svd+int8+exits"]["extras"]
+    )
     text = bench.markdown(rows, signal=lambda row: True)
     assert "86.47 ± 0.55 (3 seeds)" in text
     # svd+exits beats svd by 0.47 on average, inside its own seeds' std of 0.55

@@ -50,22 +50,25 @@ def test_summary_counts_against_all_sent(load_benchmark):
     assert [b["gear"] for b in series] == ["full", "k4"]
 
 
+def row(policy, load, slo, acc, eff, **more):
+    """A synthetic result row of one policy at one load step."""
+    return {
+        "policy": policy,
+        "load_multiplier": load,
+        "sent": 100,
+        "slo_attainment": slo,
+        "goodput": 10.0,
+        "p50_ms": 5.0,
+        "p99_ms": 50.0,
+        "share_429": 0.0,
+        "accuracy_answered": acc,
+        "effective_accuracy": eff,
+        **more,
+    }
+
+
 def test_verdicts_on_synthetic_rows(load_benchmark):
     bench = load_benchmark("serve")
-
-    def row(policy, load, slo, acc, eff):
-        return {
-            "policy": policy,
-            "load_multiplier": load,
-            "sent": 100,
-            "slo_attainment": slo,
-            "goodput": 10.0,
-            "p50_ms": 5.0,
-            "p99_ms": 50.0,
-            "share_429": 0.0,
-            "accuracy_answered": acc,
-            "effective_accuracy": eff,
-        }
 
     good = [
         row("adaptive", 0.5, 1.0, 91.0, 91.0),
@@ -100,24 +103,8 @@ def test_client_check_marks_a_late_client_invalid(load_benchmark):
 def test_invalid_runs_get_no_verdict(load_benchmark):
     bench = load_benchmark("serve")
 
-    def row(policy, load, slo, acc, eff, valid=True):
-        return {
-            "policy": policy,
-            "load_multiplier": load,
-            "sent": 100,
-            "slo_attainment": slo,
-            "goodput": 10.0,
-            "p50_ms": 5.0,
-            "p99_ms": 50.0,
-            "share_429": 0.0,
-            "accuracy_answered": acc,
-            "effective_accuracy": eff,
-            "valid": valid,
-            "client": {"send_lag_p99_ms": 1.0 if valid else 80.0},
-        }
-
     rows = [
-        row("adaptive", 3, 0.995, 88.0, 87.5, valid=False),
+        row("adaptive", 3, 0.995, 88.0, 87.5, valid=False, client={"send_lag_p99_ms": 80.0}),
         row("static-full", 3, 0.40, 91.0, 36.0),
     ]
     assert [met for _, met, _ in bench.verdicts(rows)][0] is None
@@ -189,26 +176,18 @@ def test_cpus_split_between_server_and_client(load_benchmark, monkeypatch):
 
 def test_the_3x_verdict_names_the_fastest_gears_headroom(load_benchmark):
     bench = load_benchmark("serve")
-    base = {
-        "sent": 100,
-        "goodput": 1.0,
-        "p50_ms": 1.0,
-        "p99_ms": 1.0,
-        "share_429": 0.0,
-        "accuracy_answered": 90.0,
-        "effective_accuracy": 10.0,
-    }
     rows = [
-        {
-            **base,
-            "policy": "adaptive",
-            "load_multiplier": 3,
-            "slo_attainment": 0.4,
-            "capacity_full": 90.0,
-            "capacity_fastest": 200.0,
-            "fastest_gear": "int8",
-        },
-        {**base, "policy": "static-full", "load_multiplier": 3, "slo_attainment": 0.0},
+        row(
+            "adaptive",
+            3,
+            0.4,
+            90.0,
+            10.0,
+            capacity_full=90.0,
+            capacity_fastest=200.0,
+            fastest_gear="int8",
+        ),
+        row("static-full", 3, 0.0, 90.0, 10.0),
     ]
     claim, met, nums = bench.verdicts(rows)[0]
     assert met is False and "int8" in nums and "2.22x" in nums and "no policy can carry 3x" in nums
