@@ -673,7 +673,7 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
 
 def plot(task, rows, root: Path, args) -> None:
     rows = [r for r in rows if r.get("seed") in (None, SEED)]  # the timed run
-    if any(r.get("latency_ratio_b32") is None for r in rows):
+    if not rows or any(r.get("latency_ratio_b32") is None for r in rows):  # a seed study
         return
     plot_tradeoff(
         rows,

@@ -327,6 +327,42 @@ def factorize_config(
     return FactorizeConfig(**kw)
 
 
+def stand_in(row: dict, base: torch.nn.Module):
+    """A model with ``row``'s arithmetic built from ``base`` (the pre-trained model with the
+    task's head), for the shared timing protocol (benchmarks/retime.py --stand-in): rows
+    record no artifact, and their time depends on shapes, not weights (:meth:`Measure.costs`
+    reuses one timing across a signature for the same reason). Every SVD-family method at one
+    ratio and mode gives the same ranks, so plain ``svd`` (no calibration) stands in for
+    fwsvd and svdllm; ``ae-act`` is ``ae``'s form with refined codes, so ``ae`` with one
+    training step stands in for both. Returns ``(model, None)`` (no step plan); the caller
+    checks the stand-in's parameters and FLOPs against the row's."""
+    extras = row.get("extras", {})
+    if row["method"] == "teacher" or row["method"].startswith("uncompressed"):
+        return copy.deepcopy(base), None
+    if extras.get("finetune_form") == "dense":  # fine-tuned as the rebuilt dense model
+        return copy.deepcopy(base), None
+    method = extras["factorize_method"]
+    kw: dict[str, Any] = dict(
+        method="svd" if method in ("svd", "fwsvd", "svdllm") else "ae",
+        ratio=float(extras["target_ratio"]),
+        grouped=extras.get("mode") == "grouped",
+        progress=False,
+    )
+    if kw["method"] == "ae":
+        kw["ae_steps"] = 1
+    model = copy.deepcopy(base)
+    if extras.get("protocol") == "finetune":  # the pre-trained model was compressed headless
+        head = model.config.head
+        kind, labels, names = head.kind, head.num_labels, head.label_names
+        model.set_head(None, 0)
+        model, _ = compress(model, FactorizeConfig(**kw))
+        model.set_head(kind, labels, names)
+        _init_head(model)
+        return model.eval(), None
+    model, _ = compress(model, FactorizeConfig(**kw))
+    return model.eval(), None
+
+
 def on_teacher(row: dict, teacher_score: float) -> bool:
     """Whether a no-fine-tuning row compressed the teacher that now scores ``teacher_score``.
     A teacher rebuilt with another recipe or seed scores differently, and its rows are

@@ -609,6 +609,7 @@ def first_teacher(row: dict, teachers: list[dict] | None = None) -> bool:
 
 FIRST_TEACHER = "first teacher, not rebuildable"
 RETIMED = "re-timed by the protocol"
+STAND_IN = "same-shape stand-in"  # retime.py --stand-in: the trained model is not kept
 UNDER_LOAD = "timed under load, not re-timed"
 
 
@@ -624,8 +625,32 @@ def timing_label(row: dict) -> str:
         spread = f", spread {lo:.3f}-{hi:.3f}" if lo is not None else ""
         if timing.get("quiet") is False:
             spread += f", under load ({timing.get('load_per_core', '?')} per core)"
+        if timing.get("stand_in"):
+            spread += f", {STAND_IN}"
         return f"{RETIMED}{spread}"
     return e.get("timing_conditions") or UNDER_LOAD
+
+
+def timing_class(row: dict) -> str:
+    """``timing_label`` without the row's own spread: the kind of evidence, for counting."""
+    e = row.get("extras", {})
+    timing = e.get("retime")
+    if not timing:
+        return timing_label(row)
+    label = RETIMED
+    if timing.get("quiet") is False:
+        label += " under load"
+    return label + (f" on a {STAND_IN}" if timing.get("stand_in") else "")
+
+
+def spread_width(row: dict) -> float | None:
+    """The protocol's batch-32 spread over rounds as a share of the ratio (None: none)."""
+    timing = row.get("extras", {}).get("retime") or {}
+    lo_hi = timing.get("ratio_b32_spread")
+    ratio = timing.get("ratio_b32") or row.get("latency_ratio_b32")
+    if not lo_hi or not ratio or lo_hi == [1.0, 1.0] and ratio == 1.0:
+        return None
+    return (lo_hi[1] - lo_hi[0]) / ratio
 
 
 def timing_short(row: dict) -> str:
@@ -2145,17 +2170,29 @@ def evidence(row: dict, floors: dict, teacher: dict | None = None) -> str:
 
 
 def latency_provenance(rows: list[dict]) -> str:
-    """One line counting how the rows' latencies were taken (``timing_label``)."""
-    counts: dict[str, int] = {}
+    """One line counting how the rows' latencies were taken (``timing_class``), with the
+    protocol's spread summarised per kind: the median and widest batch-32 spread over rounds
+    as a share of the ratio (each row's own spread is in its ``evidence`` cell)."""
+    counts: dict[str, list[float | None]] = {}
     for r in rows:
         if r.get("latency_ratio_b1") is not None or r.get("latency_ratio_b32") is not None:
-            label = timing_label(r)
-            counts[label] = counts.get(label, 0) + 1
+            counts.setdefault(timing_class(r), []).append(spread_width(r))
     if not counts:
         return ""
+
+    def part(label: str, widths: list[float | None]) -> str:
+        n, known = len(widths), sorted(w for w in widths if w is not None)
+        text = f"{n} row{'s' * (n != 1)} {label}"
+        if known:
+            median = known[len(known) // 2]
+            text += (
+                f" (spread over rounds at batch 32: median {median:.1%}, widest {known[-1]:.1%})"
+            )
+        return text
+
     return (
         "Latency provenance (`evidence` column: loaded / quiet, no spread / re-timed): "
-        + "; ".join(f"{n} row{'s' * (n != 1)} {label}" for label, n in counts.items())
+        + "; ".join(part(label, widths) for label, widths in counts.items())
         + ". Only the shared protocol (`gearshift.measure.retime`, `--retime`) gives a spread.\n"
     )
 
@@ -2279,6 +2316,15 @@ def render_section(name: str, rows: list[dict], floors: dict, filename: str) -> 
         parts.append(f"- `{command}` ({when}; {machine})")
     for command, date, machine in retimed:
         parts.append(f"- latency ratios re-measured: `{command}` ({date}; {machine})")
+    protocol: dict[tuple, list[str]] = {}  # (command, machine) -> dates of its re-times
+    for r in rows:
+        rec = r.get("extras", {}).get("retime")
+        if rec and rec.get("command"):
+            protocol.setdefault((rec["command"], rec.get("machine")), []).append(str(rec["date"]))
+    for (command, machine), dates in protocol.items():
+        first, last = min(dates), max(dates)
+        when = first if first == last else f"{first} to {last}"
+        parts.append(f"- latency ratios re-timed by the protocol: `{command}` ({when}; {machine})")
     parts.append(f"\nRaw rows: `benchmarks/results/{filename}`.\n")
     return "\n".join(parts)
 

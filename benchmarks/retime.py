@@ -11,8 +11,21 @@ one process, at fixed threads, in several rounds; the rows get the median ratio 
 spread over rounds (``extras.retime``) and keep the in-run ratios
 (``extras.latency_before_retime``). Scores are not touched. Rows whose artifact is not on
 this machine (``runs/`` is not committed) are listed with the command that rebuilds them.
-Plugins rows are re-timed by ``benchmarks/plugins.py --retime``; slim and factorize rows
-record no artifact folder, so they are re-timed by re-running their benchmark.
+Plugins rows are re-timed by ``benchmarks/plugins.py --retime``.
+
+``--stand-in`` (factorize, steps, slim): rows whose artifact is not kept are timed on a
+same-shape stand-in, built by the benchmark's own ``stand_in(row, base)`` from the
+pre-trained model with the task's head (the reference is that model too). A forward pass's
+time depends on the shapes it multiplies, not on the weights' values, where nothing in it
+branches on the data; rows whose time does (early exits) get no stand-in. Each stand-in
+must have the row's parameter count and FLOPs at length 128, or the row is left alone and
+listed; rows of one arithmetic (module shapes and step plan) are timed once, and the
+others point at it (``timed_as``). The record says ``stand_in``, and the report marks it.
+``benchmarks/stand_in_check.py`` times saved models beside their stand-ins to show the
+premise holds on the machine at hand.
+
+    python benchmarks/retime.py factorize --tasks sst2 --stand-in --warmup 3 --repeats 10 --rounds 3
+
 ``--quick`` lists the rows and their artifacts and times nothing.
 """
 
@@ -33,7 +46,14 @@ from gearshift.measure.report import ResultsSink
 from gearshift.measure.retime import TimingProtocol, retime_rows
 from gearshift.runtime import load_pretrained, load_tokenizer
 
+STAND_IN_MODEL = "minilm-l6"
 OWN_RETIME = {"plugins": "python benchmarks/plugins.py --retime --threads 1 --tasks <task>"}
+STAND_INS = ("factorize", "steps", "slim")  # their scripts rebuild a row's shapes (stand_in)
+STAND_IN_NOTE = (
+    "same-shape stand-in (the trained model is not kept): built from pre-trained {model} "
+    "with the task's head by benchmarks/{benchmark}.py's stand_in; its parameters and FLOPs "
+    "at length 128 equal the row's, and the reference is the same pre-trained model"
+)
 
 
 def artifact_of(benchmark: str, row: dict) -> Path | None:
@@ -55,20 +75,190 @@ def candidate(benchmark: str, row: dict, folder: Path) -> Any:
     return forward_fn(model)
 
 
+def add_protocol_args(p: argparse.ArgumentParser, **defaults: Any) -> None:
+    """The timing protocol's options (``TimingProtocol``'s defaults unless given), the
+    load switch and the dev texts the batches use; :func:`protocol_of` reads them back."""
+    for name in ("threads", "warmup", "repeats", "rounds"):
+        p.add_argument(
+            f"--{name}", type=int, default=defaults.get(name, getattr(TimingProtocol, name))
+        )
+    p.add_argument("--max-load", type=float, default=TimingProtocol.max_load)
+    p.add_argument("--allow-load", action="store_true", help="time on a busy machine (recorded)")
+    p.add_argument("--profile-limit", type=int, default=128, help="dev texts the batches use")
+
+
+def protocol_of(args: argparse.Namespace) -> TimingProtocol:
+    return TimingProtocol(
+        threads=args.threads,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        rounds=args.rounds,
+        max_load=args.max_load,
+    )
+
+
+def base_model(task) -> Any:
+    """Pre-trained MiniLM-L6 with ``task``'s head (a seeded draw): what stand-ins are built
+    from, and the reference they are timed against (the teacher's shapes)."""
+    import torch
+
+    from gearshift.runtime.io import _init_head
+
+    model = load_pretrained(STAND_IN_MODEL)
+    torch.manual_seed(0)
+    model.set_head(task.kind, task.num_labels, list(task.label_names or []) or None)
+    _init_head(model)
+    return model.eval()
+
+
+def arithmetic(model: Any, plan: Any) -> tuple:
+    """What a forward pass computes, for grouping stand-ins: every module's type and
+    parameter shapes, and the step plan's steps and update rule."""
+    from factorize import signature
+
+    steps = None
+    if plan is not None and plan.steps is not None:
+        steps = tuple((s.block, s.layer, s.step_size, s.start) for s in plan.steps)
+    update = getattr(getattr(plan, "update", None), "__name__", None)
+    return signature(model), steps, update
+
+
+def build_stand_in(module: Any, row: dict, base: Any) -> tuple[Any, Any, str]:
+    """``(model, plan, "")`` for ``row`` from ``module.stand_in``, or ``(None, None, why)``
+    where there is none or its shapes do not match the row's (parameters, FLOPs at 128)."""
+    from gearshift.measure import count_parameters, flops_at_length
+
+    got = module.stand_in(row, base)
+    if got is None:
+        return (
+            None,
+            None,
+            (
+                "no stand-in (its time depends on its trained weights, or its form is not one the "
+                f"script rebuilds); rebuild: `{row.get('command')}`"
+            ),
+        )
+    model, plan = got
+    params = count_parameters(model)
+    if row.get("params") is not None and params != row["params"]:
+        return None, None, f"stand-in has {params} parameters, the row {row['params']}"
+    if row.get("flops_128") is not None:
+        flops = flops_at_length(model, 128, plan=plan)
+        if abs(flops - row["flops_128"]) > 0.5:
+            return None, None, f"stand-in does {flops:.0f} FLOPs at 128, the row {row['flops_128']}"
+    return model, plan, ""
+
+
+def retime_stand_ins(
+    benchmark: str,
+    task: Any,
+    rows: list[dict],
+    teacher: dict,
+    args: Any,
+    protocol: Any,
+    command: str,
+) -> tuple[list[dict], list[str]]:
+    """Time same-shape stand-ins of ``rows`` (and of ``teacher``, the reference) by the shared
+    protocol; return the re-timed rows and a line per row left alone."""
+    import copy
+    import importlib
+
+    module = importlib.import_module(benchmark)
+    base = base_model(task)
+    tok = load_tokenizer(STAND_IN_MODEL)
+    texts = dev_texts(task, args.profile_limit)
+    batches = {size: make_batch(tok, texts, size) for size in (1, 32)}
+    singles = [make_batch(tok, [t], 1) for t in texts[: getattr(module, "B1_EXAMPLES", 1)]]
+    # one arithmetic, one timing: the first row of each group is timed, the others point at it
+    groups: dict[tuple, list[dict]] = {}
+    fns: dict[tuple, Any] = {}
+    skipped = []
+    for r in [teacher] + rows:
+        model, plan, why = build_stand_in(module, r, base)
+        if model is None:
+            skipped.append(f"  - {r['method']} | {r['setting']}: {why}")
+            continue
+        key = arithmetic(model, plan)
+        groups.setdefault(key, []).append(r)
+        fns.setdefault(key, forward_fn(model, plan) if plan is not None else forward_fn(model))
+    ref_key = next((k for k, g in groups.items() if g[0] is teacher), None)
+    if ref_key is None:
+        return [], skipped + ["  the teacher's stand-in could not be built: nothing timed"]
+    b1_loop = len(singles) > 1  # the benchmark's batch 1 is a pass over single examples
+
+    def candidate(row: dict) -> Any:
+        key = next(k for k, g in groups.items() if g[0] is row)
+        fn = fns[key]
+        if not b1_loop:
+            return fn
+
+        def run(batch, fn=fn):
+            if batch["input_ids"].shape[0] == 1:
+                return [fn(b) for b in singles]
+            return fn(batch)
+
+        return run
+
+    firsts = [g[0] for g in groups.values()]
+    # names must be unique per (method, setting); the teacher row is the reference
+    timed = retime_rows(
+        firsts,
+        teacher,
+        candidate,
+        batches,
+        command=command,
+        protocol=protocol,
+        allow_load=args.allow_load,
+    )
+    note = STAND_IN_NOTE.format(model=STAND_IN_MODEL, benchmark=benchmark)
+    if b1_loop:
+        note += f"; batch 1 is a pass over the first {len(singles)} dev texts one at a time"
+    out = []
+    for first, new in zip(firsts, timed):
+        group = groups[next(k for k, g in groups.items() if g[0] is first)]
+        new["extras"]["retime"]["stand_in"] = note
+        out.append(new)
+        for other in group[1:]:
+            if other is teacher:
+                continue
+            twin = copy.deepcopy(other)
+            extras = twin.setdefault("extras", {})
+            extras.setdefault(
+                "latency_before_retime",
+                {k: other.get(k) for k in ("latency_ratio_b1", "latency_ratio_b32")},
+            )
+            extras["retime"] = {
+                **new["extras"]["retime"],
+                "timed_as": f"{first['method']} | {first['setting']}",
+            }
+            for size in (1, 32):
+                twin[f"latency_ratio_b{size}"] = (
+                    1.0 if first is teacher else new[f"latency_ratio_b{size}"]
+                )
+            out.append(twin)
+    return out, skipped
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("benchmark", help="results file name under benchmarks/results/ (e.g. steps)")
     p.add_argument("--tasks", nargs="+", required=True)
     p.add_argument("--methods", nargs="*", help="only these methods (default: every one)")
-    p.add_argument("--threads", type=int, default=TimingProtocol.threads)
-    p.add_argument("--warmup", type=int, default=TimingProtocol.warmup)
-    p.add_argument("--repeats", type=int, default=TimingProtocol.repeats)
-    p.add_argument("--rounds", type=int, default=TimingProtocol.rounds)
-    p.add_argument("--max-load", type=float, default=TimingProtocol.max_load)
-    p.add_argument("--allow-load", action="store_true", help="re-time on a busy machine (recorded)")
-    p.add_argument("--profile-limit", type=int, default=128, help="dev texts the batches use")
+    add_protocol_args(p)
     p.add_argument("--quick", action="store_true", help="list rows and artifacts; time nothing")
+    p.add_argument(
+        "--stand-in",
+        action="store_true",
+        help=f"time same-shape stand-ins of rows whose artifact is gone ({', '.join(STAND_INS)})",
+    )
     args = p.parse_args(argv)
+    if args.stand_in and args.benchmark not in STAND_INS:
+        print(
+            f"--stand-in works for {', '.join(STAND_INS)} (their scripts rebuild a row's "
+            f"shapes); {args.benchmark} rows are re-timed from their saved artifacts",
+            file=sys.stderr,
+        )
+        return 2
     if args.benchmark in OWN_RETIME:
         print(f"{args.benchmark} rows are re-timed by `{OWN_RETIME[args.benchmark]}`")
         return 2
@@ -76,13 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if not path.is_file():
         print(f"no results file {path}; name a benchmark with rows (e.g. steps)", file=sys.stderr)
         return 2
-    protocol = TimingProtocol(
-        threads=args.threads,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        rounds=args.rounds,
-        max_load=args.max_load,
-    )
+    protocol = protocol_of(args)
     sink = ResultsSink(path, args.benchmark)
     command = command_line(__file__, argv)
     status = 0
@@ -106,9 +290,32 @@ def main(argv: list[str] | None = None) -> int:
             f"[retime] {args.benchmark} {task.name}: {len(rows)} timed rows, {len(found)} with "
             f"their artifact here, {len(missing)} without"
         )
-        for r, folder in missing:
+        for r, folder in [] if args.stand_in else missing:
             where = f"{folder} is missing" if folder else "no artifact folder recorded"
             print(f"  - {r['method']} | {r['setting']}: {where}; rebuild: `{r.get('command')}`")
+        if args.stand_in and missing:
+            if teacher is None:
+                print("  no teacher row to time the stand-ins against")
+                status = 1
+                continue
+            if not args.quick:
+                retimed, skipped = retime_stand_ins(
+                    args.benchmark, task, [r for r, _ in missing], teacher, args, protocol, command
+                )
+                sink.add(retimed)
+                print(f"  stand-ins: {len(retimed)} rows re-timed, {len(skipped)} left alone")
+                for line in skipped:
+                    print(line)
+                for r in retimed:
+                    rec = r["extras"]["retime"]
+                    if "timed_as" not in rec and r["method"] != "teacher":
+                        lo, hi = rec["ratio_b32_spread"]
+                        print(
+                            f"  {r['method']} | {r['setting']}: b1 {rec['ratio_b1']:.3f}, "
+                            f"b32 {rec['ratio_b32']:.3f} ({lo:.3f}-{hi:.3f})"
+                        )
+            if not found:
+                continue
         best = teacher_dir(task.name) / "best"
         if teacher is None or not best.is_dir():
             print(f"  no teacher to time against (row or {best}); run benchmarks/teachers.py")

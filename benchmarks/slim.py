@@ -114,6 +114,43 @@ def slim_config(args: argparse.Namespace, **kw: Any) -> SlimConfig:
     return SlimConfig(**base)
 
 
+def stand_in(row: dict, base: Any):
+    """``row``'s model rebuilt with its shapes from ``base`` (pre-trained MiniLM-L6 with the
+    task's head), for the shared timing protocol (benchmarks/retime.py --stand-in): the
+    teacher, the static width-A model (the first heads and neurons kept: which ones does not
+    change the arithmetic) and the truncated baselines. Rows with exits return None: where
+    an example exits depends on the trained weights, so only the trained model can be
+    re-timed (re-run the benchmark)."""
+    import copy
+    import re
+
+    from gearshift.methods.slim.prune import factorize_word_embedding, prune
+
+    method, extras = row["method"], row.get("extras", {})
+    if method == "teacher":
+        return copy.deepcopy(base), None
+    if method.startswith("truncated-"):
+        return truncate_layers(base, int(method.removeprefix("truncated-"))), None
+    if not method.startswith("static-") or "widths" not in extras:
+        return None
+    found = re.fullmatch(
+        r"heads (\S+), ffn (\S+)(?:, emb rank (\d+))?", str(extras["widths"]).strip()
+    )
+    if not found:
+        return None
+    L = base.config.num_layers
+
+    def per_layer(text: str) -> list[int]:
+        values = [int(v) for v in text.split("/")]
+        return values * L if len(values) == 1 else values
+
+    heads, ffn = per_layer(found[1]), per_layer(found[2])
+    model = prune(base, [list(range(h)) for h in heads], [list(range(f)) for f in ffn])
+    if found[3]:
+        model = factorize_word_embedding(model, int(found[3]))
+    return model.eval(), None
+
+
 def run_task(task_name: str, args: argparse.Namespace, command: str, sink: ResultsSink) -> None:
     task = get_task(task_name)
     root = teacher_dir(task.name, MODEL)

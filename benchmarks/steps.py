@@ -101,6 +101,7 @@ from gearshift.methods.steps import (
     init_weights,
     layer_evaluations,
     lm_blocks,
+    make_shared,
     perplexity,
     step_plan,
     steps_from_sizes,
@@ -115,6 +116,7 @@ RESULTS = ROOT / "results" / "steps.json"
 GLUE5 = ["sst2", "mrpc", "rte", "stsb", "cola"]
 MODEL = "minilm-l6"
 DISTIL_STEPS = 600
+DEFAULT_SEED = 42  # every row before the seed study; other seeds train into *-s<seed> folders
 COLUMNS = REPORT_COLUMNS["steps"]
 
 
@@ -131,6 +133,31 @@ def settings(args: argparse.Namespace) -> list[tuple[int, str]]:
     out = [(n, "euler") for n in args.n_steps]
     out += [(n, "heun") for n in args.heun_steps]
     return out
+
+
+def stand_in(row: dict, base: torch.nn.Module):
+    """``row``'s model and step plan rebuilt with its shapes from ``base`` (pre-trained
+    MiniLM-L6 with the task's head), for the shared timing protocol (benchmarks/retime.py
+    --stand-in) where the trained folder is gone: a step's cost does not depend on the
+    weights (the ``latency`` part rests on the same fact). Shared variants are made by
+    :func:`make_shared` (mean init) and run at the row's N and solver; the teacher's cuts
+    by :func:`drop_plan`; the references fine-tuned from the pre-trained model have its
+    (cut) architecture. None for rows this cannot rebuild (decoders)."""
+    import copy
+
+    method, extras = row["method"], row.get("extras", {})
+    L = base.config.num_layers
+    n = extras.get("block_evaluations")
+    if method in ("teacher", "unshared-finetuned", "scratch-finetuned"):
+        return copy.deepcopy(base), None
+    if method.startswith("teacher-drop-"):
+        return copy.deepcopy(base), drop_plan(L, n, method.removeprefix("teacher-drop-"))
+    if method == "unshared-cut-finetuned":
+        return truncate_layers(base, n), None
+    if method.startswith("shared-g") and extras.get("n_steps"):
+        model = make_shared(base, groups=extras["groups"], layer_norms=extras["layer_norms"])
+        return model.eval(), step_plan(model.config, extras["n_steps"], solver=extras["solver"])
+    return None
 
 
 # ---------------------------------------------------------------------- encoders
@@ -174,7 +201,9 @@ def variant_name(
 ) -> str:
     """``shared-g<G>-<mode>``, ``-ln`` with per-layer norms, ``-pg`` when a step-aware model
     of several groups draws a step size per group, ``-d<steps>`` when distilled for other
-    than the default DISTIL_STEPS (so a longer run gets its own folder and rows)."""
+    than the default DISTIL_STEPS (so a longer run gets its own folder and rows). A run of
+    another seed keeps the name (its rows are the same setting's, with their own ``seed``);
+    its folder is :func:`encoder_folder`'s."""
     name = f"shared-g{groups}-{mode}" + ("-ln" if layer_norms else "")
     if per_group and groups > 1 and mode == "step-aware":
         name += "-pg"
@@ -184,8 +213,15 @@ def variant_name(
 
 
 def encoder_variant(groups: int, mode: str, args: argparse.Namespace) -> str:
-    """The name (and ``runs/steps/`` folder) of an encoder variant under ``args``."""
+    """The name of an encoder variant under ``args`` (its rows' method)."""
     return variant_name(groups, mode, args.layer_norms, args.distil_steps, args.per_group_steps)
+
+
+def encoder_folder(groups: int, mode: str, args: argparse.Namespace) -> str:
+    """The ``runs/steps/`` folder name of an encoder variant: its name, with ``-s<seed>``
+    for a seed other than the default (a seed study trains beside the seed-42 models)."""
+    name = encoder_variant(groups, mode, args)
+    return name if args.seed == DEFAULT_SEED else f"{name}-s{args.seed}"
 
 
 def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfig:
@@ -198,14 +234,14 @@ def distil_config(args: argparse.Namespace, out: Path, steps: int) -> TrainConfi
         warmup_ratio=0.06,
         save_every=100,
         eval_every=100,
-        seed=42,
+        seed=args.seed,
         progress=not args.quick,
     )
 
 
 def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
-    name = encoder_variant(groups, mode, args)
+    name = encoder_folder(groups, mode, args)
     out = Path(args.runs) / name
     cfg = distil_config(args, out, args.distil_steps)
     start = time.perf_counter()
@@ -237,7 +273,7 @@ def make_variant(groups: int, mode: str, args: argparse.Namespace) -> Path:
 def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]:
     """The held-out fidelity logged during a variant's distillation (``eval`` entries of its
     ``log.jsonl``): step, cosine and MSE to the teacher's final states at a = 1 and 2."""
-    log = Path(args.runs) / encoder_variant(groups, mode, args) / "log.jsonl"
+    log = Path(args.runs) / encoder_folder(groups, mode, args) / "log.jsonl"
     if not log.is_file():
         return []
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -247,7 +283,7 @@ def distil_curve(groups: int, mode: str, args: argparse.Namespace) -> list[dict]
 
 def finetune_variant(folder: Path, groups: int, mode: str, task, args) -> Path:
     sizes = args.step_sizes if mode == "step-aware" else [1.0]
-    return _finetune(str(folder), encoder_variant(groups, mode, args), sizes, task, args)
+    return _finetune(str(folder), encoder_folder(groups, mode, args), sizes, task, args)
 
 
 def _finetune(model: str, name: str, sizes: list[float], task, args) -> Path:
@@ -262,7 +298,7 @@ def _finetune(model: str, name: str, sizes: list[float], task, args) -> Path:
         learning_rate=recipe.get("learning_rate", 1e-4),
         warmup_ratio=0.06,
         save_every=200,
-        seed=42,
+        seed=args.seed,
         progress=not args.quick,
     )
     res = finetune_steps(
@@ -321,9 +357,15 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
     L = teacher.config.num_layers
     rows = []
 
-    def row(method, setting, model, plan, score, ref, extras) -> dict:
-        latency = {k: extras.pop(k) for k in ("latency_ratio_b1", "latency_ratio_b32")}
+    # A seed study (--seed other than 42) trains and scores only the shared variants, untimed:
+    # their latency is the seed-42 row's (time does not depend on the weights), and the
+    # teacher, its cuts and the references are not re-run.
+    study = args.seed != DEFAULT_SEED
+
+    def row(method, setting, model, plan, score, ref, extras, seed=None) -> dict:
+        latency = {k: extras.pop(k, None) for k in ("latency_ratio_b1", "latency_ratio_b32")}
         return OperatingPoint(
+            seed=seed,
             task=task.name,
             model=MODEL,
             method=method,
@@ -349,6 +391,9 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
         return score, {"dev_predictions": encode_labels(preds), "dev_labels": encode_labels(refs)}
 
     teacher_score, teacher_preds = scored(teacher)
+    if study:
+        print(f"[steps] seed study, seed {args.seed}: shared variants only, untimed", flush=True)
+        return rows + shared_rows(task, args, teacher, teacher_score, timer, scored, row, study)
     fns = {"teacher": forward_fn(teacher)}
     for how in ("first", "euler"):
         for n in args.n_steps:
@@ -431,6 +476,15 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
     if args.reference and args.scratch_reference:
         setting = "random init, 6 layers, fine-tuned"
         rows.append(reference("scratch-finetuned", "scratch", scratch_model(args), L, setting))
+    return rows + shared_rows(task, args, teacher, teacher_score, timer, scored, row, study)
+
+
+def shared_rows(task, args, teacher, teacher_score, timer, scored, row, study) -> list[dict]:
+    """The shared variants' rows for ``task``: each variant made, distilled and fine-tuned
+    (resumed where its folder has them), then scored at every step setting; timed against
+    the teacher unless ``study`` (a seed study: latency None, the seed-42 row has it)."""
+    L = teacher.config.num_layers
+    rows = []
     for groups in args.groups:
         for mode in args.modes:
             folder = make_variant(groups, mode, args)
@@ -439,7 +493,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
             plans = {(n, s): step_plan(model.config, n, solver=s) for n, s in settings(args)}
             fns = {"teacher": forward_fn(teacher)}
             fns |= {f"{n}-{s}": forward_fn(model, p) for (n, s), p in plans.items()}
-            lat = timer.ratios(fns, "teacher")
+            lat = None if study else timer.ratios(fns, "teacher")
             full = plans.get((L, "euler"))
             curve = distil_curve(groups, mode, args)
             ref_score, ref_preds = scored(model, full)
@@ -461,10 +515,16 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                     "distil_steps": args.distil_steps,
                     "distil_curve": curve,
                     "model_dir": str(best),
-                    **_lat(lat, f"{n}-{s}"),
                     **preds,
                 }
-                if (L, "euler") in plans:
+                if study:
+                    extras["timing"] = {
+                        "how": f"not timed: a seed study (seed {args.seed}); the seed-{DEFAULT_SEED}"
+                        " row of this setting carries the latency"
+                    }
+                else:
+                    extras |= _lat(lat, f"{n}-{s}")
+                if (L, "euler") in plans and not study:
                     extras["latency_ratio_b1_vs_n6"] = lat[1][f"{n}-{s}"] / lat[1][f"{L}-euler"]
                     extras["latency_ratio_b32_vs_n6"] = lat[32][f"{n}-{s}"] / lat[32][f"{L}-euler"]
                 rows.append(
@@ -476,6 +536,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                         score,
                         teacher_score,
                         extras,
+                        seed=args.seed,
                     )
                 )
             print(markdown_table(rows[-len(plans) :], COLUMNS), flush=True)
@@ -901,6 +962,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", default="runs/steps")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny budgets everywhere")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="encoders: the seed of distillation and fine-tuning; another than 42 is a seed "
+        "study: only the shared variants, trained into *-s<seed> folders, scored, untimed",
+    )
     p.add_argument(
         "--retime",
         action="store_true",

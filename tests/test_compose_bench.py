@@ -149,3 +149,17 @@ def test_seed_studies_average_and_say_how_many_seeds(load_benchmark):
     # svd+exits beats svd by 0.47 on average, inside its own seeds' std of 0.55
     assert "svd+exits (+0.47 over svd; 3 seeds, within the seed spread (std 0.55))" in text
     assert "svd+int8+exits (+3.00 over svd; 1 seed)" in text
+
+
+def test_a_seed_study_run_draws_no_plot_and_does_not_fail(load_benchmark, tmp_path, monkeypatch):
+    """A seed study's rows (seed 44, untimed) leave no timed row to plot: ``plot`` returns
+    quietly (it raised "no row has both latency and score" after the rows were written)."""
+    import argparse
+    import types
+
+    compose = load_benchmark("compose")
+    monkeypatch.setattr(compose, "RESULTS", tmp_path / "compose.json")
+    task = types.SimpleNamespace(name="mrpc")
+    rows = [{"task": "mrpc", "method": "stack", "setting": "s", "score": 80.0, "seed": 44}]
+    compose.plot(task, rows, tmp_path, argparse.Namespace(quick=False))
+    assert not list(tmp_path.glob("*.png"))

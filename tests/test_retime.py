@@ -225,3 +225,123 @@ def test_load_counts_other_processes_not_this_one(monkeypatch):
     machine = iter([Times(0.0, 0.0, 0.0, 0.0), Times(0.0, 0.0, 2.0, 0.0)])
     ours = iter([Own(0.0, 0.0), Own(0.0, 0.0)])
     assert rt.load_per_core(sample_s=0.0) == 0.0  # an idle machine
+
+
+def test_stand_ins_retime_rows_whose_model_is_gone_and_check_their_shapes(
+    monkeypatch, capsys, tmp_path, hf_tiny_dir, load_benchmark
+):
+    """retime.py --stand-in on steps rows with no saved model: each row is rebuilt with its
+    shapes by steps.stand_in from the pre-trained model, checked against the row's
+    parameters, timed by the protocol (with the stand-in note and a spread); rows of one
+    arithmetic are timed once (``timed_as``); a row whose shapes do not match, and one the
+    script cannot rebuild, keep their latency and are listed."""
+    from conftest import random_batch
+
+    from gearshift.measure import count_parameters
+    from gearshift.measure.report import ResultsSink
+    from gearshift.runtime import load_pretrained
+
+    from pathlib import Path
+
+    script = load_benchmark("retime")
+    monkeypatch.syspath_prepend(str(Path(script.__file__).parent))  # stand_in's benchmark
+    base = load_pretrained(str(hf_tiny_dir("bert", "classification"))).eval()
+    params = count_parameters(base)
+
+    def row(method, setting, **extras):
+        return {
+            "task": "sst2",
+            "model": "m",
+            "method": method,
+            "setting": setting,
+            "metric": "accuracy",
+            "score": 80.0,
+            "params": extras.pop("params", params),
+            "latency_ratio_b1": 0.9,
+            "latency_ratio_b32": 0.8,
+            "command": f"python benchmarks/steps.py {method}",
+            "extras": {"model_dir": "runs/steps/gone/sst2/best", **extras},
+        }
+
+    sink = ResultsSink(tmp_path / "steps.json", "steps")
+    sink.add(
+        [
+            row("teacher", "unshared"),
+            row("teacher-drop-first", "N=1", block_evaluations=1),
+            row("unshared-finetuned", "unshared", block_evaluations=2),
+            row("scratch-finetuned", "wrong", params=params + 1),
+            row("decoder", "gpt"),
+        ]
+    )
+    monkeypatch.setattr(script, "RESULTS", tmp_path)
+    monkeypatch.setattr(script, "base_model", lambda task: base)
+    monkeypatch.setattr(script, "load_tokenizer", lambda path: None)
+    monkeypatch.setattr(script, "dev_texts", lambda task, limit: ["x"])
+    monkeypatch.setattr(script, "make_batch", lambda tok, texts, n: random_batch("bert", n, 7))
+    quick = ["--warmup", "0", "--repeats", "2", "--rounds", "2", "--max-load", "1000"]
+    assert script.main(["steps", "--tasks", "sst2", "--stand-in", *quick]) == 0
+    out = capsys.readouterr().out
+    assert "stand-ins: 3 rows re-timed, 2 left alone" in out
+    assert f"stand-in has {params} parameters, the row {params + 1}" in out
+    assert "decoder | gpt: no stand-in" in out
+    rows = {r["method"]: r for r in ResultsSink(tmp_path / "steps.json", "steps").rows}
+    cut = rows["teacher-drop-first"]
+    rec = cut["extras"]["retime"]
+    assert "same-shape stand-in" in rec["stand_in"] and "timed_as" not in rec
+    assert cut["latency_ratio_b32"] == rec["ratio_b32"] != 0.8
+    assert rec["ratio_b32_spread"][0] <= rec["ratio_b32"] <= rec["ratio_b32_spread"][1]
+    twin = rows["unshared-finetuned"]  # the teacher's arithmetic: timed as the teacher
+    assert twin["extras"]["retime"]["timed_as"] == "teacher | unshared"
+    assert twin["latency_ratio_b32"] == 1.0
+    assert twin["extras"]["latency_before_retime"]["latency_ratio_b32"] == 0.8
+    for kept in ("scratch-finetuned", "decoder"):
+        assert rows[kept]["latency_ratio_b32"] == 0.8 and "retime" not in rows[kept]["extras"]
+    assert script.main(["compose", "--tasks", "sst2", "--stand-in"]) == 2  # not a stand-in one
+
+
+@pytest.mark.parametrize("bench", ["factorize", "slim"])
+def test_benchmark_stand_ins_have_the_rows_shapes(bench, load_benchmark, hf_tiny_dir):
+    """factorize's and slim's stand_in rebuild a row's parameter count from the pre-trained
+    model alone (the rows' recorded shapes); rows with exits get none."""
+    import copy
+
+    from gearshift.measure import count_parameters
+    from gearshift.runtime import load_pretrained
+
+    module = load_benchmark(bench)
+    base = load_pretrained(str(hf_tiny_dir("bert", "classification"))).eval()
+    if bench == "factorize":
+        from gearshift.methods.factorize import FactorizeConfig, compress
+
+        want, _ = compress(
+            copy.deepcopy(base), FactorizeConfig(method="svd", ratio=2.0, progress=False)
+        )
+        row = {
+            "method": "svdllm",
+            "extras": {"factorize_method": "svdllm", "target_ratio": 2.0, "mode": "per-layer"},
+        }
+        model, plan = module.stand_in(row, base)
+        assert count_parameters(model) == count_parameters(want) < count_parameters(base)
+        row["extras"]["finetune_form"] = "dense"
+        assert count_parameters(module.stand_in(row, base)[0]) == count_parameters(base)
+    else:
+        heads = base.config.layer_shape(0).num_heads
+        row = {"method": "static-A", "extras": {"widths": f"heads {heads - 1}, ffn 8"}}
+        model, plan = module.stand_in(row, base)
+        assert model.config.layer_shape(0).num_heads == heads - 1
+        assert model.config.layer_shape(0).intermediate_size == 8 and plan is None
+        assert module.stand_in({"method": "cost-eff-A", "extras": {}}, base) is None
+        cut = module.stand_in({"method": "truncated-1", "extras": {}}, base)[0]
+        assert cut.config.num_layers == 1
+
+
+def test_a_steps_seed_study_trains_apart_and_keeps_the_setting_name(load_benchmark):
+    """steps.py --seed 43 trains into *-s43 folders while its rows keep the variant's name
+    (so the report averages seeds of one setting); the default seed keeps the old folders."""
+    steps = load_benchmark("steps")
+    args = steps.parse_args(["encoders", "--groups", "2", "--seed", "43"])
+    assert steps.encoder_variant(2, "naive", args) == "shared-g2-naive-ln"
+    assert steps.encoder_folder(2, "naive", args) == "shared-g2-naive-ln-s43"
+    default = steps.parse_args(["encoders", "--groups", "2"])
+    assert default.seed == 42 and steps.encoder_folder(2, "naive", default) == "shared-g2-naive-ln"
+    assert steps.distil_config(args, steps.Path("x"), 10).seed == 43
