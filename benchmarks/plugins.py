@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ from gearshift.methods.plugins import (
 )
 from gearshift.methods.plugins.operating_points import (
     Candidate,
+    candidate_from_row,
     measure_candidates,
     retime_rows,
 )
@@ -262,6 +264,37 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
     for r in rows:  # the trained plugins' seed; the teacher and the baselines draw nothing
         r["seed"] = args.seed if r["method"] == "plugin" else None
     return rows
+
+
+PLUGIN_SETTING = re.compile(
+    r"k(?P<k>\d+)-(?P<placement>ffn|layer)(?P<cls>-cls)?(?:-r(?P<bottleneck>\d+))?(?:\+kl)?"
+)
+
+
+def stand_in(row: dict, base):
+    """``row``'s candidate rebuilt on ``base`` (pre-trained MiniLM-L6 with the task's head)
+    for the shared timing protocol (benchmarks/retime.py --stand-in): the training-free
+    baselines exactly as measured (``candidate_from_row``), a trained plugin as an untrained
+    one of the same config (k, placement, first token kept out, restorer width: the setting
+    names them; ``+kl`` trains differently, same shapes), attached to the model so its
+    parameters count. Returns ``(model, plan)``; None for a setting it cannot parse."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(base)
+    if row["method"] in ("teacher", "mean-merging", "truncation"):
+        return model, candidate_from_row(row, model).plan
+    found = PLUGIN_SETTING.fullmatch(row["setting"]) if row["method"] == "plugin" else None
+    if not found:
+        return None
+    kw = dict(k=int(found["k"]), placement=found["placement"], keep_first_token=bool(found["cls"]))
+    if found["bottleneck"]:
+        kw["bottleneck"] = int(found["bottleneck"])
+    torch.manual_seed(0)
+    plugin = Plugin(PluginConfig(**kw), model)
+    model.add_module("stand_in_plugin", plugin)  # counted with the model, not run by it
+    return model.eval(), plugin.plan()
 
 
 def retime_task(task_name: str, teacher: str, args: argparse.Namespace, command: str) -> list[dict]:

@@ -11,9 +11,9 @@ one process, at fixed threads, in several rounds; the rows get the median ratio 
 spread over rounds (``extras.retime``) and keep the in-run ratios
 (``extras.latency_before_retime``). Scores are not touched. Rows whose artifact is not on
 this machine (``runs/`` is not committed) are listed with the command that rebuilds them.
-Plugins rows are re-timed by ``benchmarks/plugins.py --retime``.
+Plugins rows whose trained plugin is kept are re-timed by ``benchmarks/plugins.py --retime``.
 
-``--stand-in`` (factorize, steps, slim): rows whose artifact is not kept are timed on a
+``--stand-in`` (factorize, steps, slim, plugins): rows whose artifact is not kept are timed on a
 same-shape stand-in, built by the benchmark's own ``stand_in(row, base)`` from the
 pre-trained model with the task's head (the reference is that model too). A forward pass's
 time depends on the shapes it multiplies, not on the weights' values, where nothing in it
@@ -48,7 +48,12 @@ from gearshift.runtime import load_pretrained, load_tokenizer
 
 STAND_IN_MODEL = "minilm-l6"
 OWN_RETIME = {"plugins": "python benchmarks/plugins.py --retime --threads 1 --tasks <task>"}
-STAND_INS = ("factorize", "steps", "slim")  # their scripts rebuild a row's shapes (stand_in)
+STAND_INS = (
+    "factorize",
+    "steps",
+    "slim",
+    "plugins",
+)  # their scripts rebuild a row's shapes (stand_in)
 STAND_IN_NOTE = (
     "same-shape stand-in (the trained model is not kept): built from pre-trained {model} "
     "with the task's head by benchmarks/{benchmark}.py's stand_in; its parameters and FLOPs "
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.benchmark in OWN_RETIME:
+    if args.benchmark in OWN_RETIME and not args.stand_in:
         print(f"{args.benchmark} rows are re-timed by `{OWN_RETIME[args.benchmark]}`")
         return 2
     path = RESULTS / f"{args.benchmark}.json"
@@ -280,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
             and (not args.methods or r["method"] in args.methods or r["method"] == "teacher")
         ]
         teacher = next((r for r in rows if r["method"] == "teacher"), None)
+        if teacher is None and args.stand_in:  # an untimed teacher row still names the reference
+            teacher = next(
+                (r for r in sink.rows if r["task"] == task.name and r["method"] == "teacher"), None
+            )
+            rows = [teacher] + rows if teacher else rows
         found, missing = [], []
         for r in rows:
             if r is teacher:

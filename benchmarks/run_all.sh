@@ -4,12 +4,12 @@
 # re-run; a 2-core machine needs several hours per part (see BENCHMARKS.md for what exists).
 #
 #   bash benchmarks/run_all.sh            # everything
-#   bash benchmarks/run_all.sh plugins    # one part: teachers plugins factorize slim steps
+#   bash benchmarks/run_all.sh plugins    # one part: teachers plugins factorize slim steps retime
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE  # idle BLAS threads must not spin against a second job
 py=.venv/bin/python
-parts=("${@:-teachers plugins factorize slim steps}")
+parts=("${@:-teachers plugins factorize slim steps retime}")
 for part in ${parts[@]}; do
   case "$part" in
     teachers)  "$py" benchmarks/teachers.py --tasks sst2 mrpc rte stsb cola conll2003 --train-only ;;
@@ -32,7 +32,14 @@ for part in ${parts[@]}; do
                "$py" benchmarks/steps.py decoders
                # then, with nothing else running:
                "$py" benchmarks/steps.py latency --tasks sst2 --latency-repeats 50 ;;
-    *) echo "unknown part $part (teachers plugins factorize slim steps)" >&2; exit 2 ;;
+    retime)    # the one timing protocol, with nothing else running: every benchmark's rows
+               # from their saved models where kept, else on same-shape stand-ins
+               for b in factorize steps slim plugins; do
+                 "$py" benchmarks/retime.py "$b" --tasks sst2 mrpc stsb cola rte --stand-in \
+                   --warmup 3 --repeats 10 --rounds 3
+               done
+               "$py" benchmarks/stand_in_check.py --tasks sst2 mrpc stsb ;;
+    *) echo "unknown part $part (teachers plugins factorize slim steps retime)" >&2; exit 2 ;;
   esac
 done
 "$py" benchmarks/report.py

@@ -21,6 +21,8 @@ Pairs (where the folder is on this machine):
 - SVD-LLM ratio 2, no fine-tuning (``runs/compose/<task>/svdllm2``) against factorize's
   stand-in (plain SVD at the same ratio);
 - slim widths 3/4 (``runs/compose/<task>/slim75``) against slim's width stand-in;
+- the k=4 "ffn" plugin trained on the teacher (``runs/compose/<task>/plugin-teacher``)
+  against plugins' stand-in (an untrained plugin of the same config);
 - a trained two-group step-aware shared model (``runs/steps/*/<task>/best``) at N = 6 and
   N = 3 Euler steps against steps' stand-in.
 
@@ -43,6 +45,7 @@ from gearshift.jobs import teacher_dir
 from gearshift.measure import forward_fn, make_batch
 from gearshift.measure.report import OperatingPoint, ResultsSink
 from gearshift.measure.retime import retime
+from gearshift.methods.plugins import load_plugin
 from gearshift.methods.steps import step_plan
 from gearshift.runtime import load_pretrained, load_tokenizer
 
@@ -70,6 +73,12 @@ def pairs(task: Any, runs: Path) -> list[dict]:
         ffn = "/".join(str(cfg.layer_shape(i).intermediate_size) for i in range(cfg.num_layers))
         row = {"method": "static-75", "extras": {"widths": f"heads {heads}, ffn {ffn}"}}
         out.append(dict(name="slim widths 3/4", benchmark="slim", folder=slim, row=row))
+    plugin = runs / "compose" / task.name / "plugin-teacher" / "plugin"
+    if plugin.is_dir() and best.is_dir():
+        row = {"method": "plugin", "setting": "k4-ffn"}
+        out.append(
+            dict(name="plugin k4-ffn", benchmark="plugins", folder=best, row=row, plugin=plugin)
+        )
     for folder in sorted((runs / "steps").glob(f"shared-g2-step-aware-ln*/{task.name}/best")):
         for n in (6, 3):
             extras = dict(groups=2, layer_norms=True, n_steps=n, solver="euler")
@@ -100,6 +109,8 @@ def check_task(task_name: str, args: argparse.Namespace, command: str) -> list[d
             print(f"  {p['name']}: {why}")
             continue
         real_plan = step_plan(trained.config, p["steps"]) if p.get("steps") else None
+        if p.get("plugin"):
+            real_plan = load_plugin(p["plugin"], trained).plan()
         fns[f"trained | {p['name']}"] = forward_fn(trained, real_plan)
         fns[f"stand-in | {p['name']}"] = forward_fn(model, plan)
     protocol = protocol_of(args)

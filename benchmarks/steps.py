@@ -515,6 +515,9 @@ def shared_rows(task, args, teacher, teacher_score, timer, scored, row, study) -
                     "distil_steps": args.distil_steps,
                     "distil_curve": curve,
                     "model_dir": str(best),
+                    # distilled from the pre-trained model and fine-tuned on the task's data:
+                    # the task teacher is only the reference score (seeds merge across teachers)
+                    "teacher_independent": True,
                     **preds,
                 }
                 if study:

@@ -730,3 +730,97 @@ def test_serve_section_shows_its_rows_and_targets(report, monkeypatch, tmp_path)
     assert "| policy | load_multiplier |" in text and "| adaptive | trace |" in text
     assert "[serve.png](benchmarks/results/serve.png)" in text
     assert "### Targets" in text and "**not met**" in text
+
+
+def _retimed(row: dict, b1: float, b32: float, spread=(0.9, 1.1), **rec) -> dict:
+    """``row`` as the protocol re-timed it (stand-in unless told), the old ratios kept."""
+    before = {k: row.get(k) for k in ("latency_ratio_b1", "latency_ratio_b32")}
+    record = {
+        "ratio_b1": b1,
+        "ratio_b32": b32,
+        "ratio_b1_spread": [b1 * spread[0], b1 * spread[1]],
+        "ratio_b32_spread": [b32 * spread[0], b32 * spread[1]],
+        "stand_in": "same-shape stand-in (...)",
+        **rec,
+    }
+    extras = {**row["extras"], "latency_before_retime": before, "retime": record}
+    return {**row, "latency_ratio_b1": b1, "latency_ratio_b32": b32, "extras": extras}
+
+
+def test_a_re_timed_steps_target_keeps_its_first_measurement_beside_the_new_one(report):
+    """The steps latency target as first written keeps its in-run value and verdict; a
+    re-time of both the a = 2 and the a = 1 rows adds its own labelled row (their ratio)."""
+    rows = _steps_rows(aware_a2=84.0, naive_a2=60.0, ratio_b32=0.52)
+    rows = [
+        _retimed(r, 0.6, 1.0)
+        if r["method"] == "shared-g1-step-aware" and "N=6" in r["setting"]
+        else _retimed(r, 0.3, 0.58)
+        if r["method"] == "shared-g1-step-aware"
+        else r
+        for r in rows
+    ]
+    text = report.steps_targets(rows)
+    assert "(whole model; the target as first written) | 0.520 (loaded) | met |" in text
+    again = "| the same target, re-timed by the protocol (a = 2 over a = 1"
+    assert again in text
+    line = next(x for x in text.splitlines() if x.startswith(again) and "0.580" in x)
+    assert "same-shape stand-in" in line and line.endswith("| missed by 0.030 |")
+    assert "spread 0.475-0.709" in line  # 0.58*0.9 / (1.0*1.1), 0.58*1.1 / (1.0*0.9)
+
+
+def test_latency_provenance_counts_kinds_and_summarises_their_spread(report):
+    rows = [{**_row("sst2", "m", str(i), 80.0), "latency_ratio_b32": 0.5} for i in range(3)]
+    rows = [_retimed(rows[0], 0.5, 0.5, (0.9, 1.1)), _retimed(rows[1], 0.5, 0.5, (0.99, 1.01))]
+    rows.append({**_row("sst2", "m", "x", 80.0), "latency_ratio_b32": 0.5})
+    rows.append(_retimed(_row("sst2", "m", "y", 80.0), 0.5, 0.5, (0.95, 1.05)))
+    del rows[-1]["extras"]["retime"]["stand_in"]
+    text = report.latency_provenance(rows)
+    assert "2 rows re-timed by the protocol on a same-shape stand-in (spread over rounds at" in text
+    assert "median 20.0%, widest 20.0%" in text  # 2 rows: the upper median is the widest
+    assert "1 row re-timed by the protocol (spread over rounds at batch 32: median 10.0%" in text
+    assert "1 row timed under load, not re-timed" in text
+    assert report.timing_short(rows[0]) == "re-timed, spread 0.450-0.550, same-shape stand-in"
+
+
+def test_the_plugin_latency_target_keeps_the_earlier_measurement_and_adds_the_re_time(report):
+    rows = []
+    for task in ("sst2", "mrpc"):
+        rows.append({**_row(task, "teacher", "full", 88.0), "latency_ratio_b32": 1.0})
+        plugin = _row(task, "plugin", "k4-ffn", 87.5, saved_flops_128=0.46)
+        plugin = {**plugin, "latency_ratio_b32": 0.64}
+        plugin["extras"]["timing_conditions"] = "re-timed on a quiet machine, no spread recorded"
+        rows.append(_retimed(plugin, 0.9, 0.66) if task == "sst2" else plugin)
+    text = report.plugins_targets(rows, floors={})
+    assert "| k4-ffn batch-32 latency <= 0.65x | 0.640 (quiet, no spread) | met |" in text
+    assert (
+        "| the same target, re-timed by the protocol over 1 of 2 tasks (the row above keeps "
+        "the earlier measurement; each task's spread is in its row) | 0.650 (re-timed by the "
+        "protocol on a same-shape stand-in) | met |"
+    ) in text
+
+
+def test_seeds_of_a_teacher_independent_setting_merge_across_teachers(report):
+    """steps' shared models do not depend on the task teacher: seed 42 (first teacher) and
+    seed 43 (current teacher) of one setting merge into one mean; other rows do not."""
+    first = {**_row("sst2", "shared-g2", "N=3 euler", 80.0), "seed": 42, "reference_score": 88.6468}
+    again = {**_row("sst2", "shared-g2", "N=3 euler", 78.0), "seed": 43, "reference_score": 88.3028}
+    assert report._pick([first, again], "sst2", "N=3 euler")["score"] == 78.0  # current teacher
+    first["extras"]["teacher_independent"] = True
+    merged = report._pick([first, again], "sst2", "N=3 euler")
+    assert merged["score"] == 79.0 and merged["extras"]["seed_scores"] == [80.0, 78.0]
+
+
+def test_the_stand_in_check_summary_counts_agreeing_pairs(report):
+    def pair(name, over1, over32, agree1, agree32):
+        extras = {
+            "stand_in_over_trained_b1": over1,
+            "stand_in_over_trained_b32": over32,
+            "agrees_b1": agree1,
+            "agrees_b32": agree32,
+        }
+        return {**_row("sst2", "stand-in check", name, None), "extras": extras}
+
+    text = report.stand_in_summary(
+        [pair("a", 1.01, 0.97, True, True), pair("b", 0.95, 1.06, False, True)]
+    )
+    assert "| 1 | 1 of 2 | 0.950-1.010 |" in text and "| 32 | 2 of 2 | 0.970-1.060 |" in text

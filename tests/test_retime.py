@@ -299,16 +299,20 @@ def test_stand_ins_retime_rows_whose_model_is_gone_and_check_their_shapes(
     assert script.main(["compose", "--tasks", "sst2", "--stand-in"]) == 2  # not a stand-in one
 
 
-@pytest.mark.parametrize("bench", ["factorize", "slim"])
-def test_benchmark_stand_ins_have_the_rows_shapes(bench, load_benchmark, hf_tiny_dir):
-    """factorize's and slim's stand_in rebuild a row's parameter count from the pre-trained
-    model alone (the rows' recorded shapes); rows with exits get none."""
+@pytest.mark.parametrize("bench", ["factorize", "slim", "plugins"])
+def test_benchmark_stand_ins_have_the_rows_shapes(bench, monkeypatch, hf_tiny_dir):
+    """factorize's, slim's and plugins' stand_in rebuild a row's shapes from the pre-trained
+    model alone (the rows' recorded settings); rows with exits get none."""
     import copy
 
     from gearshift.measure import count_parameters
     from gearshift.runtime import load_pretrained
 
-    module = load_benchmark(bench)
+    import importlib
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    module = importlib.import_module(bench)  # as retime.py imports it (its dataclasses need it)
     base = load_pretrained(str(hf_tiny_dir("bert", "classification"))).eval()
     if bench == "factorize":
         from gearshift.methods.factorize import FactorizeConfig, compress
@@ -324,6 +328,16 @@ def test_benchmark_stand_ins_have_the_rows_shapes(bench, load_benchmark, hf_tiny
         assert count_parameters(model) == count_parameters(want) < count_parameters(base)
         row["extras"]["finetune_form"] = "dense"
         assert count_parameters(module.stand_in(row, base)[0]) == count_parameters(base)
+    elif bench == "plugins":
+        from gearshift.methods.plugins import Plugin, PluginConfig
+
+        want = Plugin(PluginConfig(k=2, placement="ffn", keep_first_token=True, bottleneck=8), base)
+        model, plan = module.stand_in({"method": "plugin", "setting": "k2-ffn-cls-r8"}, base)
+        assert count_parameters(model) == count_parameters(base) + count_parameters(want)
+        assert plan.ffn_wrap  # the plugin runs through the plan
+        mean = module.stand_in({"method": "mean-merging", "setting": "k2-ffn-mean"}, base)
+        assert count_parameters(mean[0]) == count_parameters(base) and mean[1].ffn_wrap
+        assert module.stand_in({"method": "plugin", "setting": "k4-odd"}, base) is None
     else:
         heads = base.config.layer_shape(0).num_heads
         row = {"method": "static-A", "extras": {"widths": f"heads {heads - 1}, ffn 8"}}
