@@ -192,8 +192,7 @@ def retime_stand_ins(
     b1_loop = len(singles) > 1  # the benchmark's batch 1 is a pass over single examples
 
     def candidate(row: dict) -> Any:
-        key = next(k for k, g in groups.items() if g[0] is row)
-        fn = fns[key]
+        fn = fns[key_of[id(row)]]
         if not b1_loop:
             return fn
 
@@ -205,6 +204,7 @@ def retime_stand_ins(
         return run
 
     firsts = [g[0] for g in groups.values()]
+    key_of = {id(g[0]): k for k, g in groups.items()}  # each timed row's arithmetic
     # names must be unique per (method, setting); the teacher row is the reference
     timed = retime_rows(
         firsts,
@@ -220,7 +220,7 @@ def retime_stand_ins(
         note += f"; batch 1 is a pass over the first {len(singles)} dev texts one at a time"
     out = []
     for first, new in zip(firsts, timed):
-        group = groups[next(k for k, g in groups.items() if g[0] is first)]
+        group = groups[key_of[id(first)]]
         new["extras"]["retime"]["stand_in"] = note
         out.append(new)
         for other in group[1:]:
