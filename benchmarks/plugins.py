@@ -297,6 +297,32 @@ def stand_in(row: dict, base):
     return model.eval(), plugin.plan()
 
 
+# The restorer change of 2026-11-22 (edab1aa, 10:48 UTC) runs the adapter on a kept first
+# token and overwrites its row instead of concatenating it back: the same outputs, 4*d*r more
+# FLOPs per covered layer and example. Rows counted before it carry the older count.
+RESTORER_IN_PLACE = "2026-11-22T10:48:06+00:00"
+
+
+def flops_recount(row: dict, base, flops_128: float) -> str | None:
+    """Why ``row``'s recorded FLOPs at 128 differ from its stand-in's ``flops_128``, where the
+    difference is exactly a known change of the count (then the shared protocol re-counts the
+    row, keeping the old value in ``extras.flops_recount``); None where it is not."""
+    found = PLUGIN_SETTING.fullmatch(row.get("setting", "")) if row.get("method") == "plugin" else None
+    if not found or not found["cls"] or row.get("date", "") >= RESTORER_IN_PLACE:
+        return None
+    r = int(found["bottleneck"] or PluginConfig.bottleneck)
+    config = PluginConfig(k=int(found["k"]), placement=found["placement"], keep_first_token=True)
+    covered = len(config.layer_indices(base.config.num_layers))
+    delta = 4 * base.config.hidden_size * r * covered
+    if abs(flops_128 - row["flops_128"] - delta) > 0.5:
+        return None
+    return (
+        f"counted before {RESTORER_IN_PLACE[:16]}Z (edab1aa): since then the restorer runs its "
+        f"adapter on the kept first token and overwrites that row (same outputs), "
+        f"4*d*r = {delta // covered} FLOPs more per covered layer and example ({covered} layers)"
+    )
+
+
 def retime_task(task_name: str, teacher: str, args: argparse.Namespace, command: str) -> list[dict]:
     """Re-measure the latency ratios and FLOPs of a task's rows (see :func:`retime_rows`)."""
     task = get_task(task_name)

@@ -130,7 +130,9 @@ def arithmetic(model: Any, plan: Any) -> tuple:
 
 def build_stand_in(module: Any, row: dict, base: Any) -> tuple[Any, Any, str]:
     """``(model, plan, "")`` for ``row`` from ``module.stand_in``, or ``(None, None, why)``
-    where there is none or its shapes do not match the row's (parameters, FLOPs at 128)."""
+    where there is none or its shapes do not match the row's (parameters, FLOPs at 128).
+    FLOPs that differ by exactly a known change of the count (the script's ``flops_recount``
+    names it) pass, with ``row`` marked for re-counting (``_recount``: see :func:`recounted`)."""
     from gearshift.measure import count_parameters, flops_at_length
 
     got = module.stand_in(row, base)
@@ -150,8 +152,34 @@ def build_stand_in(module: Any, row: dict, base: Any) -> tuple[Any, Any, str]:
     if row.get("flops_128") is not None:
         flops = flops_at_length(model, 128, plan=plan)
         if abs(flops - row["flops_128"]) > 0.5:
-            return None, None, f"stand-in does {flops:.0f} FLOPs at 128, the row {row['flops_128']}"
+            recount = getattr(module, "flops_recount", None)
+            reason = recount(row, base, flops) if recount else None
+            if reason is None:
+                return None, None, f"stand-in does {flops:.0f} FLOPs at 128, the row {row['flops_128']}"
+            row["_recount"] = (flops - row["flops_128"], reason)
     return model, plan, ""
+
+
+def recounted(row: dict) -> dict:
+    """``row`` with a known FLOPs change applied (``_recount`` from :func:`build_stand_in`):
+    ``flops_128`` and ``flops_dynamic`` move by the per-example difference, the saved shares
+    in ``extras`` follow, and ``extras.flops_recount`` keeps the old values and the reason."""
+    delta, reason = row.pop("_recount", (None, None))
+    if delta is None:
+        return row
+    extras = row.setdefault("extras", {})
+    before = {k: row.get(k) for k in ("flops_128", "flops_dynamic")}
+    before.update({k: extras[k] for k in ("saved_flops_128", "saved_flops_dynamic") if k in extras})
+    for key in ("flops_128", "flops_dynamic"):
+        if row.get(key) is None:
+            continue
+        saved = extras.get(f"saved_{key}")
+        new = row[key] + delta
+        if saved is not None and saved < 1:
+            extras[f"saved_{key}"] = 1 - new * (1 - saved) / row[key]
+        row[key] = new
+    extras["flops_recount"] = {"before": before, "reason": reason}
+    return row
 
 
 def retime_stand_ins(
@@ -222,7 +250,9 @@ def retime_stand_ins(
     for first, new in zip(firsts, timed):
         group = groups[key_of[id(first)]]
         new["extras"]["retime"]["stand_in"] = note
-        out.append(new)
+        if "_recount" in first:
+            new["_recount"] = first.pop("_recount")
+        out.append(recounted(new))
         for other in group[1:]:
             if other is teacher:
                 continue
@@ -240,7 +270,8 @@ def retime_stand_ins(
                 twin[f"latency_ratio_b{size}"] = (
                     1.0 if first is teacher else new[f"latency_ratio_b{size}"]
                 )
-            out.append(twin)
+            other.pop("_recount", None)
+            out.append(recounted(twin))
     return out, skipped
 
 

@@ -349,6 +349,59 @@ def test_benchmark_stand_ins_have_the_rows_shapes(bench, monkeypatch, hf_tiny_di
         assert cut.config.num_layers == 1
 
 
+def test_a_known_change_of_the_flops_count_is_recounted_and_others_refused(
+    monkeypatch, hf_tiny_dir
+):
+    """A -cls plugin row counted before the restorer ran its adapter on the kept first token
+    passes the stand-in check with its FLOPs moved by exactly 4*d*r per covered layer (the old
+    count kept); any other difference, or the same difference on a later row, is refused."""
+    import copy
+    import importlib
+    from pathlib import Path
+
+    import gearshift.measure
+    from gearshift.runtime import load_pretrained
+
+    real = gearshift.measure.flops_at_length
+
+    def flops_at_length(model, n, plan=None):  # the tiny model has 64 positions, not 128
+        return real(model, 32, plan=plan)
+
+    monkeypatch.setattr(gearshift.measure, "flops_at_length", flops_at_length)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    module = importlib.import_module("plugins")
+    retime = importlib.import_module("retime")
+    base = load_pretrained(str(hf_tiny_dir("bert", "classification"))).eval()
+    model, plan = module.stand_in({"method": "plugin", "setting": "k2-ffn-cls-r8"}, base)
+    now = flops_at_length(model, 128, plan=plan)
+    c = base.config
+    delta = 4 * c.hidden_size * 8 * c.num_layers
+    old = {
+        "method": "plugin",
+        "setting": "k2-ffn-cls-r8",
+        "date": "2026-11-22T09:10:46+00:00",
+        "params": None,
+        "flops_128": now - delta,
+        "flops_dynamic": 1000.0 - delta,
+        "extras": {"saved_flops_128": 0.5, "saved_flops_dynamic": 0.25},
+    }
+    first = copy.deepcopy(old)
+    got_model, _, why = retime.build_stand_in(module, old, base)
+    assert got_model is not None and why == ""
+    row = retime.recounted(old)
+    assert row["flops_128"] == now and row["flops_dynamic"] == 1000.0
+    assert row["extras"]["flops_recount"]["before"]["flops_128"] == now - delta
+    assert "edab1aa" in row["extras"]["flops_recount"]["reason"]
+    teacher_128 = (now - delta) / 0.5
+    assert row["extras"]["saved_flops_128"] == pytest.approx(1 - now / teacher_128)
+    assert "_recount" not in row
+    for changed in ({"flops_128": now - delta - 1}, {"date": "2026-11-23T00:00:00+00:00"}):
+        bad = {**copy.deepcopy(first), **changed}
+        assert retime.build_stand_in(module, bad, base)[0] is None
+    nocls = {**copy.deepcopy(first), "setting": "k2-ffn-r8"}
+    assert retime.build_stand_in(module, nocls, base)[0] is None
+
+
 def test_a_steps_seed_study_trains_apart_and_keeps_the_setting_name(load_benchmark):
     """steps.py --seed 43 trains into *-s43 folders while its rows keep the variant's name
     (so the report averages seeds of one setting); the default seed keeps the old folders."""
