@@ -97,6 +97,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--modes", nargs="+", default=["per-layer", "grouped"], choices=["per-layer", "grouped"]
     )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"a seed study of the no-fine-tuning rows (other than {DEFAULT_SEED}): the "
+        "calibration sample and the autoencoders' init are drawn with this seed, scores only "
+        "(no latency: the shapes, and so the time, are the default seed's), rows kept beside "
+        f"the seed-{DEFAULT_SEED} ones; plain svd uses no draw and is skipped",
+    )
     p.add_argument("--calibration", choices=["task", "text"], default="task")
     p.add_argument("--calibration-examples", type=int, default=256)
     p.add_argument(
@@ -175,6 +184,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "runs/factorize-quick/factorize.json, so smoke rows never mix with real ones)",
     )
     args = p.parse_args(argv)
+    if args.seed != DEFAULT_SEED and args.with_finetune:
+        p.error(
+            f"--seed {args.seed} is a seed study of the no-fine-tuning rows; the fine-tuning "
+            f"protocol runs with seed {DEFAULT_SEED} only (drop --with-finetune)"
+        )
     if args.quick:
         args.ratios = [2.0]
         args.calibration_examples = min(args.calibration_examples, 32)
@@ -313,12 +327,25 @@ def signature(model: torch.nn.Module) -> tuple:
     )
 
 
+DEFAULT_SEED = 42  # every row before the seed study: calibration sample and AE init draw 0
+
+
+def draw_seed(args: argparse.Namespace) -> int:
+    """The seed the calibration sample and the autoencoders' init are drawn with: 0 for the
+    default ``--seed`` (every row before the seed study drew with 0), else ``--seed``."""
+    seed = getattr(args, "seed", DEFAULT_SEED)
+    return 0 if seed == DEFAULT_SEED else seed
+
+
 def factorize_config(
     method: str, ratio: float, grouped: bool, args: argparse.Namespace
 ) -> FactorizeConfig:
     """The method's config: the library defaults (the paper's AE for ``ae``); ``ae-act``, our
-    extension, also optimises its codes directly afterwards (``ae_refine_steps``)."""
-    kw: dict[str, Any] = dict(method=method, ratio=ratio, grouped=grouped, progress=False)
+    extension, also optimises its codes directly afterwards (``ae_refine_steps``). The
+    autoencoders' init is drawn with :func:`draw_seed`."""
+    kw: dict[str, Any] = dict(
+        method=method, ratio=ratio, grouped=grouped, progress=False, seed=draw_seed(args)
+    )
     if args.ae_steps:
         kw["ae_steps"] = args.ae_steps
     if method == "ae-act":
@@ -383,13 +410,14 @@ def recorded(
     finetune: bool = False,
     teacher_score: float | None = None,
     variant: str = "",
+    seed: int = DEFAULT_SEED,
 ) -> bool:
-    """Whether ``sink`` holds this setting's row, measured the way ``config`` would measure
-    it now (autoencoders: the same step counts; no fine-tuning: the same teacher, known by
-    ``teacher_score``)."""
+    """Whether ``sink`` holds this setting's row of ``seed``, measured the way ``config``
+    would measure it now (autoencoders: the same step counts; no fine-tuning: the same
+    teacher, known by ``teacher_score``)."""
     key = (task, row_method(method, mode, finetune, variant), setting)
     for row in sink.rows:
-        if ResultsSink.key(row) == key:
+        if ResultsSink.key(row) == key and (row.get("seed") or DEFAULT_SEED) == seed:
             if not finetune and teacher_score is not None and not on_teacher(row, teacher_score):
                 return False
             return not method.startswith("ae") or ae_steps_of(row) == (
@@ -465,33 +493,58 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
     tokenizer = load_tokenizer(str(folder))
     measure = Measure(teacher, tokenizer, task, args)
     teacher_costs = measure.costs(teacher, latency=False)
-    sink.add(
-        OperatingPoint(
-            task=task.name,
-            model=MODEL,
-            method="teacher",
-            setting="full",
-            metric=task.main_metric,
-            score=measure.teacher_score,
-            reference_score=measure.teacher_score,
-            command=command,
-            **teacher_costs,
-            extras={"teacher_dir": str(folder), "fidelity_cos": 1.0},
-        ).to_dict()
-    )
+    study = args.seed != DEFAULT_SEED
+    if study:
+        # a seed study adds rows beside the default seed's, measured against the same teacher
+        # (the report merges seeds of one teacher only): the recorded teacher row stays
+        known = [r for r in sink.rows if r["task"] == task.name and r["method"] == "teacher"]
+        if known and not on_teacher(known[0], measure.teacher_score):
+            print(
+                f"[factorize] {task.name}: this teacher scores {measure.teacher_score:.2f}, "
+                f"the recorded rows' {known[0]['score']:.2f}: the seed study's rows will not "
+                "merge with theirs (rebuild the teacher from its recipe)",
+                flush=True,
+            )
+    if not study:
+        sink.add(
+            OperatingPoint(
+                task=task.name,
+                model=MODEL,
+                method="teacher",
+                setting="full",
+                metric=task.main_metric,
+                score=measure.teacher_score,
+                reference_score=measure.teacher_score,
+                command=command,
+                **teacher_costs,
+                extras={"teacher_dir": str(folder), "fidelity_cos": 1.0},
+            ).to_dict()
+        )
     print(
         f"[factorize] {task.name}: teacher dev {task.main_metric} {measure.teacher_score:.2f}",
         flush=True,
     )
-    cal = calibration_batches(tokenizer, args.calibration, task, args.calibration_examples)
+    cal = calibration_batches(
+        tokenizer, args.calibration, task, args.calibration_examples, seed=draw_seed(args)
+    )
     stats = None  # collected from the teacher once, on the first row that needs computing
     for ratio in args.ratios:
         for method in args.methods:
+            if study and method == "svd":
+                continue  # no calibration, no init: every seed gives the same model
             for mode in args.modes:
                 setting = f"ratio {ratio:g}, {mode}, no fine-tuning"
                 config = factorize_config(method, ratio, mode == "grouped", args)
                 if args.resume and recorded(
-                    sink, task.name, method, mode, setting, config, False, measure.teacher_score
+                    sink,
+                    task.name,
+                    method,
+                    mode,
+                    setting,
+                    config,
+                    False,
+                    measure.teacher_score,
+                    seed=args.seed,
                 ):
                     continue
                 if stats is None:
@@ -507,30 +560,40 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
                     continue
                 score = evaluate(model, measure.dev)[task.main_metric]
                 fid = measure.fidelity(model)
-                costs = measure.costs(model, label=f"{row_method(method, mode)}, {setting}")
-                sink.add(
-                    row_for(
-                        task,
-                        measure,
-                        method,
-                        mode,
-                        setting,
-                        score,
-                        costs,
-                        report,
-                        fid,
-                        command,
-                        costs_from=measure.cost_source,
-                        config=config,
-                    )
+                costs = measure.costs(
+                    model, latency=not study, label=f"{row_method(method, mode)}, {setting}"
                 )
+                if study:  # scores only: the time is the default seed's row's (same shapes)
+                    costs.update(latency_ratio_b1=None, latency_ratio_b32=None)
+                row = row_for(
+                    task,
+                    measure,
+                    method,
+                    mode,
+                    setting,
+                    score,
+                    costs,
+                    report,
+                    fid,
+                    command,
+                    costs_from=measure.cost_source,
+                    config=config,
+                )
+                row["seed"] = args.seed
+                row["extras"]["calibration_seed"] = draw_seed(args)
+                sink.add(row)
                 print(
                     f"[factorize] {task.name} {method:6s} {mode:9s} ratio {ratio:g}: {task.main_metric} "
                     f"{score:.2f} (teacher {measure.teacher_score:.2f}), fidelity {fid:.3f}, stored ratio "
                     f"{report.achieved_ratio:.2f}, params {costs['params'] / 1e6:.2f}M, FLOPs "
                     f"{costs['flops_dynamic'] / 1e6:.0f}M (teacher {teacher_costs['flops_dynamic'] / 1e6:.0f}M), "
-                    f"latency b1 {costs['latency_ratio_b1']:.2f} b32 {costs['latency_ratio_b32']:.2f}, "
-                    f"{report.seconds:.0f} s",
+                    + (
+                        "seed study, untimed, "
+                        if study
+                        else f"latency b1 {costs['latency_ratio_b1']:.2f} "
+                        f"b32 {costs['latency_ratio_b32']:.2f}, "
+                    )
+                    + f"{report.seconds:.0f} s",
                     flush=True,
                 )
                 del model

@@ -336,3 +336,46 @@ def test_benchmark_resume_continues_a_cut_off_fine_tuning_run(
     assert (
         fact.resume_step(folder, {**identity, "config": {**identity["config"], "ratio": 3}}) is None
     )
+
+
+def test_benchmark_seed_study_draws_another_calibration_sample_scores_only(
+    tmp_path, monkeypatch, load_benchmark, minilm, tokenizer
+):
+    """benchmarks/factorize.py --seed N: the no-fine-tuning rows of methods that draw (the
+    calibration sample, the autoencoders' init) are scored again beside the default seed's,
+    untimed, with their own top-level seed; plain svd (no draw) is not re-run; the teacher
+    row stays the default run's; --resume knows each seed's rows apart; the fine-tuning
+    protocol refuses another seed."""
+    import json
+
+    from gearshift.runtime import save_model
+
+    monkeypatch.setenv("GEARSHIFT_CACHE", str(tmp_path / "cache"))
+    teacher = save_model(
+        minilm, tmp_path / "teacher", tokenizer, {"task": {"name": "rte", "kind": "classification"}}
+    )
+    fact = load_benchmark("factorize")
+    out = tmp_path / "f.json"
+    argv = ["--quick", "--teacher", str(teacher), "--tasks", "rte", "--methods", "svd", "svdllm"]
+    argv += ["--modes", "per-layer", "--out", str(out)]
+    assert fact.main(argv) == 0
+    assert fact.main(argv + ["--seed", "43"]) == 0
+
+    def rows():
+        return json.loads(out.read_text())["rows"]
+
+    got = {(r["method"], r["seed"]): r for r in rows()}
+    assert set(got) == {("teacher", None), ("svd", 42), ("svdllm", 42), ("svdllm", 43)}
+    study, first = got["svdllm", 43], got["svdllm", 42]
+    assert study["latency_ratio_b1"] is None and study["latency_ratio_b32"] is None
+    assert first["latency_ratio_b32"] is not None
+    assert study["extras"]["calibration_seed"] == 43 and first["extras"]["calibration_seed"] == 0
+    assert study["params"] == first["params"] and study["setting"] == first["setting"]
+    assert fact.draw_seed(fact.parse_args(["--seed", "43"])) == 43
+    assert fact.factorize_config("ae", 2.0, False, fact.parse_args(["--seed", "43"])).seed == 43
+    assert fact.factorize_config("ae", 2.0, False, fact.parse_args([])).seed == 0
+    before = len(rows())
+    assert fact.main(argv + ["--seed", "43", "--resume"]) == 0
+    assert len(rows()) == before
+    with pytest.raises(SystemExit):
+        fact.parse_args(["--seed", "43", "--with-finetune"])
