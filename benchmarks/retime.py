@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("benchmark", help="results file name under benchmarks/results/ (e.g. steps)")
     p.add_argument("--tasks", nargs="+", required=True)
     p.add_argument("--methods", nargs="*", help="only these methods (default: every one)")
+    p.add_argument("--settings", nargs="*", help="only rows of these settings (default: every one)")
     add_protocol_args(p)
     p.add_argument("--quick", action="store_true", help="list rows and artifacts; time nothing")
     p.add_argument(
@@ -314,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             if r["task"] == task.name
             and (r.get("latency_ratio_b1") is not None or r.get("latency_ratio_b32") is not None)
             and (not args.methods or r["method"] in args.methods or r["method"] == "teacher")
+            and (not args.settings or r["setting"] in args.settings or r["method"] == "teacher")
         ]
         teacher = next((r for r in rows if r["method"] == "teacher"), None)
         if teacher is None and args.stand_in:  # an untimed teacher row still names the reference

@@ -190,6 +190,9 @@ def test_retime_script_reloads_saved_models_and_writes_the_protocol(
     assert rows["student"]["score"] == 80.0 and rows["gone"]["latency_ratio_b32"] == 0.8
     assert rows["teacher"]["latency_ratio_b32"] == 1.0
     assert script.main(["plugins", "--tasks", "sst2"]) == 2  # plugins re-time themselves
+    # --settings keeps only the rows named (and the teacher, the reference)
+    assert script.main(["steps", "--tasks", "sst2", "--quick", "--settings", "other"]) == 0
+    assert "sst2: 1 timed rows, 0 with their artifact here, 0 without" in capsys.readouterr().out
 
 
 def test_steps_benchmark_retime_flag_hands_over_to_the_shared_protocol(load_benchmark, monkeypatch):
