@@ -116,16 +116,36 @@ def base_model(task) -> Any:
     return model.eval()
 
 
+def _wrap_key(wrap: Any) -> tuple:
+    """What a plan's wrap runs: the module it belongs to (its type and config, e.g. a
+    plugin's k, placement and kept first token) and the function's name."""
+    owner = getattr(wrap, "__self__", wrap)
+    config = getattr(owner, "config", None)
+    return type(owner).__name__, repr(config), getattr(wrap, "__name__", type(wrap).__name__)
+
+
 def arithmetic(model: Any, plan: Any) -> tuple:
     """What a forward pass computes, for grouping stand-ins: every module's type and
-    parameter shapes, and the step plan's steps and update rule."""
+    parameter shapes, the step plan's steps and update rule, what each layer's wraps run
+    (two plugins of one size but another k, placement or first-token rule are different
+    arithmetic), whether it exits early, and its FLOPs at length 128 (or the model's most)."""
     from factorize import signature
 
-    steps = None
+    from gearshift.measure import flops_at_length
+
+    steps = wraps = None
     if plan is not None and plan.steps is not None:
         steps = tuple((s.block, s.layer, s.step_size, s.start) for s in plan.steps)
+    if plan is not None:
+        wraps = tuple(
+            (kind, layer, _wrap_key(w))
+            for kind, table in (("ffn", plan.ffn_wrap), ("block", plan.block_wrap))
+            for layer, w in sorted(table.items())
+        ) + (("exit", plan.exit is not None),)
     update = getattr(getattr(plan, "update", None), "__name__", None)
-    return signature(model), steps, update
+    c = model.config
+    length = min(128, c.max_positions - c.position_offset)  # a tiny test model has fewer
+    return signature(model), steps, update, wraps, flops_at_length(model, length, plan=plan)
 
 
 def build_stand_in(module: Any, row: dict, base: Any) -> tuple[Any, Any, str]:

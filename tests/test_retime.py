@@ -405,6 +405,39 @@ def test_a_known_change_of_the_flops_count_is_recounted_and_others_refused(
     assert retime.build_stand_in(module, nocls, base)[0] is None
 
 
+def test_plugin_stand_ins_of_one_size_but_other_arithmetic_are_timed_apart(
+    monkeypatch, hf_tiny_dir
+):
+    """Plugins of one parameter count at another placement, k or first-token rule, and the
+    training-free baselines, each get their own timing (``arithmetic`` keys on what the
+    plan's wraps run and the FLOPs); a KL-trained plugin shares its plain twin's."""
+    import importlib
+    from pathlib import Path
+
+    from gearshift.runtime import load_pretrained
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    module = importlib.import_module("plugins")
+    retime = importlib.import_module("retime")
+    base = load_pretrained(str(hf_tiny_dir("bert", "classification"))).eval()
+    rows = [
+        ("plugin", "k2-ffn"),
+        ("plugin", "k2-layer"),
+        ("plugin", "k2-ffn-cls"),
+        ("plugin", "k4-ffn"),
+        ("plugin", "k2-ffn+kl"),
+        ("mean-merging", "k2-ffn-mean"),
+        ("truncation", "k2-truncate"),
+    ]
+    keys = {}
+    for method, setting in rows:
+        model, plan = module.stand_in({"method": method, "setting": setting}, base)
+        keys[setting] = retime.arithmetic(model, plan)
+    assert keys["k2-ffn+kl"] == keys["k2-ffn"]
+    distinct = [k for s, k in keys.items() if s != "k2-ffn+kl"]
+    assert len(set(distinct)) == len(distinct)
+
+
 def test_a_steps_seed_study_trains_apart_and_keeps_the_setting_name(load_benchmark):
     """steps.py --seed 43 trains into *-s43 folders while its rows keep the variant's name
     (so the report averages seeds of one setting); the default seed keeps the old folders."""
