@@ -569,6 +569,16 @@ def test_no_signal_cells_enter_no_mean_and_no_verdict(report, monkeypatch):
     assert shown["score"] == 88.0 and shown["latency_ratio_b32"] == 0.6
     assert "seed 42" in shown["extras"]["latency_from"]
     assert report.timing_short(shown) == "loaded, another seed's run"
+    # a borrowed latency that the protocol re-timed keeps its first measurement with it
+    extras = {
+        **rows[1].get("extras", {}),
+        "retime": {"ratio_b32": 0.55, "ratio_b32_spread": [0.54, 0.56]},
+        "latency_before_retime": {"latency_ratio_b1": 0.9, "latency_ratio_b32": 0.6},
+    }
+    retimed = {**rows[1], "seed": 42, "latency_ratio_b32": 0.55, "extras": extras}
+    shown = report._pick([retimed, rebuilt], "sst2", "k4-ffn", "plugin")
+    assert shown["latency_ratio_b32"] == 0.55
+    assert report._first_timed(shown)["latency_ratio_b32"] == 0.6
     monkeypatch.setattr(report, "_CURRENT_TEACHERS", [])
     untimed = report.plugins_targets([rows[0], again], floors=floors)
     assert "- (not timed)" in untimed and "| - (timed on no task only) |" in untimed
