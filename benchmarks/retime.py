@@ -117,8 +117,9 @@ def base_model(task) -> Any:
 
 
 def _wrap_key(wrap: Any) -> tuple:
-    """What a plan's wrap runs: the module it belongs to (its type and config, e.g. a
-    plugin's k, placement and kept first token) and the function's name."""
+    """What a plan's wrap runs: the type of the module it belongs to, that module's
+    ``config`` where it has one, and the function's name (a plugin's layer has no config:
+    its k and first-token rule show in the FLOPs, which :func:`arithmetic` keys on too)."""
     owner = getattr(wrap, "__self__", wrap)
     config = getattr(owner, "config", None)
     return type(owner).__name__, repr(config), getattr(wrap, "__name__", type(wrap).__name__)

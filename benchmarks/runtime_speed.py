@@ -57,6 +57,8 @@ def sst2_dev_sentences() -> list[str]:
 
 def retime(args: argparse.Namespace, tokenizer, texts: list[str], fns: dict) -> int:
     """Re-time the recorded rows (HF the reference) by the shared protocol; 0 on success."""
+    from report import command_line  # benchmarks/ is on sys.path when run as a script
+
     from gearshift.measure.report import ResultsSink
     from gearshift.measure.retime import TimingProtocol, retime_rows
 
@@ -72,7 +74,7 @@ def retime(args: argparse.Namespace, tokenizer, texts: list[str], fns: dict) -> 
         size: make_batch(tokenizer, texts, size, max_length=SEQ_LEN, pad_to=SEQ_LEN)
         for size in (1, 32)
     }
-    command = "python benchmarks/runtime_speed.py " + " ".join(sys.argv[1:])
+    command = command_line(__file__, None)
     with torch.inference_mode():
         timed = retime_rows(
             [by_method["hf"], by_method["gearshift-runtime"]],
