@@ -103,10 +103,13 @@ def plugin_specs(
     variants: bool,
     kinds: tuple[str, ...] = VARIANT_KINDS,
     stage_a_all: bool = False,
+    settings: list[str] | None = None,
 ) -> list[Spec]:
     """The plugins to train: every k and placement (each with stage A first when
     ``stage_a_all``); with ``variants``, the k=4 variants of the given ``kinds`` (first token
-    kept out, + KL, the paper's 64-wide restorer, stage A then C)."""
+    kept out, + KL, the paper's 64-wide restorer, stage A then C). ``settings`` keeps only
+    the plugins of those row names (a seed run of one arm); a name that the other options
+    do not make is an error that lists the names they do."""
     specs = [
         Spec(PluginConfig(k=k, placement=p), stage_a=stage_a_all) for k in ks for p in placements
     ]
@@ -121,6 +124,14 @@ def plugin_specs(
             specs.append(Spec(PluginConfig(k=4, placement="ffn", bottleneck=64)))
         if "A" in kinds and not stage_a_all:
             specs.append(Spec(PluginConfig(k=4, placement="ffn"), stage_a=True))
+    if settings:
+        unknown = sorted(set(settings) - {spec.name for spec in specs})
+        if unknown:
+            raise ValueError(
+                f"--settings {' '.join(unknown)}: no such plugin with these --ks, --placements "
+                f"and variants; they make {', '.join(spec.name for spec in specs)}"
+            )
+        specs = [spec for spec in specs if spec.name in settings]
     return specs
 
 
@@ -194,7 +205,12 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
     candidates = [Candidate("full", "teacher", None, extras={"teacher": teacher})]
     cache = TargetCache()  # the teacher's targets, computed once per example for all plugins
     specs = plugin_specs(
-        args.ks, args.placements, args.variants, args.variant_kinds, args.stage_a_all
+        args.ks,
+        args.placements,
+        args.variants,
+        args.variant_kinds,
+        args.stage_a_all,
+        args.settings,
     )
     for spec in specs:
         init = stage_a_plugin(spec, task.name, args)
@@ -307,7 +323,9 @@ def flops_recount(row: dict, base, flops_128: float) -> str | None:
     """Why ``row``'s recorded FLOPs at 128 differ from its stand-in's ``flops_128``, where the
     difference is exactly a known change of the count (then the shared protocol re-counts the
     row, keeping the old value in ``extras.flops_recount``); None where it is not."""
-    found = PLUGIN_SETTING.fullmatch(row.get("setting", "")) if row.get("method") == "plugin" else None
+    found = (
+        PLUGIN_SETTING.fullmatch(row.get("setting", "")) if row.get("method") == "plugin" else None
+    )
     if not found or not found["cls"] or row.get("date", "") >= RESTORER_IN_PLACE:
         return None
     r = int(found["bottleneck"] or PluginConfig.bottleneck)
@@ -407,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
         default=list(VARIANT_KINDS),
         help="which k=4 variants --variants trains (default: all)",
     )
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        help="train only the plugins of these row names, e.g. k4-ffn-cls (the baselines are "
+        "always scored): one arm's seed run without re-training the others",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets everywhere")
     parser.add_argument(
         "--resume",
@@ -445,6 +469,17 @@ def main(argv: list[str] | None = None) -> int:
     args.threads = args.threads or 2
     if args.variants is None:
         args.variants = not args.quick
+    try:  # a --settings name that the other options do not make fails before any work
+        plugin_specs(
+            args.ks,
+            args.placements,
+            args.variants,
+            args.variant_kinds,
+            args.stage_a_all,
+            args.settings,
+        )
+    except ValueError as err:
+        parser.error(str(err))
     if args.teacher and len(args.tasks) != 1:
         parser.error("--teacher names one teacher: give exactly one --tasks entry")
     command = command_line(__file__, argv)
@@ -464,7 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.tasks:
         if args.resume:
             specs = plugin_specs(
-                args.ks, args.placements, args.variants, args.variant_kinds, args.stage_a_all
+                args.ks,
+                args.placements,
+                args.variants,
+                args.variant_kinds,
+                args.stage_a_all,
+                args.settings,
             )
             want = {spec.name for spec in specs}
             have = {

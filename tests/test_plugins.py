@@ -720,3 +720,23 @@ def test_retime_rows_refuses_what_it_cannot_rebuild(tmp_path):
     other = dict(teacher, task="u", setting="other")
     with pytest.raises(ConfigError, match="one task at a time"):
         retime_rows(model, tok, [teacher, other], ["a b"], command="c", seq_len=32, repeats=1)
+
+
+def test_benchmark_settings_keep_only_the_named_plugins(monkeypatch, capsys):
+    """``benchmarks/plugins.py --settings`` trains only the named arms (a seed run of
+    k4-ffn-cls without re-training k4-ffn); a name the other options do not make stops the
+    run before any work, naming what they do make."""
+    import importlib
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("plugins")
+    every = [s.name for s in bench.plugin_specs([4], ["ffn"], True, ("cls", "kl"))]
+    assert every == ["k4-ffn", "k4-ffn-cls", "k4-ffn+kl"]
+    kept = bench.plugin_specs([4], ["ffn"], True, ("cls", "kl"), settings=["k4-ffn-cls"])
+    assert [s.name for s in kept] == ["k4-ffn-cls"] and kept[0].config.keep_first_token
+    with pytest.raises(ValueError, match="k4-layer-cls.*k4-ffn, k4-ffn-cls"):
+        bench.plugin_specs([4], ["ffn"], True, ("cls",), settings=["k4-layer-cls"])
+    with pytest.raises(SystemExit):
+        bench.main(["--tasks", "mrpc", "--ks", "4", "--placements", "ffn", "--settings", "k9"])
+    assert "--settings k9: no such plugin" in capsys.readouterr().err
