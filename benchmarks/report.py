@@ -798,6 +798,64 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str, floors: dict) -
     return lines + [""]
 
 
+def plugin_variant_comparison(
+    rows: list[dict], variant: str, plain: str, floors: dict
+) -> list[str]:
+    """Per GLUE task, "plugin ``variant`` scores above ``plain``" with its verdict
+    (``_better``: Welch's interval over seeds where both have several, else one run's
+    test, and "within noise" where one run's difference is under ``NOISE_SES`` standard
+    errors of the dev metric). Both sides come from the runs of one teacher, the current
+    one where both have runs against it (each side's seeds merged, ``_pick``); a task whose
+    two settings share no teacher is shown and not judged."""
+    lines = []
+    for task in GLUE5:
+        teacher = _pick(rows, task, "full", "teacher")
+        mine = [r for r in rows if r["task"] == task and r["method"] == "plugin"]
+        refs = {
+            s: [_reference(r, teacher) for r in mine if r["setting"] == s] for s in (variant, plain)
+        }
+        if not refs[variant] or not refs[plain]:
+            continue
+        shared = [x for x in refs[variant] if any(same_teacher(x, y) for y in refs[plain])]
+        current = [x for x in shared if not first_teacher({**mine[0], "reference_score": x})]
+        ref = (current or shared or [None])[0]
+        if ref is None:
+            a = _pick(rows, task, variant, "plugin")
+            b = _pick(rows, task, plain, "plugin")
+            verdict = "not compared: no teacher both were measured against"
+        else:
+            same = [r for r in mine if same_teacher(_reference(r, teacher), ref)]
+            a, b = _pick(same, task, variant, "plugin"), _pick(same, task, plain, "plugin")
+            verdict = _better(a, b, floors)
+            floor = _floor_of(floors, task)
+            diff = a["score"] - b["score"]
+            one_run = len(seed_scores(a)) == 1 or len(seed_scores(b)) == 1
+            if one_run and NO_SIGNAL not in verdict and floor is not None:
+                if abs(diff) < NOISE_SES * floor.se:
+                    verdict = (
+                        f"within noise (under {NOISE_SES:g} SE of one run, {floor.se:.2f}; 1 seed)"
+                    )
+        shown = "-" if ref is None else f"{ref:.2f}"
+        if ref is not None and first_teacher(a):
+            shown += " (first teacher)"
+        lines.append(
+            f"| {task} | {shown} | {score_cell(a)} | {score_cell(b)} "
+            f"| {a['score'] - b['score']:+.2f} | {verdict} |"
+        )
+    if not lines:
+        return []
+    return [
+        f"`{variant}` against `{plain}` (does the variant score higher?), per task, both "
+        "measured against one teacher (the current one where both have runs on it); with "
+        "several seeds each, the difference of the means and Welch's 95% interval over "
+        "seeds:\n",
+        f"| task | teacher | {variant} | {plain} | difference | verdict |",
+        "|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
 def plugins_targets(rows: list[dict], floors: dict | None = None) -> str:
     """The targets, averaged over the GLUE tasks measured (k=4) whose rows have a signal
     (``floors``; read from the dev data when None): the paper's plugin (every token
@@ -806,6 +864,7 @@ def plugins_targets(rows: list[dict], floors: dict | None = None) -> str:
         floors = constant_floors(GLUE5)
     lines = _plugin_target_table(rows, "k4-ffn", "k4-layer", floors)
     lines += _plugin_target_table(rows, "k4-ffn-cls", "k4-layer-cls", floors)
+    lines += plugin_variant_comparison(rows, "k4-ffn-cls", "k4-ffn", floors)
     variants = [
         r
         for r in rows

@@ -834,3 +834,50 @@ def test_the_stand_in_check_summary_counts_agreeing_pairs(report):
         [pair("a", 1.01, 0.97, True, True), pair("b", 0.95, 1.06, False, True)]
     )
     assert "| 1 | 1 of 2 | 0.950-1.010 |" in text and "| 32 | 2 of 2 | 0.970-1.060 |" in text
+
+
+def test_plugin_variant_comparison_uses_one_teacher_and_the_seeds(report, monkeypatch):
+    """`-cls` against the plain plugin: both sides from one teacher's runs (the current
+    one where both have them), judged by the interval over seeds with several, "within
+    noise" for one run's difference under 2 SE, and "no signal" below the floor."""
+    teachers = [{**_row("sst2", "teacher", "full", 88.30), "date": "2026-11-23T00:00:00+00:00"}]
+    monkeypatch.setattr(report, "_CURRENT_TEACHERS", teachers)
+    floors = {"sst2": report.Floor("sst2", "accuracy", 50.0, 1.0, 872)}  # line 52, 2 SE = 2
+
+    def plugin(setting, score, seed, ref):
+        r = _row("sst2", "plugin", setting, score)
+        r["seed"], r["reference_score"] = seed, ref
+        return r
+
+    first = [plugin("k4-ffn-cls", 88.0, 42, 88.65), plugin("k4-ffn", 87.5, 42, 88.65)]
+    rows = [_row("sst2", "teacher", "full", 88.30), *first]
+    text = "\n".join(report.plugin_variant_comparison(rows, "k4-ffn-cls", "k4-ffn", floors))
+    assert "| sst2 | 88.65 (first teacher) | 88.00 (1 seed) | 87.50 (1 seed) | +0.50 |" in text
+    assert "within noise (under 2 SE of one run, 1.00; 1 seed)" in text
+    # the plain plugin re-run on the current teacher alone: still compared on the first one
+    rows.append(plugin("k4-ffn", 80.0, 43, 88.30))
+    text = "\n".join(report.plugin_variant_comparison(rows, "k4-ffn-cls", "k4-ffn", floors))
+    assert "| 88.00 (1 seed) | 87.50 (1 seed) | +0.50 |" in text
+    # three seeds of each on the current teacher: the current teacher's runs, Welch's interval
+    for seed, cls, base in ((43, 85.0, 80.0), (44, 85.5, 80.4), (45, 84.6, 79.6)):
+        rows.append(plugin("k4-ffn-cls", cls, seed, 88.30))
+        if seed != 43:
+            rows.append(plugin("k4-ffn", base, seed, 88.30))
+    text = "\n".join(report.plugin_variant_comparison(rows, "k4-ffn-cls", "k4-ffn", floors))
+    assert "| sst2 | 88.30 | 85.03 ± 0.45 (3 seeds) | 80.00 ± 0.40 (3 seeds) | +5.03 |" in text
+    assert "| met (3+ seeds, difference +5.03, 95% interval +4.0" in text
+    close = [
+        r if r["setting"] != "k4-ffn-cls" or r["seed"] == 42 else {**r, "score": r["score"] - 5}
+        for r in rows
+    ]
+    text = "\n".join(report.plugin_variant_comparison(close, "k4-ffn-cls", "k4-ffn", floors))
+    assert "| not resolved (3+ seeds, difference +0.03" in text
+    # a single run below the floor is no signal, never a verdict
+    low = [rows[0], plugin("k4-ffn-cls", 51.0, 42, 88.30), plugin("k4-ffn", 60.0, 42, 88.30)]
+    text = "\n".join(report.plugin_variant_comparison(low, "k4-ffn-cls", "k4-ffn", floors))
+    assert "| no signal (plugin) |" in text
+    # runs of two different teachers only: shown, not judged
+    apart = [rows[0], plugin("k4-ffn-cls", 88.0, 42, 88.65), plugin("k4-ffn", 80.0, 43, 88.30)]
+    text = "\n".join(report.plugin_variant_comparison(apart, "k4-ffn-cls", "k4-ffn", floors))
+    assert "not compared: no teacher both were measured against" in text
+    assert report.plugin_variant_comparison(rows[:1], "k4-ffn-cls", "k4-ffn", floors) == []
