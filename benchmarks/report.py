@@ -826,7 +826,8 @@ def plugin_variant_comparison(
         else:
             same = [r for r in mine if same_teacher(_reference(r, teacher), ref)]
             a, b = _pick(same, task, variant, "plugin"), _pick(same, task, plain, "plugin")
-            verdict = _better(a, b, floors)
+            # named by setting, so a "no signal" verdict says which side has none
+            verdict = _better({**a, "method": variant}, {**b, "method": plain}, floors)
             floor = _floor_of(floors, task)
             diff = a["score"] - b["score"]
             one_run = len(seed_scores(a)) == 1 or len(seed_scores(b)) == 1

@@ -875,7 +875,7 @@ def test_plugin_variant_comparison_uses_one_teacher_and_the_seeds(report, monkey
     # a single run below the floor is no signal, never a verdict
     low = [rows[0], plugin("k4-ffn-cls", 51.0, 42, 88.30), plugin("k4-ffn", 60.0, 42, 88.30)]
     text = "\n".join(report.plugin_variant_comparison(low, "k4-ffn-cls", "k4-ffn", floors))
-    assert "| no signal (plugin) |" in text
+    assert "| no signal (k4-ffn-cls) |" in text
     # runs of two different teachers only: shown, not judged
     apart = [rows[0], plugin("k4-ffn-cls", 88.0, 42, 88.65), plugin("k4-ffn", 80.0, 43, 88.30)]
     text = "\n".join(report.plugin_variant_comparison(apart, "k4-ffn-cls", "k4-ffn", floors))
