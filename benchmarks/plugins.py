@@ -135,6 +135,13 @@ def plugin_specs(
     return specs
 
 
+def specs_of(args: argparse.Namespace) -> list[Spec]:
+    """The plugins the command line asks for (``plugin_specs`` of its options)."""
+    return plugin_specs(
+        args.ks, args.placements, args.variants, args.variant_kinds, args.stage_a_all, args.settings
+    )
+
+
 DEFAULT_SEED = 42
 
 
@@ -204,14 +211,7 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
     texts = dev_texts(task, args.profile_limit)
     candidates = [Candidate("full", "teacher", None, extras={"teacher": teacher})]
     cache = TargetCache()  # the teacher's targets, computed once per example for all plugins
-    specs = plugin_specs(
-        args.ks,
-        args.placements,
-        args.variants,
-        args.variant_kinds,
-        args.stage_a_all,
-        args.settings,
-    )
+    specs = specs_of(args)
     for spec in specs:
         init = stage_a_plugin(spec, task.name, args)
         plugin = load_plugin(init, base) if init else Plugin(spec.config, base)
@@ -470,14 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants is None:
         args.variants = not args.quick
     try:  # a --settings name that the other options do not make fails before any work
-        plugin_specs(
-            args.ks,
-            args.placements,
-            args.variants,
-            args.variant_kinds,
-            args.stage_a_all,
-            args.settings,
-        )
+        specs_of(args)
     except ValueError as err:
         parser.error(str(err))
     if args.teacher and len(args.tasks) != 1:
@@ -498,14 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     done = []
     for name in args.tasks:
         if args.resume:
-            specs = plugin_specs(
-                args.ks,
-                args.placements,
-                args.variants,
-                args.variant_kinds,
-                args.stage_a_all,
-                args.settings,
-            )
+            specs = specs_of(args)
             want = {spec.name for spec in specs}
             have = {
                 r["setting"]
