@@ -798,6 +798,50 @@ def _plugin_target_table(rows: list[dict], ffn: str, layer: str, floors: dict) -
     return lines + [""]
 
 
+def _judged(a: dict, b: dict, floors: dict) -> str:
+    """``_better``'s verdict on "``a`` scores above ``b``", except that where either side
+    is one run and their difference is under ``NOISE_SES`` standard errors of the task's
+    dev metric, it is "within noise" whatever one run's test says."""
+    verdict = _better(a, b, floors)
+    floor = _floor_of(floors, a["task"])
+    one_run = len(seed_scores(a)) == 1 or len(seed_scores(b)) == 1
+    if one_run and NO_SIGNAL not in verdict and floor is not None:
+        if abs(a["score"] - b["score"]) < NOISE_SES * floor.se:
+            return f"within noise (under {NOISE_SES:g} SE of one run, {floor.se:.2f}; 1 seed)"
+    return verdict
+
+
+def factorize_pair_table(rows: list[dict], first: str, second: str, floors: dict) -> list[str]:
+    """Per task and ratio (no fine-tuning), "``first`` scores above ``second``" with its
+    verdict (``_judged``), each side's calibration samples merged (``_pick``; ``--seed``
+    draws the sample). Both methods must be of one mode (per layer or grouped)."""
+    lines = []
+    base = [r for r in rows if r["setting"].endswith("no fine-tuning")]
+    mode = "grouped" if "grouped" in first else "per-layer"
+    for task in sorted({r["task"] for r in base}):
+        for ratio in sorted({_ratio_of(r) for r in base if r["task"] == task}):
+            setting = f"ratio {ratio}, {mode}, no fine-tuning"
+            a, b = _pick(base, task, setting, first), _pick(base, task, setting, second)
+            if a is None or b is None or a["method"] != first or b["method"] != second:
+                continue
+            lines.append(
+                f"| {task} | {ratio} | {score_cell(a)} | {score_cell(b)} "
+                f"| {a['score'] - b['score']:+.2f} | {_judged(a, b, floors)} |"
+            )
+    if not lines:
+        return []
+    return [
+        f"`{first}` against `{second}` without fine-tuning (does the first score higher?), "
+        "per task and ratio; with several calibration samples each (`factorize.py --seed N` "
+        'draws sample N: "3 seeds" is three samples), the difference of the means and '
+        "Welch's 95% interval over samples:\n",
+        f"| task | ratio | {first} | {second} | difference | verdict |",
+        "|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
 def plugin_variant_comparison(
     rows: list[dict], variant: str, plain: str, floors: dict
 ) -> list[str]:
@@ -827,15 +871,7 @@ def plugin_variant_comparison(
             same = [r for r in mine if same_teacher(_reference(r, teacher), ref)]
             a, b = _pick(same, task, variant, "plugin"), _pick(same, task, plain, "plugin")
             # named by setting, so a "no signal" verdict says which side has none
-            verdict = _better({**a, "method": variant}, {**b, "method": plain}, floors)
-            floor = _floor_of(floors, task)
-            diff = a["score"] - b["score"]
-            one_run = len(seed_scores(a)) == 1 or len(seed_scores(b)) == 1
-            if one_run and NO_SIGNAL not in verdict and floor is not None:
-                if abs(diff) < NOISE_SES * floor.se:
-                    verdict = (
-                        f"within noise (under {NOISE_SES:g} SE of one run, {floor.se:.2f}; 1 seed)"
-                    )
+            verdict = _judged({**a, "method": variant}, {**b, "method": plain}, floors)
         shown = "-" if ref is None else f"{ref:.2f}"
         if ref is not None and first_teacher(a):
             shown += " (first teacher)"
@@ -1886,6 +1922,9 @@ def factorize_targets(rows: list[dict], floors: dict | None = None) -> str:
                     f"{fmt.format(a)} against {fmt.format(b)} over {', '.join(over)}) "
                     f"| 4 | {verdict} |"
                 )
+    lines.append("")
+    for first, second in (("svdllm", "fwsvd"), ("svdllm-grouped", "fwsvd-grouped")):
+        lines += factorize_pair_table(rows, first, second, floors)
     lines += factorize_finetune_table(rows, floors)
     autoencoders = [
         r for r in base if r.get("extras", {}).get("factorize_method", "").startswith("ae")

@@ -881,3 +881,33 @@ def test_plugin_variant_comparison_uses_one_teacher_and_the_seeds(report, monkey
     text = "\n".join(report.plugin_variant_comparison(apart, "k4-ffn-cls", "k4-ffn", floors))
     assert "not compared: no teacher both were measured against" in text
     assert report.plugin_variant_comparison(rows[:1], "k4-ffn-cls", "k4-ffn", floors) == []
+
+
+def test_factorize_pair_table_merges_samples_and_judges_by_their_interval(report):
+    """svdllm against fwsvd per task and ratio: calibration samples (``--seed``) merge into
+    mean ± std and the verdict uses Welch's interval over them; one sample each is judged
+    against 2 SE of the dev metric; a row below the floor line is no signal."""
+    floors = {"sst2": report.Floor("sst2", "accuracy", 50.0, 1.0, 872)}  # line 52, 2 SE = 2
+
+    def row(method, ratio, score, seed):
+        r = _row("sst2", method, f"ratio {ratio}, per-layer, no fine-tuning", score)
+        r["seed"] = seed
+        return r
+
+    rows = [_row("sst2", "teacher", "full", 88.0)]
+    for seed, (a, b) in zip((42, 43, 44), ((86.6, 83.4), (86.2, 81.9), (85.8, 82.9))):
+        rows += [row("svdllm", 2, a, seed), row("fwsvd", 2, b, seed)]
+    rows += [row("svdllm", 4, 81.0, 42), row("fwsvd", 4, 80.0, 42)]
+    rows += [row("svdllm", 10, 51.0, 42), row("fwsvd", 10, 60.0, 42)]
+    text = "\n".join(report.factorize_pair_table(rows, "svdllm", "fwsvd", floors))
+    assert "| sst2 | 2 | 86.20 ± 0.40 (3 seeds) | 82.73 ± 0.76 (3 seeds) | +3.47 | met (3+" in text
+    assert "| sst2 | 4 | 81.00 (1 seed) | 80.00 (1 seed) | +1.00 | within noise (under 2 SE" in text
+    assert "| sst2 | 10 | 51.00 (1 seed) | 60.00 (1 seed) | -9.00 | no signal (svdllm) |" in text
+    # a spread that swallows the difference: not resolved
+    wide = [r if r["method"] != "fwsvd" or r["seed"] != 43 else {**r, "score": 90.0} for r in rows]
+    text = "\n".join(report.factorize_pair_table(wide, "svdllm", "fwsvd", floors))
+    assert (
+        "| sst2 | 2 | 86.20 ± 0.40 (3 seeds) | 85.43 ± 3.96 (3 seeds) | +0.77 | not resolved"
+        in text
+    )
+    assert report.factorize_pair_table(rows, "svdllm-grouped", "fwsvd-grouped", floors) == []
