@@ -822,7 +822,7 @@ def factorize_pair_table(rows: list[dict], first: str, second: str, floors: dict
         for ratio in sorted({_ratio_of(r) for r in base if r["task"] == task}):
             setting = f"ratio {ratio}, {mode}, no fine-tuning"
             a, b = _pick(base, task, setting, first), _pick(base, task, setting, second)
-            if a is None or b is None or a["method"] != first or b["method"] != second:
+            if a is None or b is None:
                 continue
             lines.append(
                 f"| {task} | {ratio} | {score_cell(a)} | {score_cell(b)} "
@@ -846,9 +846,7 @@ def plugin_variant_comparison(
     rows: list[dict], variant: str, plain: str, floors: dict
 ) -> list[str]:
     """Per GLUE task, "plugin ``variant`` scores above ``plain``" with its verdict
-    (``_better``: Welch's interval over seeds where both have several, else one run's
-    test, and "within noise" where one run's difference is under ``NOISE_SES`` standard
-    errors of the dev metric). Both sides come from the runs of one teacher, the current
+    (``_judged``). Both sides come from the runs of one teacher, the current
     one where both have runs against it (each side's seeds merged, ``_pick``); a task whose
     two settings share no teacher is shown and not judged."""
     lines = []
