@@ -576,7 +576,7 @@ def markdown(rows: list[dict], floors: dict | None = None, signal=None) -> str:
 # ---------------------------------------------------------------------- one task
 def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> list[dict]:
     from gearshift.jobs import teacher_dir
-    from gearshift.measure.report import machine_description
+    from gearshift.measure.report import machine_description, now_iso
     from gearshift.train.finetune import training_finished
 
     task = get_task(task_name)
@@ -632,6 +632,7 @@ def run_task(task_name: str, args: argparse.Namespace, sink: ResultsSink) -> lis
                 "reference_score": None,
                 "seed": args.seed if trained(p) else None,
                 "command": command_line("benchmarks/compose.py", args.argv),
+                "date": now_iso(),
                 "machine": machine_description(),
                 "extras": {
                     "engine": "eager",

@@ -685,6 +685,26 @@ def test_results_sink_keeps_runs_of_other_seeds_side_by_side(tmp_path):
     assert [(r["seed"], r["score"]) for r in ResultsSink(path, "bench").rows] == [(44, 5.0)]
 
 
+def test_results_sink_dates_undated_rows_when_they_are_written(tmp_path, monkeypatch):
+    """A row added without a date gets the time it was written, and keeps it when a later
+    run re-reads and rewrites the file (it used to take the later run's time)."""
+    from gearshift.measure import ResultsSink
+    from gearshift.measure import report as measure_report
+
+    path = tmp_path / "b.json"
+    row = OperatingPoint(
+        task="rte", model="m", method="a", setting="s", metric="accuracy", score=1.0
+    ).to_dict()
+    del row["date"]
+    monkeypatch.setattr(measure_report, "now_iso", lambda: "2026-01-01T00:00:00+00:00")
+    ResultsSink(path, "bench").add(row)
+    monkeypatch.setattr(measure_report, "now_iso", lambda: "2026-06-01T00:00:00+00:00")
+    later = dict(row, method="b", date="2026-06-01T00:00:00+00:00")
+    ResultsSink(path, "bench").add(later)  # another run re-reads and rewrites the file
+    dates = {r["method"]: r["date"] for r in ResultsSink(path, "bench").rows}
+    assert dates == {"a": "2026-01-01T00:00:00+00:00", "b": "2026-06-01T00:00:00+00:00"}
+
+
 def test_results_sinks_of_two_concurrent_runs_keep_each_others_rows(tmp_path):
     from gearshift.measure import ResultsSink
 

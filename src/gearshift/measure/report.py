@@ -321,7 +321,8 @@ def plot_tradeoff(
 class ResultsSink:
     """One benchmark's results file, kept up to date as rows arrive (resumable runs).
 
-    Loads the rows already in ``path`` (those of ``benchmark``); :meth:`add` replaces rows of
+    Loads the rows already in ``path`` (those of ``benchmark``); :meth:`add` dates the rows
+    that carry no ``date`` (now), replaces rows of
     the same (task, method, setting) and rewrites the file atomically, so a killed run loses
     at most what it was measuring; :meth:`has` tells a resuming run what is recorded.
     ``new`` holds the rows added by this run. A row with a ``seed`` replaces only rows of
@@ -366,6 +367,9 @@ class ResultsSink:
 
     def add(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
         rows = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
+        for r in rows:  # a row without a date would take the time of the next run's read
+            if not r.get("date"):
+                r["date"] = now_iso()
         self.new += rows
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Re-read under a lock: another run of this benchmark (say, one task per core) may
