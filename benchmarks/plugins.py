@@ -6,6 +6,7 @@
                                                           # no teacher yet: untrained head (smoke only)
     python benchmarks/plugins.py --retime --threads 1 --tasks sst2
                                                           # quiet machine: re-measure costs only
+    python benchmarks/plugins.py --plot                   # redraw the plots from the rows
 
 Per task: the teacher; plugins at k = 2, 4, 8 for placements "ffn" and "layer" (stage C:
 hidden-state MSE to the frozen teacher, ``--steps`` optimizer steps each, at most
@@ -49,6 +50,7 @@ from gearshift.jobs import (
     training_finished,
 )
 from gearshift.measure import (
+    SEED_FREE,
     ResultsSink,
     fixed_threads,
     markdown_table,
@@ -279,7 +281,77 @@ def run_task(task_name: str, teacher: str, args: argparse.Namespace, command: st
     )
     for r in rows:  # the trained plugins' seed; the teacher and the baselines draw nothing
         r["seed"] = args.seed if r["method"] == "plugin" else None
+        if r["method"] in TRAINING_FREE:
+            r["extras"]["seed_note"] = SEED_FREE + f" ({TRAINING_FREE[r['method']]})"
     return rows
+
+
+# Rows that train nothing: one teacher gives them one score whatever the seed.
+TRAINING_FREE = {
+    "teacher": "the task's teacher, scored as built",
+    "mean-merging": "a training-free baseline on the teacher",
+    "truncation": "a training-free baseline on the teacher",
+}
+
+
+def keep_timed(new: list[dict], earlier: list[dict]) -> list[dict]:
+    """``new`` less the untimed rows that only repeat a timed earlier row: a ``--no-latency``
+    (seed) run scores the teacher and the training-free baselines again, which draw nothing,
+    so on the same teacher they reproduce the earlier score exactly; writing them would
+    replace the timed row (seed None replaces every seed) with an untimed copy. A row whose
+    score or reference differs (another teacher) is written: it is a new measurement."""
+
+    def repeats(r: dict, e: dict) -> bool:
+        return (
+            (e["task"], e["method"], e["setting"]) == (r["task"], r["method"], r["setting"])
+            and e.get("latency_ratio_b32") is not None
+            and e.get("reference_score") is not None
+            and r.get("reference_score") is not None
+            and abs(e["score"] - r["score"]) < 1e-9
+            and abs(e["reference_score"] - r["reference_score"]) < 1e-9
+        )
+
+    return [
+        r
+        for r in new
+        if not (
+            r["method"] in TRAINING_FREE
+            and r.get("latency_ratio_b32") is None
+            and any(repeats(r, e) for e in earlier)
+        )
+    ]
+
+
+def plot_task(output: Path, rows: list[dict], task: str, teacher: dict | None) -> Path:
+    """Draw ``plugins_<task>.png`` beside ``output`` from every row of the task in the file
+    (not only one run's): a point per setting (``plot_points``), ``teacher``'s rows first."""
+    return plot_tradeoff(
+        plot_points([r for r in rows if r["task"] == task], teacher["score"] if teacher else None),
+        output.parent / f"plugins_{task}.png",
+        x="flops_128",
+        title=f"Plugins on {task} (MiniLM-L6): score vs FLOPs at length 128 (mean over seeds)",
+    )
+
+
+def plot_points(rows: list[dict], reference: float | None) -> list[dict]:
+    """One point per (method, setting) of a task's rows for its plot: the mean score over the
+    rows measured against ``reference`` (this run's teacher) where the setting has any, else
+    over its other rows (an earlier teacher's); the cost fields are the first row's."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["setting"]), []).append(r)
+    points = []
+    for group in groups.values():
+        mine = [
+            r
+            for r in group
+            if reference is not None
+            and r.get("reference_score") is not None
+            and abs(r["reference_score"] - reference) < 1e-9
+        ]
+        use = mine or group
+        points.append({**use[0], "score": sum(r["score"] for r in use) / len(use)})
+    return points
 
 
 PLUGIN_SETTING = re.compile(
@@ -443,6 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only re-measure the costs of the rows already in the results file: latency "
         "ratios and FLOPs (trained plugins reload; scores stay): for a quiet machine",
     )
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="only redraw the tasks' plots from the rows in the results file",
+    )
     parser.add_argument("--runs", default="runs/plugins", help="where trained plugins go")
     parser.add_argument(
         "--seed",
@@ -478,6 +555,16 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line(__file__, argv)
 
     output = Path(args.output)
+    if args.plot:
+        rows = earlier_rows(output)
+        for name in args.tasks:
+            task = get_task(name).name
+            teacher = next(
+                (r for r in rows if r["task"] == task and r["method"] == "teacher"), None
+            )
+            if any(r["task"] == task for r in rows):
+                print(f"[plugins] {plot_task(output, rows, task, teacher)}", flush=True)
+        return 0
     if args.retime:
         for name in args.tasks:
             teacher = find_teacher(get_task(name).name, args.teacher)
@@ -515,13 +602,10 @@ def main(argv: list[str] | None = None) -> int:
         # A fresh sink re-reads the file just before writing (another run, on other tasks,
         # may have written meanwhile); this run's rows replace those of the same settings and
         # the task's other rows (variants not trained this time) stay.
-        ResultsSink(output, "plugins").add(task_rows)
-        plot_tradeoff(
-            task_rows,
-            output.parent / f"plugins_{get_task(name).name}.png",
-            x="flops_128",
-            title=f"Plugins on {get_task(name).name} (MiniLM-L6): score vs FLOPs at length 128",
-        )
+        sink = ResultsSink(output, "plugins")
+        sink.add(keep_timed(task_rows, sink.rows) if args.no_latency else task_rows)
+        teacher_row = next((r for r in task_rows if r["method"] == "teacher"), None)
+        plot_task(output, sink.rows, get_task(name).name, teacher_row)
         print(markdown_table(task_rows, COLUMNS), flush=True)
     if not done:
         print("[plugins] no task had a finished teacher: nothing measured", flush=True)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from gearshift.measure import decode_labels, markdown_table, mcnemar
+from gearshift.measure import SEED_FREE, decode_labels, markdown_table, mcnemar
 from gearshift.methods.factorize.config import METHODS
 
 HERE = Path(__file__).resolve().parent
@@ -905,17 +905,28 @@ def plugins_targets(rows: list[dict], floors: dict | None = None) -> str:
         for r in rows
         if r["task"] == "sst2" and r["setting"].startswith("k4-") and r["method"] == "plugin"
     ]
-    if len(variants) > 2:
+    groups: dict[tuple, list[dict]] = {}
+    for r in variants:  # one line per setting and teacher, its seeds merged
+        ref = round(r.get("reference_score") or 0.0, 2)
+        groups.setdefault((r["setting"], ref), []).append(r)
+    if len(groups) > 2:
         lines.append(
             "k=4 variants on SST-2 (first token kept out: `-cls`; KL to the teacher's "
-            "logits: `+kl`; the paper's 64-wide restorer: `-r64`):\n"
+            "logits: `+kl`; the paper's 64-wide restorer: `-r64`), one line per setting and "
+            "teacher (compare settings on one teacher), seeds merged:\n"
         )
-        lines.append("| setting | score | FLOPs saved at 128 | params added |")
-        lines.append("|---|---|---|---|")
-        for r in sorted(variants, key=lambda r: r["setting"]):
+        lines.append("| setting | teacher | score | FLOPs saved at 128 | params added |")
+        lines.append("|---|---|---|---|---|")
+        for (setting, ref), group in sorted(groups.items()):
+            r = (
+                merge_seeds(group)
+                if len({g.get("seed") for g in group}) == len(group)
+                else group[0]
+            )
+            shown = f"{ref:.2f}" + (" (first teacher)" if first_teacher(r) else "")
             lines.append(
-                f"| {r['setting']} | {r['score']:.2f} | {r['extras']['saved_flops_128']:.1%} "
-                f"| {r['extras']['added_params']:,} |"
+                f"| {setting} | {shown} | {score_cell(r)} "
+                f"| {r['extras']['saved_flops_128']:.1%} | {r['extras']['added_params']:,} |"
             )
     return "\n".join(lines) + "\n" if lines else ""
 
@@ -1355,10 +1366,31 @@ def steps_init(rows: list[dict]) -> str:
     )
 
 
+def _ppl_cell(row: dict | None) -> str:
+    """A decoder's perplexity for a table: one run's, or the mean ± std over seeds."""
+    if row is None:
+        return "-"
+    scores = seed_scores(row)
+    mean, sd, _ = seed_interval(scores)
+    return f"{mean:.1f}" if len(scores) == 1 else f"{mean:.1f} ± {sd:.1f}"
+
+
+def _lower_verdict(a: dict, b: dict) -> str:
+    """Whether decoder row ``a``'s perplexity is below ``b``'s: over seeds by Welch's 95%
+    interval of ``b - a`` (``difference_verdict``) where both have two or more, else one
+    run's comparison, which says "1 seed"."""
+    over_seeds = difference_verdict(b, a)
+    if over_seeds is not None:
+        return over_seeds
+    gap = b["score"] - a["score"]
+    return f"{'met' if gap > 0 else 'missed'} ({seed_label([a, b])}; no interval)"
+
+
 def decoder_summary(rows: list[dict]) -> str:
     """The decoders: WikiText-2 test perplexity of each model at N = 6, 4, 3, 2 (Euler; the
     unshared model: its first N layers and Euler through every (6/N)-th one), Heun 3 and 2,
-    and greedy generation tokens/s at N = 6 and 3."""
+    and greedy generation tokens/s at N = 6 and 3; each cell the mean ± std over the seeds
+    trained (``steps.py decoders --seed``). Then the decoder claims, judged over seeds."""
     dec = [r for r in rows if r["method"].startswith("decoder-")]
     lines = []
     for method in sorted({r["method"] for r in dec}, key=lambda m: (m != "decoder-unshared", m)):
@@ -1370,19 +1402,80 @@ def decoder_summary(rows: list[dict]) -> str:
                 for n in (6, 4, 3, 2)
             }
             heun = [_pick(mine, "wikitext2", f"N={n} heun") for n in (3, 2)]
-            cells = [f"{got['score']:.1f}" if got else "-" for got in [*at.values(), *heun]]
+            cells = [_ppl_cell(got) for got in [*at.values(), *heun]]
             tps = [at[n]["extras"].get("tokens_per_second") if at[n] else None for n in (6, 3)]
             speed = f"{tps[0]:.0f} / {tps[1]:.0f}" if None not in tps else "-"
             gain = at[3]["extras"].get("generation_speedup_vs_n6") if at[3] else None
             speed += f" ({gain:.2f}x)" if gain else ""
             label = method.removeprefix("decoder-") + (f" ({kind})" if len(kinds) > 1 else "")
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {speed} |")
-    return _table(
+            seeds = seed_label([r for r in at.values() if r]) if any(at.values()) else "-"
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {speed} | {seeds} |")
+    table = _table(
         "Decoders, WikiText-2 test perplexity (lower is better; the unshared model cut to N "
-        "layers by its first N, or by Euler through every (6/N)-th layer). Generation: greedy, "
+        "layers by its first N, or by Euler through every (6/N)-th layer); with several "
+        "seeds, the mean ± std over them. Generation (the seed-42 models): greedy, "
         "4 prompts x 32 new tokens with the key/value cache; in brackets the speed-up of N = 3 "
         "over N = 6, the median over rounds that time every N in turn:",
-        ["model", "N=6", "N=4", "N=3 (a=2)", "N=2", "Heun 3", "Heun 2", "tokens/s N=6 / N=3"],
+        [
+            "model",
+            "N=6",
+            "N=4",
+            "N=3 (a=2)",
+            "N=2",
+            "Heun 3",
+            "Heun 2",
+            "tokens/s N=6 / N=3",
+            "seeds",
+        ],
+        lines,
+    )
+    return table + decoder_claims(dec)
+
+
+def decoder_claims(dec: list[dict]) -> str:
+    """The decoder claims (docs/steps.md), each judged over seeds where both sides have
+    several: step-aware below naive at a = 2 and 3, per sharing; step-aware at a = 2 below
+    the unshared model's best cut to 3 layers; two groups below one at a = 2."""
+
+    def at(method: str, setting: str) -> dict | None:
+        return _pick([r for r in dec if r["method"] == method], "wikitext2", setting)
+
+    claims = []
+    for g, label in ((1, "fully shared"), (2, "two groups")):
+        for n, a in ((3, 2), (2, 3)):
+            aware = at(f"decoder-shared-g{g}-step-aware", f"N={n} euler")
+            naive = at(f"decoder-shared-g{g}-naive", f"N={n} euler")
+            if aware and naive:
+                claims.append((f"{label}: step-aware below naive at a = {a}", aware, naive))
+    cuts = [c for c in (at("decoder-unshared", f"N=3 {k}") for k in ("first", "drop-euler")) if c]
+    if cuts:
+        cut = min(cuts, key=lambda r: r["score"])
+        for g, label in ((1, "fully shared"), (2, "two groups")):
+            aware = at(f"decoder-shared-g{g}-step-aware", "N=3 euler")
+            if aware:
+                claims.append(
+                    (
+                        f"{label} step-aware at a = 2 below the unshared model's best 3-layer cut "
+                        f"({cut['setting'].split()[1]})",
+                        aware,
+                        cut,
+                    )
+                )
+    one = at("decoder-shared-g1-step-aware", "N=3 euler")
+    two = at("decoder-shared-g2-step-aware", "N=3 euler")
+    if one and two:
+        claims.append(("two groups below one (step-aware, a = 2)", two, one))
+    if not claims:
+        return ""
+    lines = [
+        f"| {claim} | {_ppl_cell(a)} ({seed_label([a])}) | {_ppl_cell(b)} ({seed_label([b])}) "
+        f"| {b['score'] - a['score']:+.1f} | {_lower_verdict(a, b)} |"
+        for claim, a, b in claims
+    ]
+    return _table(
+        "Decoder claims (is the first model's perplexity lower?), over seeds where both "
+        "sides have several (Welch's 95% interval of the gap):",
+        ["claim", "first", "second", "gap (second - first)", "verdict"],
         lines,
     )
 
@@ -2352,7 +2445,7 @@ def evidence(row: dict, floors: dict, teacher: dict | None = None) -> str:
     """A row's evidence flags for the raw table: "no signal" (within noise of the constant,
     it or its teacher), "first teacher" (measured against a teacher the recipe no longer
     rebuilds), how its latency was taken where it has one, and "seed ?" where its seed is
-    not known; "-" when none applies."""
+    not known (not where no seed applies: ``SEED_FREE``); "-" when none applies."""
     flags = []
     if "task" in row and row.get("score") is not None:
         if not has_signal(row, floors, _reference(row, teacher)):
@@ -2361,7 +2454,13 @@ def evidence(row: dict, floors: dict, teacher: dict | None = None) -> str:
             flags.append("first teacher")
     if row.get("latency_ratio_b1") is not None or row.get("latency_ratio_b32") is not None:
         flags.append(timing_short(row))
-    if "seed" in row and row["seed"] is None and "seed_scores" not in row.get("extras", {}):
+    extras = row.get("extras", {})
+    if (
+        "seed" in row
+        and row["seed"] is None
+        and "seed_scores" not in extras
+        and not str(extras.get("seed_note", "")).startswith(SEED_FREE)
+    ):
         flags.append("seed ?")
     return "; ".join(flags) or "-"
 

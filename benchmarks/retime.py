@@ -26,7 +26,12 @@ premise holds on the machine at hand.
 
     python benchmarks/retime.py factorize --tasks sst2 --stand-in --warmup 3 --repeats 10 --rounds 3
 
-``--quick`` lists the rows and their artifacts and times nothing.
+``--quick`` lists the rows and their artifacts and times nothing. Only rows that carry a
+latency are re-timed, unless ``--untimed`` also takes the selected rows that never had one
+(a ``--no-latency`` run's: a training-free baseline scored again against a rebuilt teacher):
+
+    python benchmarks/retime.py plugins --tasks sst2 --methods mean-merging truncation \
+        --settings k4-ffn-mean k4-truncate --untimed --stand-in --warmup 3 --repeats 10 --rounds 3
 """
 
 from __future__ import annotations
@@ -176,7 +181,11 @@ def build_stand_in(module: Any, row: dict, base: Any) -> tuple[Any, Any, str]:
             recount = getattr(module, "flops_recount", None)
             reason = recount(row, base, flops) if recount else None
             if reason is None:
-                return None, None, f"stand-in does {flops:.0f} FLOPs at 128, the row {row['flops_128']}"
+                return (
+                    None,
+                    None,
+                    f"stand-in does {flops:.0f} FLOPs at 128, the row {row['flops_128']}",
+                )
             row["_recount"] = (flops - row["flops_128"], reason)
     return model, plan, ""
 
@@ -305,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     add_protocol_args(p)
     p.add_argument("--quick", action="store_true", help="list rows and artifacts; time nothing")
     p.add_argument(
+        "--untimed",
+        action="store_true",
+        help="also time the selected rows that were never timed (a --no-latency run's); "
+        "narrow them with --methods / --settings",
+    )
+    p.add_argument(
         "--stand-in",
         action="store_true",
         help=f"time same-shape stand-ins of rows whose artifact is gone ({', '.join(STAND_INS)})",
@@ -334,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
             r
             for r in sink.rows
             if r["task"] == task.name
-            and (r.get("latency_ratio_b1") is not None or r.get("latency_ratio_b32") is not None)
+            and (
+                args.untimed
+                or r.get("latency_ratio_b1") is not None
+                or r.get("latency_ratio_b32") is not None
+            )
             and (not args.methods or r["method"] in args.methods or r["method"] == "teacher")
             and (not args.settings or r["setting"] in args.settings or r["method"] == "teacher")
         ]

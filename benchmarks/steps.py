@@ -553,8 +553,15 @@ def _lat(lat: dict, name: str) -> dict[str, float]:
 
 # ---------------------------------------------------------------------- decoders
 def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
+    """Train the unshared decoder (unless ``--no-unshared``) and one shared decoder per
+    ``--groups`` x ``--modes`` from scratch on WikiText-2, and score each at every N. A seed
+    study (``--seed`` other than 42) trains into ``<name>-s<seed>`` folders with that seed
+    (weights drawn and batches ordered by it; the tokenizer is the same) and scores
+    perplexity only: generation is timed on the seed-42 models."""
     test_text = _test_text(None)
-    variants = [(None, "naive")] + [(g, m) for g in args.groups for m in args.modes]
+    study = args.seed != DEFAULT_SEED
+    variants = [(None, "naive")] * (not args.no_unshared)
+    variants += [(g, m) for g in args.groups for m in args.modes]
     rows: list[dict] = []
     for groups, mode in variants:
         name = (
@@ -562,7 +569,7 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
             if groups is None
             else variant_name(groups, mode, per_group=args.per_group_steps)
         )
-        out = Path(args.runs) / "decoder" / name
+        out = Path(args.runs) / "decoder" / (f"{name}-s{args.seed}" if study else name)
         cfg = TrainConfig(
             output_dir=str(out),
             max_steps=args.lm_steps,
@@ -570,7 +577,7 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
             learning_rate=1e-3,
             warmup_ratio=0.05,
             save_every=200,
-            seed=42,
+            seed=args.seed,
             progress=not args.quick,
         )
         start = time.perf_counter()
@@ -597,14 +604,29 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
         else:
             plans = {(n, s): step_plan(model.config, n, solver=s) for n, s in settings(args)}
         ref_ppl = None
-        speed = generation_speed(model, prompt, plans, args.gen_tokens, args.gen_repeats, L)
+        speed = (
+            {}
+            if study
+            else generation_speed(model, prompt, plans, args.gen_tokens, args.gen_repeats, L)
+        )
         for (n, s), plan in plans.items():
             ppl = perplexity(model, test, plan=plan)
             ref_ppl = ppl if (n == L and s == "euler") else ref_ppl
             tps, speedup = speed.get((n, s), (None, None))
             steps = plan.steps if plan is not None else model.steps
+            timing = (
+                {
+                    "timing": {
+                        "how": f"not timed: a seed study (seed {args.seed}); the "
+                        f"seed-{DEFAULT_SEED} model of this setting carries the generation speed"
+                    }
+                }
+                if study
+                else {}
+            )
             rows.append(
                 OperatingPoint(
+                    seed=args.seed,
                     task="wikitext2",
                     model="decoder-6x256-bpe8k",
                     method=f"decoder-{name}",
@@ -626,8 +648,12 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
                         "train_steps": args.lm_steps,
                         "tokens_per_second": tps,
                         "generation_speedup_vs_n6": speedup,
-                        "generation_repeats": args.gen_repeats,
+                        "generation_repeats": None if study else args.gen_repeats,
                         "model_dir": str(folder),
+                        # trained from scratch, no teacher: the reference is the model's own
+                        # N = 6 perplexity, so seeds merge by setting, not by reference
+                        "teacher_independent": True,
+                        **timing,
                     },
                 ).to_dict()
             )
@@ -969,8 +995,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--seed",
         type=int,
         default=DEFAULT_SEED,
-        help="encoders: the seed of distillation and fine-tuning; another than 42 is a seed "
-        "study: only the shared variants, trained into *-s<seed> folders, scored, untimed",
+        help="the training seed; another than 42 is a seed study, trained into *-s<seed> "
+        "folders, scored, untimed (encoders: the shared variants only, distillation and "
+        "fine-tuning seeded; decoders: the models named by --groups / --modes and, unless "
+        "--no-unshared, the unshared one, trained from scratch with it)",
+    )
+    p.add_argument(
+        "--no-unshared",
+        action="store_true",
+        help="decoders: train and score only the shared models (a seed study of them)",
     )
     p.add_argument(
         "--retime",

@@ -740,3 +740,55 @@ def test_benchmark_settings_keep_only_the_named_plugins(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--tasks", "mrpc", "--ks", "4", "--placements", "ffn", "--settings", "k9"])
     assert "--settings k9: no such plugin" in capsys.readouterr().err
+
+
+def test_benchmark_seed_runs_keep_the_timed_training_free_rows(monkeypatch):
+    """A ``--no-latency`` (seed) run scores the teacher and the training-free baselines
+    again: where that reproduces a timed row exactly it is not written (it would replace the
+    timed row, seed None replacing every seed); against another teacher it is. The plot
+    has one point per setting: the mean over this teacher's seeds, else the other rows'."""
+    import importlib
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("plugins")
+
+    def row(method, setting, score, ref, seed=None, b32=None):
+        return {
+            "task": "sst2",
+            "method": method,
+            "setting": setting,
+            "score": score,
+            "reference_score": ref,
+            "seed": seed,
+            "latency_ratio_b32": b32,
+            "extras": {},
+        }
+
+    earlier = [
+        row("teacher", "full", 88.3, 88.3, b32=1.0),
+        row("truncation", "k4-truncate", 68.3, 88.3, b32=0.3),
+    ]
+    new = [
+        row("teacher", "full", 88.3, 88.3),
+        row("truncation", "k4-truncate", 68.3, 88.3),
+        row("mean-merging", "k4-ffn-mean", 79.1, 88.3),  # no timed row to keep
+        row("plugin", "k4-ffn", 86.2, 88.3, seed=43),
+    ]
+    kept = bench.keep_timed(new, earlier)
+    assert [(r["method"], r["setting"]) for r in kept] == [
+        ("mean-merging", "k4-ffn-mean"),
+        ("plugin", "k4-ffn"),
+    ]
+    rebuilt = [row("teacher", "full", 88.65, 88.65), row("truncation", "k4-truncate", 69.2, 88.65)]
+    assert bench.keep_timed(rebuilt, earlier) == rebuilt  # another teacher: new measurements
+    points = bench.plot_points(
+        [
+            row("plugin", "k4-ffn", 87.0, 88.3, seed=43),
+            row("plugin", "k4-ffn", 86.0, 88.3, seed=44),
+            row("plugin", "k4-ffn", 90.0, 88.65, seed=42),
+            row("plugin", "k8-ffn", 85.0, 88.65, seed=42),
+        ],
+        88.3,
+    )
+    assert {(p["setting"], p["score"]) for p in points} == {("k4-ffn", 86.5), ("k8-ffn", 85.0)}

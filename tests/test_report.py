@@ -911,3 +911,44 @@ def test_factorize_pair_table_merges_samples_and_judges_by_their_interval(report
         in text
     )
     assert report.factorize_pair_table(rows, "svdllm-grouped", "fwsvd-grouped", floors) == []
+
+
+def _decoder_rows(method: str, setting: str, scores: list[float]) -> list[dict]:
+    rows = []
+    for seed, score in zip((42, 43, 44), scores, strict=False):
+        row = _row("wikitext2", method, setting, score, teacher_independent=True)
+        rows.append({**row, "metric": "perplexity", "seed": seed, "reference_score": score + 1})
+    return rows
+
+
+def test_decoder_claims_are_judged_over_seeds(report):
+    """The decoder table merges a setting's seeds (their references, each model's own N = 6
+    perplexity, differ); a claim is "met" over seeds only when Welch's interval of the
+    perplexity gap is above 0, and one run says "1 seed"."""
+    rows = (
+        _decoder_rows("decoder-shared-g1-step-aware", "N=3 euler", [184.0, 185.0, 186.0])
+        + _decoder_rows("decoder-shared-g1-naive", "N=3 euler", [220.0, 222.0, 224.0])
+        + _decoder_rows("decoder-shared-g1-step-aware", "N=2 euler", [188.0, 200.0, 230.0])
+        + _decoder_rows("decoder-shared-g1-naive", "N=2 euler", [190.0, 240.0, 200.0])
+        + _decoder_rows("decoder-unshared", "N=3 first", [204.0])
+        + _decoder_rows("decoder-unshared", "N=3 drop-euler", [195.0])
+    )
+    text = report.decoder_claims(rows)
+    line = next(x for x in text.splitlines() if "below naive at a = 2" in x)
+    assert "185.0 ± 1.0 (3 seeds)" in line and "| +37.0 |" in line and "| met (3+ seeds" in line
+    line = next(x for x in text.splitlines() if "below naive at a = 3" in x)
+    assert "not resolved (3+ seeds" in line
+    line = next(x for x in text.splitlines() if "3-layer cut (drop-euler)" in x)
+    assert "195.0 (1 seed)" in line and line.endswith("| met (1 seed; no interval) |")
+    worse = _decoder_rows("decoder-shared-g1-step-aware", "N=3 euler", [199.0])
+    assert "missed (1 seed; no interval)" in report.decoder_claims(
+        worse + _decoder_rows("decoder-unshared", "N=3 drop-euler", [195.0])
+    )
+
+
+def test_rows_that_draw_nothing_are_not_flagged_for_a_missing_seed(report):
+    """``seed ?`` marks a row whose seed is unknown, not a training-free one (``SEED_FREE``)."""
+    plain = {**_row("sst2", "truncation", "k4-truncate", 70.0), "seed": None}
+    free = {**plain, "extras": {"seed_note": report.SEED_FREE + " (a baseline)"}}
+    assert "seed ?" in report.evidence(plain, {})
+    assert "seed ?" not in report.evidence(free, {})

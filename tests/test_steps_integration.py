@@ -203,3 +203,25 @@ def test_layer_latency_benchmark_times_every_n_against_six(tmp_path, load_benchm
     for size in (1, 32):
         assert 0 < three[f"embeddings_ms_b{size}"] < three[f"median_ms_b{size}"]
         assert three[f"layer_ratio_b{size}"] > 0
+
+
+def test_decoder_seed_study_trains_beside_seed_42_untimed(tmp_path, load_benchmark):
+    """benchmarks/steps.py decoders --seed 43: the shared models train into their own
+    ``-s43`` folders from other weights (another score), record the seed, and are not timed
+    (generation speed is the seed-42 model's); --no-unshared leaves the unshared one alone."""
+    steps = load_benchmark("steps")
+    out = tmp_path / "steps.json"
+    argv = ["decoders", "--quick", "--groups", "1", "--modes", "naive", "--n-steps", "6", "3"]
+    argv += ["--out", str(out), "--runs", str(tmp_path)]
+    assert steps.main(argv) == 0
+    assert steps.main(argv + ["--seed", "43", "--no-unshared"]) == 0
+    rows = {(r["method"], r["setting"], r["seed"]): r for r in json.loads(out.read_text())["rows"]}
+    assert {seed for method, _, seed in rows if method == "decoder-unshared"} == {42}
+    first = rows[("decoder-shared-g1-naive", "N=3 euler", 42)]
+    again = rows[("decoder-shared-g1-naive", "N=3 euler", 43)]
+    assert first["extras"]["tokens_per_second"] > 0
+    assert again["extras"]["tokens_per_second"] is None
+    assert "seed study (seed 43)" in again["extras"]["timing"]["how"]
+    assert "decoder/shared-g1-naive-s43" in again["extras"]["model_dir"]
+    assert again["score"] != first["score"]
+    assert again["extras"]["teacher_independent"]

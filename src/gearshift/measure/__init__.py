@@ -22,6 +22,7 @@ from gearshift.measure.memory import MemoryStats, peak_memory
 from gearshift.measure.params import count_parameters, parameter_breakdown, parameter_bytes
 from gearshift.measure.profile import profile_markdown, profile_model
 from gearshift.measure.report import (
+    SEED_FREE,
     OperatingPoint,
     ResultsSink,
     machine_description,
@@ -65,6 +66,7 @@ __all__ = [
     "profile_markdown",
     "profile_model",
     "ResultsSink",
+    "SEED_FREE",
     "read_results",
     "write_results",
 ]

@@ -29,6 +29,10 @@ logger = logging.getLogger("gearshift.measure")
 
 RESULTS_DIR = Path("benchmarks") / "results"
 
+# The start of ``extras["seed_note"]`` on a row that draws nothing (a teacher scored as built,
+# a training-free baseline, a timing): its ``seed`` is None because no seed applies.
+SEED_FREE = "nothing trained with a seed"
+
 
 def _command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
