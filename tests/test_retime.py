@@ -238,13 +238,13 @@ def test_stand_ins_retime_rows_whose_model_is_gone_and_check_their_shapes(
     parameters, timed by the protocol (with the stand-in note and a spread); rows of one
     arithmetic are timed once (``timed_as``); a row whose shapes do not match, and one the
     script cannot rebuild, keep their latency and are listed."""
+    from pathlib import Path
+
     from conftest import random_batch
 
     from gearshift.measure import count_parameters
     from gearshift.measure.report import ResultsSink
     from gearshift.runtime import load_pretrained
-
-    from pathlib import Path
 
     script = load_benchmark("retime")
     monkeypatch.syspath_prepend(str(Path(script.__file__).parent))  # stand_in's benchmark
@@ -307,12 +307,11 @@ def test_benchmark_stand_ins_have_the_rows_shapes(bench, monkeypatch, hf_tiny_di
     """factorize's, slim's and plugins' stand_in rebuild a row's shapes from the pre-trained
     model alone (the rows' recorded settings); rows with exits get none."""
     import copy
+    import importlib
+    from pathlib import Path
 
     from gearshift.measure import count_parameters
     from gearshift.runtime import load_pretrained
-
-    import importlib
-    from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     module = importlib.import_module(bench)  # as retime.py imports it (its dataclasses need it)

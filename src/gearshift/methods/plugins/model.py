@@ -282,7 +282,7 @@ def plugin_flops(model_config: ModelConfig, plugin_config: PluginConfig, seq_len
     copy of the whole sequence, at 4*d*r FLOPs per layer.
     """
     c, p = model_config, plugin_config
-    n, d, k, r = seq_len, c.hidden_size, p.k, p.bottleneck
+    n, d, k = seq_len, c.hidden_size, p.k
     total = analytic_flops(c, n)
     first = p.keep_first_token
     nb = n - 1 if first else n

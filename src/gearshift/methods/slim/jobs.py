@@ -11,8 +11,8 @@ from gearshift.data import get_task
 from gearshift.errors import ConfigError
 
 from .criteria import Criterion, Entropy, Patience
-from .model import ExitConfig, MultiExitModel, load_multi_exit
 from .measure import record_exits, sweep
+from .model import ExitConfig, MultiExitModel, load_multi_exit
 from .train import SlimConfig, distil_stage, run_slim, stage_done
 
 
