@@ -403,8 +403,7 @@ def _pick(rows: list[dict], task: str, setting: str, method: str | None = None) 
         else:
             home.append(r)
     chosen = next((g for g in groups if not first_teacher(g[0])), groups[0])
-    seeds = {r.get("seed") for r in chosen}
-    row = merge_seeds(chosen) if len(seeds) == len(chosen) > 1 else chosen[0]
+    row = merge_seeds(chosen)
     if row.get("latency_ratio_b32") is None:  # a scores-only run: costs of the same shape
         timed = next((r for g in groups for r in g if r.get("latency_ratio_b32") is not None), None)
         if timed is not None:
@@ -490,8 +489,9 @@ def seed_scores(row: dict) -> list[float]:
 def merge_seeds(rows: list[dict]) -> dict:
     """One row for the runs of one (task, method, setting) with different seeds: the first
     row with the mean score, and ``extras.seed_scores`` / ``extras.seeds`` listing each
-    run's; a single row is returned as it is."""
-    if len(rows) == 1:
+    run's; a single row, or rows that repeat a seed (not runs of a seed study), come back as
+    the first row."""
+    if len(rows) == 1 or len({r.get("seed") for r in rows}) < len(rows):
         return rows[0]
     scores = [r["score"] for r in rows]
     # costs come from a timed run where there is one (seed re-runs may score only)
@@ -527,14 +527,13 @@ def seed_interval(scores: list[float], level: float = 0.95) -> tuple[float, floa
     return mean, sd, half
 
 
-def score_cell(row: dict) -> str:
+def score_cell(row: dict, digits: int = 2, count: bool = True) -> str:
     """A row's score for a table: "84.35 (1 seed)", or "84.10 ± 0.40 (3 seeds)" (mean ±
-    standard deviation over seeds)."""
+    standard deviation over seeds); ``count=False`` leaves the seed count out."""
     scores = seed_scores(row)
     mean, sd, _ = seed_interval(scores)
-    if len(scores) == 1:
-        return f"{mean:.2f} (1 seed)"
-    return f"{mean:.2f} ± {sd:.2f} ({len(scores)} seeds)"
+    cell = f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if len(scores) > 1 else "")
+    return cell + (f" ({seed_label([row])})" if count else "")
 
 
 def target_verdict(
@@ -918,11 +917,7 @@ def plugins_targets(rows: list[dict], floors: dict | None = None) -> str:
         lines.append("| setting | teacher | score | FLOPs saved at 128 | params added |")
         lines.append("|---|---|---|---|---|")
         for (setting, ref), group in sorted(groups.items()):
-            r = (
-                merge_seeds(group)
-                if len({g.get("seed") for g in group}) == len(group)
-                else group[0]
-            )
+            r = merge_seeds(group)
             shown = f"{ref:.2f}" + (" (first teacher)" if first_teacher(r) else "")
             lines.append(
                 f"| {setting} | {shown} | {score_cell(r)} "
@@ -1366,15 +1361,6 @@ def steps_init(rows: list[dict]) -> str:
     )
 
 
-def _ppl_cell(row: dict | None) -> str:
-    """A decoder's perplexity for a table: one run's, or the mean ± std over seeds."""
-    if row is None:
-        return "-"
-    scores = seed_scores(row)
-    mean, sd, _ = seed_interval(scores)
-    return f"{mean:.1f}" if len(scores) == 1 else f"{mean:.1f} ± {sd:.1f}"
-
-
 def _lower_verdict(a: dict, b: dict) -> str:
     """Whether decoder row ``a``'s perplexity is below ``b``'s: over seeds by Welch's 95%
     interval of ``b - a`` (``difference_verdict``) where both have two or more, else one
@@ -1402,7 +1388,9 @@ def decoder_summary(rows: list[dict]) -> str:
                 for n in (6, 4, 3, 2)
             }
             heun = [_pick(mine, "wikitext2", f"N={n} heun") for n in (3, 2)]
-            cells = [_ppl_cell(got) for got in [*at.values(), *heun]]
+            cells = [
+                score_cell(got, 1, count=False) if got else "-" for got in [*at.values(), *heun]
+            ]
             tps = [at[n]["extras"].get("tokens_per_second") if at[n] else None for n in (6, 3)]
             speed = f"{tps[0]:.0f} / {tps[1]:.0f}" if None not in tps else "-"
             gain = at[3]["extras"].get("generation_speedup_vs_n6") if at[3] else None
@@ -1468,7 +1456,7 @@ def decoder_claims(dec: list[dict]) -> str:
     if not claims:
         return ""
     lines = [
-        f"| {claim} | {_ppl_cell(a)} ({seed_label([a])}) | {_ppl_cell(b)} ({seed_label([b])}) "
+        f"| {claim} | {score_cell(a, 1)} | {score_cell(b, 1)} "
         f"| {b['score'] - a['score']:+.1f} | {_lower_verdict(a, b)} |"
         for claim, a, b in claims
     ]

@@ -609,21 +609,21 @@ def decoder_rows(args: argparse.Namespace, command: str) -> list[dict]:
             if study
             else generation_speed(model, prompt, plans, args.gen_tokens, args.gen_repeats, L)
         )
+        timing = (
+            {
+                "timing": {
+                    "how": f"not timed: a seed study (seed {args.seed}); the "
+                    f"seed-{DEFAULT_SEED} model of this setting carries the generation speed"
+                }
+            }
+            if study
+            else {}
+        )
         for (n, s), plan in plans.items():
             ppl = perplexity(model, test, plan=plan)
             ref_ppl = ppl if (n == L and s == "euler") else ref_ppl
             tps, speedup = speed.get((n, s), (None, None))
             steps = plan.steps if plan is not None else model.steps
-            timing = (
-                {
-                    "timing": {
-                        "how": f"not timed: a seed study (seed {args.seed}); the "
-                        f"seed-{DEFAULT_SEED} model of this setting carries the generation speed"
-                    }
-                }
-                if study
-                else {}
-            )
             rows.append(
                 OperatingPoint(
                     seed=args.seed,
