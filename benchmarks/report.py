@@ -1042,17 +1042,22 @@ def _best_drop(rows: list[dict], task: str) -> dict | None:
 
 def _cut_reference(rows: list[dict], task: str) -> dict | None:
     """The pre-trained model cut to its first 3 layers and fine-tuned like the shared models
-    (``unshared-cut-finetuned``, N=3), or None."""
-    return next(
+    (``unshared-cut-finetuned``, N=3), its seeds merged (``_pick``), or None."""
+    return _finetuned_reference(rows, task, "unshared-cut-finetuned", "N=3:")
+
+
+def _finetuned_reference(rows: list[dict], task: str, method: str, prefix: str = "") -> dict | None:
+    """The row of ``method`` on ``task`` whose setting starts with ``prefix`` (the first such
+    setting), the runs of several seeds merged (``_pick``), or None."""
+    setting = next(
         (
-            r
+            r["setting"]
             for r in rows
-            if r["task"] == task
-            and r["method"] == "unshared-cut-finetuned"
-            and r["setting"].startswith("N=3:")
+            if r["task"] == task and r["method"] == method and r["setting"].startswith(prefix)
         ),
         None,
     )
+    return None if setting is None else _pick(rows, task, setting, method)
 
 
 def _frontier(rows: list[dict], budget: float) -> float | None:
@@ -1198,7 +1203,7 @@ def steps_summary(rows: list[dict], floors: dict | None = None) -> str:
         teacher = _pick(mine, task, "unshared, 6 layers", "teacher")
         if teacher is None:
             continue
-        fair = next((r for r in mine if r["method"] == "unshared-finetuned"), None)
+        fair = _finetuned_reference(mine, task, "unshared-finetuned")
         cut = _cut_reference(mine, task)
         drop = _best_drop(mine, task)
 
@@ -1570,7 +1575,7 @@ def _steps_sst2(rows: list[dict], floors: dict | None = None) -> str:
                 f"sits {gap} points below it after {full['extras'].get('distil_steps')} "
                 "distillation steps."
             )
-            fair = next((r for r in sst if r["method"] == "unshared-finetuned"), None)
+            fair = _finetuned_reference(sst, "sst2", "unshared-finetuned")
             if fair is not None:
                 limit = fair["extras"].get("train_limit")
                 lines.append(
@@ -1578,7 +1583,7 @@ def _steps_sst2(rows: list[dict], floors: dict | None = None) -> str:
                     f"{limit} examples), scores {fair['score']:.2f}: the shared model at a = 1 "
                     f"sits {fair['score'] - a1:.2f} points below it."
                 )
-            scratch = next((r for r in sst if r["method"] == "scratch-finetuned"), None)
+            scratch = _finetuned_reference(sst, "sst2", "scratch-finetuned")
             if scratch is not None:
                 lines.append(
                     f"The same architecture from random weights, fine-tuned like them, scores "

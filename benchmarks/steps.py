@@ -391,9 +391,20 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
         return score, {"dev_predictions": encode_labels(preds), "dev_labels": encode_labels(refs)}
 
     teacher_score, teacher_preds = scored(teacher)
-    if study:
+    if study and not args.study_references:
         print(f"[steps] seed study, seed {args.seed}: shared variants only, untimed", flush=True)
         return rows + shared_rows(task, args, teacher, teacher_score, timer, scored, row, study)
+    if study:
+        print(
+            f"[steps] seed study, seed {args.seed}: the references fine-tuned like the shared "
+            "models and the shared variants, untimed",
+            flush=True,
+        )
+        return (
+            rows
+            + reference_rows(task, args, L, teacher_score, timer, scored, row, study)
+            + shared_rows(task, args, teacher, teacher_score, timer, scored, row, study)
+        )
     fns = {"teacher": forward_fn(teacher)}
     for how in ("first", "euler"):
         for n in args.n_steps:
@@ -433,15 +444,41 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                     {"block_evaluations": n, **_lat(lat, f"drop-{how}-{n}"), **preds},
                 )
             )
+    rows += reference_rows(task, args, L, teacher_score, timer, scored, row, study, fns["teacher"])
+    return rows + shared_rows(task, args, teacher, teacher_score, timer, scored, row, study)
+
+
+def reference_rows(task, args, L, teacher_score, timer, scored, row, study, teacher_fn=None):
+    """The references fine-tuned like the shared models (their recipe and data): the
+    unshared model (``unshared-finetuned``), its first n layers (``unshared-cut-finetuned``,
+    ``--cut-references``) and, with ``--scratch-reference``, the architecture from random
+    weights; each timed against the teacher (``teacher_fn``), or, in a seed study
+    (``study``), fine-tuned with that seed into ``<name>-s<seed>`` folders and untimed.
+    ``L``: the teacher's layer count. None of them depends on the task teacher
+    (``teacher_independent``); every row carries the fine-tuning seed."""
+    rows = []
+
+    def named(name: str) -> str:
+        return f"{name}-s{args.seed}" if study else name
+
+    def timing(name: str, model) -> dict:
+        if study:
+            how = (
+                f"not timed: a seed study (seed {args.seed}); the seed-{DEFAULT_SEED} row of "
+                "this setting carries the latency"
+            )
+            return {"timing": {"how": how}}
+        fns = {"teacher": teacher_fn, name: forward_fn(model)}
+        return _lat(timer.ratios(fns, "teacher"), name)
+
     if args.reference and args.train_limit and limits_training(task, args.train_limit):
         # The fair reference for the shared models: the unshared pre-trained model fine-tuned
         # with exactly their recipe and data (the teacher saw the whole training split).
-        best = _finetune(MODEL, "unshared", [1.0], task, args)
+        best = _finetune(MODEL, named("unshared"), [1.0], task, args)
         model = load_pretrained(str(best)).eval()
-        lat = timer.ratios({"teacher": fns["teacher"], "unshared": forward_fn(model)}, "teacher")
         score, preds = scored(model)
         extras = {"block_evaluations": L, "train_limit": args.train_limit, "model_dir": str(best)}
-        extras |= preds
+        extras |= preds | {"teacher_independent": True}
         setting = f"unshared, 6 layers, fine-tuned on {args.train_limit} examples"
         rows.append(
             row(
@@ -451,22 +488,23 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
                 None,
                 score,
                 teacher_score,
-                extras | _lat(lat, "unshared"),
+                extras | timing("unshared", model),
+                seed=args.seed,
             )
         )
     limited = bool(args.train_limit) and limits_training(task, args.train_limit)
 
     def reference(method: str, name: str, start: Path, layers: int, setting: str) -> dict:
         """``start`` fine-tuned like the shared models (their recipe and data), scored."""
-        best = _finetune(str(start), name, [1.0], task, args)
+        best = _finetune(str(start), named(name), [1.0], task, args)
         model = load_pretrained(str(best)).eval()
-        lat = timer.ratios({"teacher": fns["teacher"], name: forward_fn(model)}, "teacher")
         score, preds = scored(model)
-        extras = {"block_evaluations": layers, "model_dir": str(best), **preds, **_lat(lat, name)}
+        extras = {"block_evaluations": layers, "model_dir": str(best), **preds}
+        extras |= {"teacher_independent": True, **timing(name, model)}
         if limited:
             extras["train_limit"] = args.train_limit
             setting += f" on {args.train_limit} examples"
-        return row(method, setting, model, None, score, teacher_score, extras)
+        return row(method, setting, model, None, score, teacher_score, extras, seed=args.seed)
 
     for n in args.cut_references if args.reference else []:
         if 1 <= n < L:  # what a user might do instead of sharing: keep the first n layers
@@ -476,7 +514,7 @@ def encoder_rows(task_name: str, args: argparse.Namespace, command: str) -> list
     if args.reference and args.scratch_reference:
         setting = "random init, 6 layers, fine-tuned"
         rows.append(reference("scratch-finetuned", "scratch", scratch_model(args), L, setting))
-    return rows + shared_rows(task, args, teacher, teacher_score, timer, scored, row, study)
+    return rows
 
 
 def shared_rows(task, args, teacher, teacher_score, timer, scored, row, study) -> list[dict]:
@@ -1004,6 +1042,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-unshared",
         action="store_true",
         help="decoders: train and score only the shared models (a seed study of them)",
+    )
+    p.add_argument(
+        "--study-references",
+        action="store_true",
+        help="encoders, with --seed other than 42: also fine-tune the references fine-tuned "
+        "like the shared models (unshared-finetuned, unshared-cut-finetuned and, with "
+        "--scratch-reference, scratch-finetuned) with that seed, into *-s<seed> folders, "
+        "untimed",
     )
     p.add_argument(
         "--retime",

@@ -379,6 +379,27 @@ def test_steps_summary_lists_every_variant_with_its_references(report):
         in (text)
     )
     assert report.steps_summary([_row("rte", "teacher", "unshared, 6 layers", 60.0)]) == ""
+    # a seed study of the references (--study-references) merges with the seed-42 row, even
+    # where that row predates the teacher_independent mark and was scored beside another teacher
+    setting = "N=3: first 3 layers of the pre-trained model, fine-tuned on 16000 examples"
+    cuts = [
+        {**_row("sst2", "unshared-cut-finetuned", setting, 82.0), "seed": 42},
+        {
+            **_row("sst2", "unshared-cut-finetuned", setting, 81.0, teacher_independent=True),
+            "seed": 43,
+            "reference_score": 88.3,
+        },
+        {
+            **_row("sst2", "unshared-cut-finetuned", setting, 80.0, teacher_independent=True),
+            "seed": 44,
+            "reference_score": 88.3,
+        },
+    ]
+    merged = report._cut_reference(cuts, "sst2")
+    assert merged["score"] == 81.0 and merged["extras"]["seeds"] == [42, 43, 44]
+    text = report.steps_summary([*_steps_rows(84.0, 60.0, 0.5), *cuts])
+    assert "88.00 / - / 81.00 ± 1.00 / 80.00 |" in text
+    assert report._cut_reference(cuts[:1], "sst2")["score"] == 82.0
 
 
 def test_steps_fidelity_averages_the_task_texts(report):

@@ -447,3 +447,58 @@ def test_a_steps_seed_study_trains_apart_and_keeps_the_setting_name(load_benchma
     default = steps.parse_args(["encoders", "--groups", "2"])
     assert default.seed == 42 and steps.encoder_folder(2, "naive", default) == "shared-g2-naive-ln"
     assert steps.distil_config(args, steps.Path("x"), 10).seed == 43
+
+
+def test_steps_seed_study_references_fine_tune_apart_with_the_seed_untimed(
+    tmp_path, load_benchmark, monkeypatch
+):
+    """--study-references: the references fine-tuned like the shared models are re-run with
+    the study's seed into *-s<seed> folders, carry that seed, and are not timed; at seed 42
+    they keep their folders and are timed against the teacher."""
+    steps = load_benchmark("steps")
+    tuned = []
+
+    def finetune(model, name, sizes, task, args):
+        tuned.append((name, args.seed))
+        return tmp_path / name
+
+    class Timer:
+        calls = 0
+
+        def ratios(self, fns, reference):
+            Timer.calls += 1
+            return {1: {n: 0.5 for n in fns}, 32: {n: 0.4 for n in fns}}
+
+    def row(method, setting, model, plan, score, ref, extras, seed=None):
+        lat = {k: extras.pop(k, None) for k in ("latency_ratio_b1", "latency_ratio_b32")}
+        return {"method": method, "setting": setting, "seed": seed, "extras": extras, **lat}
+
+    monkeypatch.setattr(steps, "_finetune", finetune)
+    monkeypatch.setattr(steps, "load_pretrained", lambda path: torch.nn.Identity())
+    monkeypatch.setattr(steps, "forward_fn", lambda model, plan=None: None)
+    monkeypatch.setattr(steps, "cut_pretrained", lambda n, args: tmp_path / f"cut{n}")
+    monkeypatch.setattr(steps, "limits_training", lambda task, limit: True)
+    task = steps.get_task("sst2")
+    argv = ["encoders", "--tasks", "sst2", "--train-limit", "100"]
+
+    def scored(model, plan=None):
+        return 80.0, {}
+
+    study = steps.parse_args(argv + ["--seed", "43", "--study-references"])
+    rows = steps.reference_rows(task, study, 6, 88.0, Timer(), scored, row, True)
+    assert tuned == [("unshared-s43", 43), ("unshared-cut3-s43", 43)]
+    assert [r["method"] for r in rows] == ["unshared-finetuned", "unshared-cut-finetuned"]
+    assert Timer.calls == 0 and all(r["latency_ratio_b32"] is None for r in rows)
+    assert all(r["seed"] == 43 and r["extras"]["teacher_independent"] for r in rows)
+    assert all("seed study (seed 43)" in r["extras"]["timing"]["how"] for r in rows)
+    assert (
+        rows[1]["setting"]
+        == "N=3: first 3 layers of the pre-trained model, fine-tuned on 100 examples"
+    )
+
+    tuned.clear()
+    default = steps.parse_args(argv)
+    rows = steps.reference_rows(task, default, 6, 88.0, Timer(), scored, row, False, object())
+    assert tuned == [("unshared", 42), ("unshared-cut3", 42)]
+    assert Timer.calls == 2 and all(r["latency_ratio_b32"] == 0.4 for r in rows)
+    assert all(r["seed"] == 42 and "timing" not in r["extras"] for r in rows)
