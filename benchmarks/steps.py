@@ -1079,6 +1079,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def plot_rows(rows: list[dict], task: str) -> list[dict]:
+    """The points of ``steps_<task>.png``, from every steps row of the task in the results
+    file (not only this run's, so a seed study or one more variant redraws the whole plot):
+    the timed run (seed 42, or a row without a seed), Euler steps (a Heun point costs what
+    the Euler point of twice its N does) and the task's encoder rows (no ``fidelity-``,
+    ``latency-`` or ``decoder-`` row)."""
+    return [
+        r
+        for r in rows
+        if r["task"] == task
+        and r.get("seed") in (None, DEFAULT_SEED)
+        and not r["method"].startswith(("fidelity-", "decoder-", "latency-"))
+        and "heun" not in r["setting"]
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.retime:  # the one timing protocol, shared by every benchmark
@@ -1102,11 +1118,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows = encoder_rows(task, args, command)
                 if rows:
                     sink.add(rows)
+                    name = get_task(task).name
                     plot_tradeoff(
-                        rows,
-                        args.out.parent / f"steps_{get_task(task).name}.png",
+                        plot_rows(sink.rows, name),
+                        args.out.parent / f"steps_{name}.png",
                         x="flops_128",
-                        title=f"{get_task(task).name}: shared MiniLM-L6 in N steps vs the teacher",
+                        title=f"{name}: shared MiniLM-L6 in N Euler steps vs the teacher (seed "
+                        f"{DEFAULT_SEED})",
                     )
     if not sink.new:
         print("[steps] nothing measured", flush=True)

@@ -528,6 +528,17 @@ def test_plot_tradeoff_writes_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def test_plot_tradeoff_with_more_series_than_colours_widens_for_the_legend(tmp_path):
+    """Past ten series (the default colour cycle) every series keeps its own colour and the
+    legend moves beside the axes: the figure is wider than the few-series one."""
+    from PIL import Image
+
+    few = plot_tradeoff([row("a", "1", 0.8, 1e9)], tmp_path / "few.png")
+    many = [row(f"m{i}", "1", 0.8 + i / 100, (i + 1) * 1e9) for i in range(12)]
+    path = plot_tradeoff(many, tmp_path / "many.png")
+    assert Image.open(path).size[0] > Image.open(few).size[0]
+
+
 def test_machine_description():
     text = machine_description()
     assert f"torch {torch.__version__}" in text and "cores" in text

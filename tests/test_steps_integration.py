@@ -225,3 +225,25 @@ def test_decoder_seed_study_trains_beside_seed_42_untimed(tmp_path, load_benchma
     assert "decoder/shared-g1-naive-s43" in again["extras"]["model_dir"]
     assert again["score"] != first["score"]
     assert again["extras"]["teacher_independent"]
+
+
+def test_task_plot_draws_the_timed_euler_rows_of_the_whole_file(load_benchmark):
+    """steps_<task>.png is drawn from every row of the task in the file: a seed study (or a
+    run of one variant) redraws the whole seed-42 plot instead of replacing it with its own
+    rows; Heun, fidelity, latency and decoder rows and other tasks stay out."""
+    steps = load_benchmark("steps")
+
+    def r(method, setting, seed=42, task="sst2"):
+        return {"task": task, "method": method, "setting": setting, "seed": seed}
+
+    rows = [
+        r("teacher", "unshared, 6 layers", None),
+        r("shared-g1-step-aware-ln", "N=3 euler"),
+        r("shared-g1-step-aware-ln", "N=3 euler", 43),
+        r("shared-g1-step-aware-ln", "N=2 heun"),
+        r("fidelity-shared-g1-naive-ln", "N=3"),
+        r("latency-g1-ln", "N=3 euler"),
+        r("decoder-shared-g1-naive", "N=3 euler", task="sst2"),
+        r("shared-g1-naive-ln", "N=3 euler", task="mrpc"),
+    ]
+    assert steps.plot_rows(rows, "sst2") == rows[:2]

@@ -291,6 +291,12 @@ def plot_tradeoff(
     methods: dict[str, list] = {}
     for r in usable:
         methods.setdefault(str(_get(r, "method")), []).append(r)
+    many = len(methods) > 10  # past the default cycle: one tab20 colour each, legend outside
+    if many:
+        from matplotlib import colormaps
+
+        fig.set_size_inches(10, 4.5)
+        ax.set_prop_cycle(color=colormaps["tab20"].colors)
     for method, group in methods.items():
         group = sorted(group, key=lambda r: _get(r, x))
         ax.plot(
@@ -314,7 +320,10 @@ def plot_tradeoff(
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if many:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
