@@ -64,6 +64,7 @@ from gearshift.measure import (
     forward_fn,
     make_batch,
     markdown_table,
+    plot_points,
     plot_tradeoff,
 )
 from gearshift.methods.factorize import (
@@ -945,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
     for task in sorted({r["task"] for r in rows}):
         task_rows = [r for r in sink.rows if r["task"] == task]
         plot_tradeoff(
-            task_rows,
+            plot_points(task_rows),  # a seed study's calibration samples: one mean point
             args.out.parent / f"factorize_{task}.png",
             x="params",
             y="score",

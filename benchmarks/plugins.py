@@ -54,6 +54,7 @@ from gearshift.measure import (
     ResultsSink,
     fixed_threads,
     markdown_table,
+    plot_points,
     plot_tradeoff,
 )
 from gearshift.methods.plugins import (
@@ -331,27 +332,6 @@ def plot_task(output: Path, rows: list[dict], task: str, teacher: dict | None) -
         x="flops_128",
         title=f"Plugins on {task} (MiniLM-L6): score vs FLOPs at length 128 (mean over seeds)",
     )
-
-
-def plot_points(rows: list[dict], reference: float | None) -> list[dict]:
-    """One point per (method, setting) of a task's rows for its plot: the mean score over the
-    rows measured against ``reference`` (this run's teacher) where the setting has any, else
-    over its other rows (an earlier teacher's); the cost fields are the first row's."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["setting"]), []).append(r)
-    points = []
-    for group in groups.values():
-        mine = [
-            r
-            for r in group
-            if reference is not None
-            and r.get("reference_score") is not None
-            and abs(r["reference_score"] - reference) < 1e-9
-        ]
-        use = mine or group
-        points.append({**use[0], "score": sum(r["score"] for r in use) / len(use)})
-    return points
 
 
 PLUGIN_SETTING = re.compile(

@@ -331,6 +331,29 @@ def plot_tradeoff(
     return path
 
 
+def plot_points(rows: list[dict], reference: float | None = None) -> list[dict]:
+    """One point per (method, setting) of a task's rows for its plot (seeds averaged, not drawn
+    as a vertical run of points): the mean score over the rows measured against
+    ``reference`` (this run's teacher) where the setting has any, else over its other rows
+    (an earlier teacher's, or every row when ``reference`` is None); the cost fields are the
+    first row's."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["setting"]), []).append(r)
+    points = []
+    for group in groups.values():
+        mine = [
+            r
+            for r in group
+            if reference is not None
+            and r.get("reference_score") is not None
+            and abs(r["reference_score"] - reference) < 1e-9
+        ]
+        use = mine or group
+        points.append({**use[0], "score": sum(r["score"] for r in use) / len(use)})
+    return points
+
+
 class ResultsSink:
     """One benchmark's results file, kept up to date as rows arrive (resumable runs).
 

@@ -48,6 +48,8 @@ from .modules import ExitHead, mean_of_real_tokens, scale_grad  # noqa: F401
 
 KIND = "multi-exit-model"
 EXITS_WEIGHTS_NAME = "exits.safetensors"
+
+
 @dataclass
 class MultiExitOutput:
     """``exit_logits[l]``: (B, C) logits of layer l's exit (the last one is the model's head);
