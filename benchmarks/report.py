@@ -1794,15 +1794,20 @@ def _ratio_of(row: dict) -> int:
 
 # The paper's claim: this method above these two, at every ratio.
 CLAIM_AE, CLAIM_RIVALS = "ae-grouped", ("svd", "fwsvd")
+# Without fine-tuning plain truncated SVD draws nothing (no calibration sample, no init):
+# factorize.py --seed skips it, and its one row is all there is.
+NO_DRAW = ("svd", "svd-grouped")
 
 
 class Covered(NamedTuple):
     """A mean over the tasks whose rows carry a signal (``tasks``); ``skipped``: the tasks
-    measured but left out as "no signal". ``value`` is None when no task is left."""
+    measured but left out as "no signal". ``value`` is None when no task is left. ``seeds``:
+    what the mean rests on ("3 seeds", "1 seed", "no draw"), where it was counted."""
 
     value: float | None
     tasks: tuple[str, ...]
     skipped: tuple[str, ...] = ()
+    seeds: str = ""
 
     def cell(self, fmt: str) -> str:
         """The mean formatted with ``fmt``, naming the tasks left out; "no signal" if none
@@ -1832,6 +1837,10 @@ def _claim_verdicts(common, ratios, label: str) -> list[str]:
             continue
         ae, svd, fw = (means[m].value for m in (CLAIM_AE, *CLAIM_RIVALS))
         over = ", ".join(means[CLAIM_AE].tasks)
+        seeds = ", ".join(
+            f"{m} {means[m].seeds}" for m in (CLAIM_AE, *CLAIM_RIVALS) if means[m].seeds
+        )
+        over += f"; {seeds}" if seeds else ""
         if ae is None:
             verdict = f"{NO_SIGNAL} (no task where all three rows have one)"
         elif ae < min(svd, fw):
@@ -1865,10 +1874,11 @@ def _ratio_table(
     return lines
 
 
-def _common_means(of_tasks, value, floors: dict):
+def _common_means(of_tasks, value, floors: dict, no_draw: tuple[str, ...] = ()):
     """``common(methods, ratio)``: each method's ``Covered`` mean of ``value(row)`` over
     the tasks where every one of ``methods`` has a signal (None unless each has a row on
-    every task; ``of_tasks(method, ratio)`` gives the rows, each with its reference)."""
+    every task; ``of_tasks(method, ratio)`` gives the rows, each with its reference), with
+    the seeds it rests on ("no draw" for a method of ``no_draw`` with one run)."""
 
     def common(methods, ratio):
         got = {m: of_tasks(m, ratio) for m in methods}
@@ -1881,9 +1891,19 @@ def _common_means(of_tasks, value, floors: dict):
             if all(has_signal(got[m][i][0], floors, got[m][i][1]) for m in methods)
         ]
         skipped = tuple(t for t in tasks if t not in ok)
+
+        def seeds(m: str) -> str:
+            used = [r for r, _ in got[m] if r["task"] in ok]
+            if not used:
+                return ""
+            return "no draw" if m in no_draw and seed_label(used) == "1 seed" else seed_label(used)
+
         return {
             m: Covered(
-                _mean([value(r, ref) for r, ref in got[m] if r["task"] in ok]), tuple(ok), skipped
+                _mean([value(r, ref) for r, ref in got[m] if r["task"] in ok]),
+                tuple(ok),
+                skipped,
+                seeds(m),
             )
             for m in methods
         }
@@ -1968,8 +1988,8 @@ def factorize_targets(rows: list[dict], floors: dict | None = None) -> str:
             + ").\n",
             *_ratio_table(methods, ratios, kept_table, "{:.1%}"),
         ]
-    drops = _common_means(of_tasks, lambda r, ref: ref - r["score"], floors)
-    shares = _common_means(of_tasks, share, floors)
+    drops = _common_means(of_tasks, lambda r, ref: ref - r["score"], floors, NO_DRAW)
+    shares = _common_means(of_tasks, share, floors, NO_DRAW)
     lines += ["", "| claim | ratio | verdict |", "|---|---|---|"]
     lines += _claim_verdicts(drops, ratios, "")
     if 4 in ratios:
@@ -1982,11 +2002,13 @@ def factorize_targets(rows: list[dict], floors: dict | None = None) -> str:
             if word != "drop" and any(t not in floors for t in tasks):
                 continue
             for mine in ours:
-                pairs = []  # (rival, mine's mean, rival's mean, tasks) over both's signal tasks
+                pairs = []  # (rival, mine's mean, rival's mean, tasks and seeds) over both's signal tasks
                 for rival in others:
                     got = means((mine, rival), 4)
                     if got is not None and got[mine].value is not None:
-                        pairs.append((rival, got[mine].value, got[rival].value, got[mine].tasks))
+                        seeds = f"{mine} {got[mine].seeds}, {rival} {got[rival].seeds}"
+                        over = ", ".join(got[mine].tasks) + f"; {seeds}"
+                        pairs.append((rival, got[mine].value, got[rival].value, over))
                 if not pairs:
                     lines.append(
                         f"| activation-weighted autoencoder ({mine}) above every baseline, by "
@@ -2003,7 +2025,7 @@ def factorize_targets(rows: list[dict], floors: dict | None = None) -> str:
                 lines.append(
                     f"| activation-weighted autoencoder ({mine}) above every baseline, by {word}, "
                     f"each over the tasks both have a signal on (strongest rival: {rival}, "
-                    f"{fmt.format(a)} against {fmt.format(b)} over {', '.join(over)}) "
+                    f"{fmt.format(a)} against {fmt.format(b)} over {over}) "
                     f"| 4 | {verdict} |"
                 )
     lines.append("")
