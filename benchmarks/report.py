@@ -1896,7 +1896,8 @@ def _common_means(of_tasks, value, floors: dict, no_draw: tuple[str, ...] = ()):
             used = [r for r, _ in got[m] if r["task"] in ok]
             if not used:
                 return ""
-            return "no draw" if m in no_draw and seed_label(used) == "1 seed" else seed_label(used)
+            label = seed_label(used)
+            return "no draw" if m in no_draw and label == "1 seed" else label
 
         return {
             m: Covered(
