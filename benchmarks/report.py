@@ -512,6 +512,12 @@ def seed_label(rows: list[dict]) -> str:
     return "1 seed" if n == 1 else f"{n} seeds"
 
 
+def seeds_in(rows: list[dict]) -> list:
+    """The seeds of ``rows``, the first run's first: the default seed (42), then unknown
+    (None), then the others in order."""
+    return sorted({r.get("seed") for r in rows}, key=lambda x: (x != 42, x is not None, x or 0))
+
+
 def seed_interval(scores: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """(mean, standard deviation, half-width of the ``level`` t-interval of the mean) of one
     setting's scores over seeds; the deviation and half-width are 0 for a single run."""
@@ -959,14 +965,24 @@ def slim_targets(rows: list[dict], floors: dict | None = None) -> str:
     methods = sorted(
         {r["method"] for r in rows if r["task"] == "sst2" and r["method"] != "teacher"}
     )
+    floor = _floor_of(floors, "sst2")
+
+    def share_of(r: dict) -> float:
+        return 100 * r["score"] / _reference(r, teacher)
+
+    def ratio(flops: float) -> str:
+        return f"1/{teacher['flops_dynamic'] / flops:.1f}"
+
     for m in methods:
-        cands = [
-            r
-            for r in rows
-            if r["task"] == "sst2" and r["method"] == m and r["flops_dynamic"] <= budget
-        ]
+        mine = [r for r in rows if r["task"] == "sst2" and r["method"] == m]
+        seeds = seeds_in(mine)
+        first = [r for r in mine if r.get("seed") == seeds[0]]
+        cands = [r for r in first if r["flops_dynamic"] <= budget]
+        label = m if len(seeds) == 1 else f"{m}, seed {seeds[0]} (the first run)"
         if not cands:
-            lines.append(f"| {m} | {slim_variant(m)} | - | - | - | - | no row within the budget |")
+            lines.append(
+                f"| {label} | {slim_variant(m)} | - | - | - | - | no row within the budget |"
+            )
             continue
         best = max(cands, key=lambda r: r["score"])
         ref = _reference(best, teacher)
@@ -977,16 +993,58 @@ def slim_targets(rows: list[dict], floors: dict | None = None) -> str:
             verdict = target_verdict(
                 best, 96.5, True, " pp", transform=lambda x, ref=ref: 100 * x / ref
             )
-            floor = _floor_of(floors, "sst2")
-            if len(seed_scores(best)) == 1 and floor is not None and floor.n:
+            if floor is not None and floor.n:
                 p_hat = best["score"] / 100  # one run's standard error at its own accuracy
                 se_pp = 100 * (p_hat * (1 - p_hat) / floor.n) ** 0.5 / ref * 100
                 if abs(100 * share - 96.5) < NOISE_SES * se_pp:
                     verdict += f", within noise (under {NOISE_SES:g} SE of one run, {se_pp:.2f} pp)"
         lines.append(
-            f"| {m} | {slim_variant(m)} | {best['setting']} | {best['score']:.2f} | {share:.1%} "
-            f"| 1/{teacher['flops_dynamic'] / best['flops_dynamic']:.1f} | {verdict} |"
+            f"| {label} | {slim_variant(m)} | {best['setting']} | {best['score']:.2f} | {share:.1%} "
+            f"| {ratio(best['flops_dynamic'])} | {verdict} |"
         )
+        if len(seeds) == 1:
+            continue
+        # the seed study: each seed's best row within the budget (its threshold picked on
+        # the dev set, as in the first run), then the first run's threshold on every seed
+        # (picked on another run: not tuned to the seed it scores)
+        names = ", ".join(str(x) for x in seeds)
+        for how, pick in (
+            ("each seed's best threshold", None),
+            (f"the first run's threshold ({best['setting']})", best["setting"]),
+        ):
+            chosen, short = [], []
+            for seed in seeds:
+                own = [r for r in mine if r.get("seed") == seed]
+                if pick is not None:
+                    own = [r for r in own if r["setting"] == pick]
+                inside = [r for r in own if r["flops_dynamic"] <= budget]
+                if inside:
+                    chosen.append(max(inside, key=lambda r: r["score"]))
+                else:
+                    short.append(seed)
+            if short:
+                verdict = (
+                    f"missed: seed {', '.join(str(x) for x in short)} has no row within the budget"
+                )
+            elif not all(has_signal(r, floors, _reference(r, teacher)) for r in chosen):
+                verdict = NO_SIGNAL
+            else:
+                verdict = target_verdict([share_of(r) for r in chosen], 96.5, True, " pp")
+            if not chosen:
+                lines.append(
+                    f"| {m}, seeds {names}, {how} | {slim_variant(m)} | - | - | - | - | {verdict} |"
+                )
+                continue
+            scores = [r["score"] for r in chosen]
+            mean, sd, _ = seed_interval(scores)
+            shares = [share_of(r) for r in chosen]
+            settings = " / ".join(r["setting"] for r in chosen) if pick is None else pick
+            flops = sum(r["flops_dynamic"] for r in chosen) / len(chosen)
+            lines.append(
+                f"| {m}, seeds {names}, {how} | {slim_variant(m)} | {settings} "
+                f"| {mean:.2f} ± {sd:.2f} | {sum(shares) / len(shares):.1f}% "
+                f"| {ratio(flops)} (mean) | {verdict} |"
+            )
     return "\n".join(lines) + "\n" + slim_curves(rows, floors) + slim_latency(rows)
 
 
@@ -1066,11 +1124,27 @@ def _frontier(rows: list[dict], budget: float) -> float | None:
     return max(scores) if scores else None
 
 
+def _curve_gap(mine: list[dict], base: list[dict]) -> tuple | None:
+    """COST-EFF's curve ``mine`` against a baseline's ``base`` over the FLOPs budgets both
+    reach: (smallest margin, the budget it is at, mean margin, lowest and highest shared
+    budget), or None when they share no budget."""
+    lo = max(min(r["flops_dynamic"] for r in mine), min(r["flops_dynamic"] for r in base))
+    hi = min(max(r["flops_dynamic"] for r in mine), max(r["flops_dynamic"] for r in base))
+    budgets = sorted({r["flops_dynamic"] for r in mine + base if lo <= r["flops_dynamic"] <= hi})
+    if not budgets:
+        return None
+    gaps = [(_frontier(mine, b) - _frontier(base, b), b) for b in budgets]
+    worst, at = min(gaps)
+    return worst, at, sum(g for g, _ in gaps) / len(gaps), lo, hi
+
+
 def slim_curves(rows: list[dict], floors: dict | None = None) -> str:
     """Per task, the COST-EFF curve (best score at each FLOPs budget, over its widths and
     thresholds) against each baseline's over the budgets both reach: where it falls below.
     Points within noise of the constant prediction (``floors``) leave both curves; a task
-    whose teacher has no signal gets one "no signal" line and no verdict."""
+    whose teacher has no signal gets one "no signal" line and no verdict. Curves with two or
+    more seeds in common are compared seed by seed (the interval over seeds of the smallest
+    margin); otherwise the first run of each (``seeds_in``)."""
     floors = floors or {}
     teachers = {r["task"]: r for r in rows if r["method"] == "teacher"}
     quiet_tasks = []
@@ -1118,22 +1192,49 @@ def slim_curves(rows: list[dict], floors: dict | None = None) -> str:
                     elif not sched:
                         lines.append(f"| {task} | {label} | {name} | - | - | - | not measured |")
                     continue
-                lo = max(
-                    min(r["flops_dynamic"] for r in mine), min(r["flops_dynamic"] for r in base)
-                )
-                hi = min(
-                    max(r["flops_dynamic"] for r in mine), max(r["flops_dynamic"] for r in base)
-                )
-                budgets = sorted(
-                    {r["flops_dynamic"] for r in mine + base if lo <= r["flops_dynamic"] <= hi}
-                )
-                if not budgets:
+                # one curve per seed: seeds both curves have (each a seed study's run);
+                # with fewer than two, the first run of each (a baseline of one seed)
+                common = [x for x in seeds_in(mine) if x in seeds_in(base)]
+                if len(common) < 2:
+                    pairs = [
+                        (
+                            [r for r in mine if r.get("seed") == seeds_in(mine)[0]],
+                            [r for r in base if r.get("seed") == seeds_in(base)[0]],
+                        )
+                    ]
+                else:
+                    pairs = [
+                        (
+                            [r for r in mine if r.get("seed") == x],
+                            [r for r in base if r.get("seed") == x],
+                        )
+                        for x in common
+                    ]
+                found = [_curve_gap(a, b) for a, b in pairs]
+                if any(f is None for f in found):
                     lines.append(f"| {task} | {label} | {name} | no shared budget | - | - | - |")
                     continue
-                gaps = [(_frontier(mine, b) - _frontier(base, b), b) for b in budgets]
-                worst, at = min(gaps)
-                mean = sum(g for g, _ in gaps) / len(gaps)
+                (worst, at, mean, lo, hi) = found[0]
                 span = f"{lo / 1e6:.0f}-{hi / 1e6:.0f}"
+                if len(found) > 1:
+                    worsts = [f[0] for f in found]
+                    w_mean, w_sd, half = seed_interval(worsts)
+                    means = [f[2] for f in found]
+                    interval = (
+                        f"{len(found)} seeds ({', '.join(str(x) for x in common)}), 95% interval "
+                        f"{w_mean - half:+.2f} to {w_mean + half:+.2f}"
+                    )
+                    if w_mean - half >= 0:
+                        verdict = f"met ({interval})"
+                    elif w_mean + half < 0:
+                        verdict = f"below ({interval})"
+                    else:
+                        verdict = f"not resolved ({interval})"
+                    lines.append(
+                        f"| {task} | {label} | {name} | {span} (seed {common[0]}) "
+                        f"| {w_mean:+.2f} ± {w_sd:.2f} | {sum(means) / len(means):+.2f} | {verdict} |"
+                    )
+                    continue
                 verdict = "met" if worst >= 0 else f"below by {-worst:.2f} at {at / 1e6:.0f} MFLOPs"
                 floor = _floor_of(floors, task)
                 if floor is not None and abs(worst) < NOISE_SES * floor.se:
@@ -1152,8 +1253,11 @@ def slim_curves(rows: list[dict], floors: dict | None = None) -> str:
         "Each schedule (default, or every distillation stage K times as long: `Kx`, a later "
         "variant) is compared with the baselines trained on the same schedule; the "
         "cut-and-fine-tuned teacher keeps the teacher's recipe under every schedule. Points "
-        "within noise of the constant prediction are left out of both curves; one seed per "
-        "point, so a margin under the dev metric's standard error (the floors table) is noise.",
+        "within noise of the constant prediction are left out of both curves. Where both curves "
+        "have runs of two or more seeds, each seed's curves are compared (a seed's COST-EFF "
+        "curve is the widths trained with that seed) and the verdict uses the 95% interval of "
+        "the smallest margin over seeds; otherwise the first run of each is compared, one "
+        "seed, so a margin under the dev metric's standard error (the floors table) is noise.",
         [
             "task",
             "schedule",

@@ -24,6 +24,9 @@ follows the share of rows that leave early). Rows go to benchmarks/results/slim.
 every model; runs (resumable) to runs/slim/<task>/ (models with exits: runs/slim/<task>/mean-exits/).
 Exits read the mean of the real tokens by default (``--exit-pool first``: the paper's first
 token; those methods are named ``*-cls``): benchmarks/exit_probe.py shows why.
+``--seed N`` (other than 42) is a seed study: the chosen widths and baselines train with
+that seed into ``<folder>-s<N>`` run folders and are scored but not timed (their latency is
+the seed-42 row's); their rows carry ``seed`` N beside the seed-42 rows of the same setting.
 ``--schedule-scale K`` multiplies every distillation stage's steps (assistant, pruning,
 recovery; DeeBERT's exits) by K; those models are run and named apart (``*-steps<K>x``), so
 a longer schedule is measured beside the default one, not instead of it.
@@ -84,6 +87,7 @@ THRESHOLDS = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 COLUMNS = REPORT_COLUMNS["slim"]
 
 
+DEFAULT_SEED = 42  # every row before the seed study (and the teachers' recipe)
 B1_EXAMPLES = 32  # dev examples timed one by one for the batch-1 latency ratio
 
 
@@ -109,6 +113,7 @@ def slim_config(args: argparse.Namespace, **kw: Any) -> SlimConfig:
         **schedule(args),
         batch_size=32,
         calibration_batches=args.calibration_batches,
+        seed=args.seed,
     )
     base.update(kw)
     return SlimConfig(**base)
@@ -178,12 +183,21 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
     exits_out = out if args.exit_pool == "first" else out / f"{args.exit_pool}-exits"
     suffix = "-cls" if args.exit_pool == "first" else ""  # method names of first-token exits
     tag = schedule_tag(args)  # a scaled schedule's models and rows are kept apart
+    study = args.seed != DEFAULT_SEED  # a seed study: trained with that seed, scored, untimed
+    run_tag = tag + (f"-s{args.seed}" if study else "")  # its run folders sit beside seed 42's
     meta = {
         "task": {"name": task.name, "kind": task.kind, "label_names": list(task.label_names or [])},
         "teacher": folder,
     }
 
-    def point(method, setting, score, flops, params, extras, latency=(None, None)) -> dict:
+    def point(
+        method, setting, score, flops, params, extras, latency=(None, None), seed=args.seed
+    ) -> dict:
+        if study and latency == (None, None):
+            extras = extras | {
+                "timing": f"not timed: a seed study (seed {args.seed}); the seed-{DEFAULT_SEED} "
+                "row of this setting has the latency"
+            }
         return OperatingPoint(
             task=task.name,
             model=MODEL,
@@ -198,13 +212,17 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
             latency_ratio_b32=latency[1],
             command=command,
             extras=extras,
+            seed=seed,
         ).to_dict()
 
     # Batch 1: where an example exits depends on the example, so one timed "batch" is a pass
     # over B1_EXAMPLES dev examples one at a time (the same ones for teacher and candidate).
     b1_set = singles[:B1_EXAMPLES]
 
-    def latency(model, criterion=None) -> tuple[float, float]:
+    def latency(model, criterion=None) -> tuple[float | None, float | None]:
+        if study:
+            return None, None
+
         def run_model(batch, m=model, c=criterion):
             if isinstance(m, MultiExitModel):
                 with m.criterion(c):
@@ -228,19 +246,21 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
             ratios.append(cmp.ratios["candidate"])
         return ratios[0], ratios[1]
 
-    sink.add(
-        [
-            point(
-                "teacher",
-                "full",
-                teacher_score,
-                teacher_flops,
-                count_parameters(teacher),
-                {"teacher_dir": folder},
-                (1.0, 1.0),
-            )
-        ]
-    )
+    if not study:  # the teacher is trained once, by its recipe (seed 42)
+        sink.add(
+            [
+                point(
+                    "teacher",
+                    "full",
+                    teacher_score,
+                    teacher_flops,
+                    count_parameters(teacher),
+                    {"teacher_dir": folder},
+                    (1.0, 1.0),
+                    seed=DEFAULT_SEED,
+                )
+            ]
+        )
 
     def curve(name: str, model: MultiExitModel, extras: dict) -> None:
         """The sweep on dev; latency (batched exit) and counted FLOPs at --latency-thresholds
@@ -301,13 +321,13 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         )
         for name, importance in variants:
             cfg = slim_config(args, importance=importance, **widths)
-            ta_dir = exits_out / f"cost-eff-A{tag}" / "ta" / "model"
+            ta_dir = exits_out / f"cost-eff-A{run_tag}" / "ta" / "model"
             stages = run_slim(
                 teacher,
                 train.features,
                 train.collator,
                 cfg,
-                exits_out / f"{name}-{label}{tag}",
+                exits_out / f"{name}-{label}{run_tag}",
                 tok,
                 meta,
                 progress=not args.quick,
@@ -326,7 +346,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
         d = deebert_job(
             folder,
             task.name,
-            exits_out / f"deebert{tag}",
+            exits_out / f"deebert{run_tag}",
             slim_config(args, heads=12, ffn=1536),
             args.train_limit,
             progress=not args.quick,
@@ -340,7 +360,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
             train.features,
             train.collator,
             cfg,
-            out / f"static-A{tag}",
+            out / f"static-A{run_tag}",
             tok,
             meta,
             progress=not args.quick,
@@ -364,7 +384,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
     if "truncated" in args.baselines:
         for L in args.truncate:
             cut = truncate_layers(teacher, L)
-            cut_dir = out / f"truncated-{L}"
+            cut_dir = out / f"truncated-{L}{run_tag.removeprefix(tag)}"
             save_model(cut, cut_dir / "init", tok, {"task": meta["task"]})
             recipe = TEACHER_RECIPES.get(task.name, {})
             res = finetune(
@@ -378,7 +398,7 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
                     learning_rate=recipe.get("learning_rate", 1e-4),
                     warmup_ratio=0.06,
                     save_every=200,
-                    seed=42,
+                    seed=args.seed,
                     progress=not args.quick,
                 ),
                 train_limit=args.train_limit,
@@ -399,6 +419,20 @@ def run_task(task_name: str, args: argparse.Namespace, command: str, sink: Resul
                     )
                 ]
             )
+
+
+def plot_task(rows: list[dict], task: str, folder: Path) -> None:
+    """``slim_<task>.png``: every method's curve of the first runs (seed 42, or unseeded
+    first-token rows); a seed study's runs move each exit threshold's FLOPs, so their
+    points are not averaged into these curves (the report compares them seed by seed)."""
+    first = [r for r in rows if r["task"] == task and r.get("seed") in (None, DEFAULT_SEED)]
+    if first:
+        plot_tradeoff(
+            first,
+            folder / f"slim_{task}.png",
+            x="flops_dynamic",
+            title=f"{task}: COST-EFF vs baselines (MiniLM-L6, seed {DEFAULT_SEED})",
+        )
 
 
 def flops_per_example_exit(model: MultiExitModel, singles: list, criterion) -> float:
@@ -460,6 +494,12 @@ def parse_args(argv):
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"training seed; another than {DEFAULT_SEED} is a seed study (scored, untimed)",
+    )
+    p.add_argument(
         "--exit-pool",
         choices=["first", "mean"],
         default="mean",
@@ -495,14 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     with fixed_threads(args.threads):
         for task in args.tasks:
             run_task(task, args, command, sink)
-            rows = [r for r in sink.rows if r["task"] == get_task(task).name]
-            if rows:
-                plot_tradeoff(
-                    rows,
-                    args.out.parent / f"slim_{get_task(task).name}.png",
-                    x="flops_dynamic",
-                    title=f"{task}: COST-EFF vs baselines (MiniLM-L6)",
-                )
+            plot_task(sink.rows, get_task(task).name, args.out.parent)
     if not sink.new:
         print("[slim] nothing measured (no finished teacher?)")
         return 1

@@ -765,6 +765,83 @@ def test_slim_target_rows_say_first_written_or_later_and_how_noisy(report):
     assert report.slim_variant("cost-eff-last-exit-A") == "as first written"
 
 
+def test_slim_target_seed_study_keeps_the_first_run_and_adds_an_interval(report):
+    """With seeds 43 and 44 beside the first run (42), the target table keeps the first
+    run's row and verdict, then gives the mean over seeds of each seed's best row within
+    the budget and of the first run's threshold on every seed, with the interval verdict;
+    the other seeds' rows never lift the first run's best."""
+
+    def pt(method, setting, score, mflops, seed):
+        r = _row("sst2", method, setting, score)
+        r["flops_dynamic"], r["reference_score"], r["seed"] = mflops * 1e6, 88.30, seed
+        return r
+
+    c = "cost-eff-C-steps4x"
+    rows = [
+        pt("teacher", "full", 88.30, 541, 42),
+        pt(c, "entropy < 0.3", 86.01, 64, 42),
+        pt(c, "entropy < 0.2", 85.00, 66, 42),
+        pt(c, "entropy < 0.3", 83.00, 60, 43),
+        pt(c, "entropy < 0.2", 90.00, 66, 43),  # seed 43's best: another threshold
+        pt(c, "entropy < 0.3", 84.00, 70, 44),  # over the budget (67.7 MFLOPs) on seed 44
+        pt(c, "entropy < 0.2", 84.50, 67, 44),
+    ]
+    text = report.slim_targets(rows, {})
+    lines = [line for line in text.splitlines() if line.startswith(f"| {c}")]
+    assert len(lines) == 3
+    assert lines[0].startswith(
+        f"| {c}, seed 42 (the first run) | later variant | entropy < 0.3 | 86.01 |"
+    )
+    assert "met (1 seed)" in lines[0]
+    each = lines[1]
+    assert "seeds 42, 43, 44, each seed's best threshold" in each
+    assert "entropy < 0.3 / entropy < 0.2 / entropy < 0.2" in each
+    mean, sd, _ = report.seed_interval([86.01, 90.00, 84.50])
+    assert f"| {mean:.2f} ± {sd:.2f} |" in each
+    shares = [100 * x / 88.30 for x in (86.01, 90.00, 84.50)]
+    m, _, half = report.seed_interval(shares)
+    assert f"within noise (3 seeds, 95% interval {m - half:.2f} to {m + half:.2f})" in each
+    assert lines[2].endswith("| missed: seed 44 has no row within the budget |")
+    assert "the first run's threshold (entropy < 0.3)" in lines[2]
+    # three seeds all well over the line: met over the interval
+    good = [pt("teacher", "full", 88.30, 541, 42)] + [
+        pt(c, "entropy < 0.3", 87.0 + 0.1 * i, 60, seed) for i, seed in enumerate((42, 43, 44))
+    ]
+    good_lines = [
+        ln for ln in report.slim_targets(good, {}).splitlines() if ln.startswith(f"| {c}")
+    ]
+    assert "met (3 seeds, 95% interval" in good_lines[1] and "met (3 seeds" in good_lines[2]
+
+
+def test_slim_curves_compare_seed_by_seed_where_both_have_seeds(report):
+    def pt(method, setting, score, mflops, seed):
+        r = _row("sst2", method, setting, score)
+        r["flops_dynamic"], r["seed"] = mflops * 1e6, seed
+        return r
+
+    rows = [pt("teacher", "full", 90.0, 500, 42)]
+    for seed, (mine, base) in {42: (86.0, 82.0), 43: (85.0, 81.5), 44: (87.0, 82.5)}.items():
+        rows += [
+            pt("cost-eff-C-steps4x", "entropy < 0.3", mine, 100, seed),
+            pt("multi-exit-steps4x", "entropy < 0.6", base, 100, seed),
+        ]
+    rows.append(pt("truncated-1", "first 1 layers, fine-tuned", 84.0, 100, 42))
+    text = report.slim_curves(rows)
+    gaps = [4.0, 3.5, 4.5]
+    m, sd, half = report.seed_interval(gaps)
+    assert (
+        f"| sst2 | 4x | multi-exit (no pruning) | 100-100 (seed 42) | {m:+.2f} ± {sd:.2f} | {m:+.2f} "
+        f"| met (3 seeds (42, 43, 44), 95% interval {m - half:+.2f} to {m + half:+.2f}) |"
+    ) in text
+    # the cut teacher has one seed: the first run of each, not the best over seeds (87)
+    assert "| sst2 | 4x | truncated + fine-tuned | 100-100 | +2.00 | +2.00 | met (1 seed) |" in text
+    # a margin whose sign changes between seeds is not resolved
+    rows += [pt("cost-eff-C-steps4x", "entropy < 0.5", 70.0, 90, 43)]
+    rows = [r for r in rows if not (r["seed"] == 43 and r["method"] == "multi-exit-steps4x")]
+    rows.append(pt("multi-exit-steps4x", "entropy < 0.6", 95.0, 100, 43))
+    assert "not resolved (3 seeds (42, 43, 44)" in report.slim_curves(rows)
+
+
 def test_serve_section_shows_its_rows_and_targets(report, monkeypatch, tmp_path):
     """Serve rows carry no task/method: the section still shows their own columns, the
     plot link and the verdicts serve.py wrote beside them."""

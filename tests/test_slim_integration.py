@@ -100,3 +100,22 @@ def test_benchmark_schedule_scale_names_its_models_apart(load_benchmark):
     assert (cfg.ta_steps, cfg.steps_per_iteration, cfg.recovery_steps) == (1200, 600, 1200)
     with pytest.raises(SystemExit):
         slim.parse_args(["--schedule-scale", "0"])
+
+
+def test_benchmark_seed_study_trains_with_its_seed_and_plots_the_first_run(
+    load_benchmark, tmp_path, monkeypatch
+):
+    """benchmarks/slim.py --seed N: every stage trains with seed N (42 by default), and the
+    task's plot draws the first runs only: a seed study's rows move each threshold's FLOPs,
+    so they are compared seed by seed in the report, not drawn into the curves."""
+    slim = load_benchmark("slim")
+    assert slim.slim_config(slim.parse_args([]), heads=2, ffn=128).seed == 42
+    assert slim.slim_config(slim.parse_args(["--seed", "43"]), heads=2, ffn=128).seed == 43
+    drawn = {}
+    monkeypatch.setattr(slim, "plot_tradeoff", lambda rows, path, **kw: drawn.update(rows=rows))
+
+    def row(seed, task="sst2"):
+        return {"task": task, "method": "cost-eff-C", "setting": "entropy < 0.3", "seed": seed}
+
+    slim.plot_task([row(42), row(None), row(43), row(44), row(42, "mrpc")], "sst2", tmp_path)
+    assert [r["seed"] for r in drawn["rows"]] == [42, None]

@@ -123,6 +123,9 @@ def deebert_job(
     if not stage_done(out):
         import copy
 
+        import torch
+
+        torch.manual_seed(config.seed)  # the exits' initial weights
         student = MultiExitModel(
             copy.deepcopy(teacher),
             ExitConfig(config.exit_pooler, config.exit_dropout, config.exit_pool),
