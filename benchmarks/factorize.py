@@ -930,6 +930,33 @@ def backfill(
     sink.add(row)
 
 
+def plot_task(rows: list[dict], task: str, folder: Path) -> list[Path]:
+    """The task's plots of score against stored parameters, one point per setting (a seed
+    study's calibration samples averaged: ``plot_points``), the teacher in each:
+    ``factorize_<task>.png`` for the rows with no fine-tuning and
+    ``factorize_<task>_finetuned.png`` for the fine-tuned ones (``+finetune`` methods and
+    the uncompressed model fine-tuned alike). One plot of both had some 25 series, more
+    than a legend and a palette can keep apart."""
+    mine = [r for r in rows if r["task"] == task]
+    teacher = [r for r in mine if r["method"] == "teacher"]
+    tuned = [r for r in mine if "+finetune" in r["method"]]
+    written = []
+    for name, part, title in (
+        (f"factorize_{task}.png", [r for r in mine if r not in tuned], "no fine-tuning"),
+        (f"factorize_{task}_finetuned.png", teacher + tuned, "compressed, then fine-tuned"),
+    ):
+        if len(part) > len(teacher):
+            plot_tradeoff(
+                plot_points(part),
+                folder / name,
+                x="params",
+                y="score",
+                title=f"{task}: score vs stored parameters ({title})",
+            )
+            written.append(folder / name)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = command_line(__file__, argv)
@@ -944,14 +971,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[factorize] --resume found every setting recorded in {args.out}")
         return 0
     for task in sorted({r["task"] for r in rows}):
-        task_rows = [r for r in sink.rows if r["task"] == task]
-        plot_tradeoff(
-            plot_points(task_rows),  # a seed study's calibration samples: one mean point
-            args.out.parent / f"factorize_{task}.png",
-            x="params",
-            y="score",
-            title=f"{task}: score vs stored parameters (no fine-tuning unless noted)",
-        )
+        plot_task(sink.rows, task, args.out.parent)
     print(markdown_table(rows, REPORT_COLUMNS["factorize"]))
     print(f"[factorize] wrote {args.out}")
     return 0

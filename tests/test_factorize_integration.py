@@ -379,3 +379,42 @@ def test_benchmark_seed_study_draws_another_calibration_sample_scores_only(
     assert len(rows()) == before
     with pytest.raises(SystemExit):
         fact.parse_args(["--seed", "43", "--with-finetune"])
+
+
+def test_benchmark_plots_fine_tuned_rows_apart(load_benchmark, tmp_path, monkeypatch):
+    """benchmarks/factorize.py draws the rows with no fine-tuning and the fine-tuned ones in
+    two plots, the teacher in both, a seed study's samples as one mean point."""
+    factorize = load_benchmark("factorize")
+    drawn = {}
+    monkeypatch.setattr(
+        factorize, "plot_tradeoff", lambda rows, path, **kw: drawn.update({path.name: rows})
+    )
+
+    def row(method, score, seed=42, task="sst2"):
+        return {
+            "task": task,
+            "method": method,
+            "setting": "ratio 2",
+            "score": score,
+            "params": 1,
+            "seed": seed,
+        }
+
+    rows = [
+        row("teacher", 90.0),
+        row("svd", 60.0),
+        row("svd", 62.0, seed=43),
+        row("svd+finetune", 80.0),
+        row("uncompressed+finetune", 85.0),
+        row("svd", 10.0, task="mrpc"),
+    ]
+    written = factorize.plot_task(rows, "sst2", tmp_path)
+    assert [p.name for p in written] == ["factorize_sst2.png", "factorize_sst2_finetuned.png"]
+    plain = {r["method"]: r["score"] for r in drawn["factorize_sst2.png"]}
+    assert plain == {"teacher": 90.0, "svd": 61.0}
+    tuned = {r["method"] for r in drawn["factorize_sst2_finetuned.png"]}
+    assert tuned == {"teacher", "svd+finetune", "uncompressed+finetune"}
+    drawn.clear()
+    assert [p.name for p in factorize.plot_task(rows[:3], "sst2", tmp_path)] == [
+        "factorize_sst2.png"
+    ]
