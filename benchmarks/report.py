@@ -2709,6 +2709,12 @@ def render_section(name: str, rows: list[dict], floors: dict, filename: str) -> 
         columns = (columns or ["task", "method", "setting", "score", "reference_score"]) + [
             "evidence"
         ]
+        if (
+            len({r.get("seed") for r in rows if r["method"] != "teacher"}) > 1
+            and "seed" not in columns
+        ):
+            # a seed study's rows repeat a setting: the seed tells them apart
+            columns.insert(columns.index("setting") + 1 if "setting" in columns else 0, "seed")
     else:
         rows_shown = rows
     parts.append(markdown_table(rows_shown, columns or None) + "\n")

@@ -741,6 +741,15 @@ def test_a_result_file_the_report_does_not_know_gets_a_generic_section(report):
     assert "### Targets" not in graded
 
 
+def test_rows_of_a_seed_study_get_a_seed_column(report):
+    rows = [{**_row("sst2", "m", "t", 80.0 + s), "seed": s} for s in (42, 43)]
+    text = report.render_section("otherbench", rows, {}, "otherbench.json")
+    assert "| task | method | setting | seed | score |" in text
+    assert "| sst2 | m | t | 43 | 123" in text
+    one = report.render_section("otherbench", rows[:1], {}, "otherbench.json")
+    assert "| seed |" not in one
+
+
 def test_slim_target_rows_say_first_written_or_later_and_how_noisy(report):
     def pt(method, setting, score, mflops):
         r = _row("sst2", method, setting, score)
