@@ -31,6 +31,20 @@ benchmarks/teachers.py; stacks built with `gearshift stack` under runs/stacks/TA
     # about 1-1.5 h: per task ~20 candidates x full dev scoring (~10 min) + 2 thread
     # counts x 2 batch sizes x 5 rounds of interleaved timing (~10 min each)
 
+Seed study (the stacks' trained parts, plugins and exit heads, of another seed; scores and
+FLOPs only, never timed): build seed N's stacks with `python benchmarks/compose.py --tasks
+sst2 --seed N --build-only` (folders runs/compose/sst2/stacks-sN/), give them a task folder
+(`mkdir -p runs/frontier-sN && ln -s ../compose/sst2/stacks-sN runs/frontier-sN/sst2`), then
+
+    python benchmarks/frontier.py --tasks sst2 --seed N --stacks-dir runs/frontier-sN
+    # ~10 min per task: the teacher and the first run's stacks, every engine, full dev
+
+Its rows (``seed: N``, no latency) join the results file beside the first run's, whose
+stacks were compose.py's seed-42 build (``seed: null`` on those rows: nothing is trained by
+this script); the report judges target 1 on each seed with that seed's scores and the first
+run's latency ratios (an exit stack's ratio moves with its exit rate: its FLOPs per seed are
+in the rows).
+
 CI / smoke (a tiny random teacher, 16 dev sentences, a stack with a random k2 plugin and
 random exits, 2 rounds):
 
@@ -295,6 +309,8 @@ def run_task(task_name: str, args, command: str) -> list[dict]:
         for k, v in make_batch(tok, texts, 32).items()
         if k != "token_type_ids" or teacher.config.type_vocab_size > 1
     }
+    if args.seed is not None:
+        return seed_rows(task, teacher, teacher_folder, data, flops_batch, args, command)
     cands = []
     for i, form in enumerate(forms(teacher, args, task.name)):
         for engine in form["engines"]:
@@ -356,7 +372,7 @@ def run_task(task_name: str, args, command: str) -> list[dict]:
                     "graph": getattr(runs[k], "route", None),
                     "graph_mode": getattr(runs[k], "mode", None),
                     # nothing is trained here: a stack's adapters keep the seed of their own
-                    # training run (benchmarks/compose.py: 42)
+                    # training run (benchmarks/compose.py: 42), which the folder does not record
                     "seed": None,
                     "command": command,
                     "date": now_iso(),
@@ -366,17 +382,132 @@ def run_task(task_name: str, args, command: str) -> list[dict]:
                     "examples": len(data.features) if hasattr(data, "features") else limit,
                     "teacher": str(teacher_folder),
                     "extras": {
+                        "seed_note": seed_note(c),
                         "retime": {
                             "protocol": asdict(protocol),
                             "ratio_b1_spread": list(timed[1].spread[k]),
                             "ratio_b32_spread": list(timed[32].spread[k]),
                             "load_per_core": load,
                             "quiet": load <= protocol.max_load,
-                        }
+                        },
                     },
                 }
             )
     return rows
+
+
+def seed_note(cand: dict) -> str:
+    """What a first-run row's score owes to a seed: nothing, unless a stack's trained part
+    (plugin, exit heads) runs in its setting."""
+    from gearshift.measure.report import SEED_FREE
+
+    if cand["method"] == "stack" and any(v is not None for v in cand["stack"].values()):
+        return (
+            "the stack's trained parts keep the seed of their build (compose.py: 42 unless "
+            "--seed); frontier.py --seed N scores seed N's"
+        )
+    return SEED_FREE + " (no trained part runs in this point)"
+
+
+def first_run_stacks(task_name: str, output: Path) -> set[str]:
+    """The stack folders (names) the first run measured on ``task_name``: a seed study
+    scores the same ones."""
+    import json
+
+    if not output.is_file():
+        return set()
+    rows = json.loads(output.read_text()).get("rows", [])
+    return {
+        r["setting"].split(":")[0]
+        for r in rows
+        if r["task"] == task_name and r["method"] == "stack" and r.get("seed") is None
+    }
+
+
+def seed_rows(task, teacher, teacher_folder, data, flops_batch, args, command) -> list[dict]:
+    """Seed N's stacks (the first run's stack folders, with seed N's trained parts) and the
+    teacher, scored on every engine and counted in FLOPs; untimed."""
+    from gearshift.api import load
+    from gearshift.engine import build
+    from gearshift.measure.evaluate import evaluate
+    from gearshift.measure.report import machine_description, now_iso
+
+    names = first_run_stacks(task.name, args.output_path)
+    if not names:
+        raise SystemExit(
+            f"no first-run stack rows for {task.name} in {args.output_path}: a seed study "
+            "scores the stacks the first (timed) run measured; run that first"
+        )
+    root = Path(args.stacks_dir) / task.name
+    missing = sorted(n for n in names if not (root / n / "gearshift.json").is_file())
+    if missing:
+        raise SystemExit(
+            f"seed {args.seed}: no stack folder for {', '.join(missing)} under {root}; build them "
+            f"with `python benchmarks/compose.py --tasks {task.name} --seed {args.seed} "
+            "--build-only` and link its stacks-s<seed> folder there"
+        )
+    cands = [dict(name="teacher", setting="fp32", model=teacher, stack={}, engine="eager")]
+    for name in sorted(names):
+        stack = load(root / name)
+        for label, setting in stack.settings().items():
+            for engine in ENGINES:
+                cands.append(
+                    dict(
+                        name="stack",
+                        setting=f"{name}: {label}",
+                        model=stack,
+                        stack=setting,
+                        engine=engine,
+                    )
+                )
+    torch.set_num_threads(args.threads[0])
+    rows, ref = [], None
+    for c in cands:
+        print(f"[{task.name} seed {args.seed}] {c['setting']} on {c['engine']}", file=sys.stderr)
+        run = build(c["model"], c["engine"], threads=args.threads[0], setting=c["stack"])
+        score = evaluate(run, data)[task.main_metric]
+        ref = score if ref is None else ref  # the teacher comes first
+        rows.append(
+            {
+                "task": task.name,
+                "method": c["name"],
+                "setting": c["setting"],
+                "engine": c["engine"],
+                "metric": task.main_metric,
+                "score": score,
+                "reference_score": ref,
+                "latency_ratio_b1": None,
+                "latency_ratio_b32": None,
+                "flops": mean_flops(c["model"], c["stack"], flops_batch),
+                "seed": args.seed,
+                "command": command,
+                "date": now_iso(),
+                "machine": machine_description(),
+                "threads": None,
+                "examples": len(data.features) if hasattr(data, "features") else args.limit,
+                "teacher": str(teacher_folder),
+                "extras": {"seed_study": True},
+            }
+        )
+    return rows
+
+
+def merge_seed_rows(output: Path, rows: list[dict]) -> None:
+    """A seed study's rows into the results file: the first run's rows and targets stay,
+    an earlier seed study of the same seed and task is replaced (seed 42's study re-scores the
+    first run's adapters, on this machine, beside the first run's rows)."""
+    import json
+
+    from gearshift.atomic import write_json_atomic
+
+    data = json.loads(output.read_text())
+    new = {(r["task"], r["seed"]) for r in rows}
+    kept = [
+        r
+        for r in data["rows"]
+        if not (r.get("extras", {}).get("seed_study") and (r["task"], r.get("seed")) in new)
+    ]
+    write_json_atomic(output, dict(data, rows=kept + rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,15 +535,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=defaults.rounds, help="interleaved rounds")
     parser.add_argument("--quick", action="store_true", help="smoke run on a tiny random teacher")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="a seed study: score the first run's stacks built with this seed's trained parts "
+        "(from --stacks-dir), untimed; the rows join the results file beside the first run's",
+    )
     args = parser.parse_args(argv)
+    if args.seed is not None and (args.quick or not args.stacks_dir):
+        parser.error(
+            "--seed scores seed N's stacks: give --stacks-dir with their task folders "
+            "(and no --quick)"
+        )
     if args.quick:
         args.ratios = [2.0]
         args.work = "runs/frontier-quick"
     output = Path(args.output or (Path(args.work) / "frontier.json" if args.quick else RESULTS))
     command = command_line(__file__, argv)
+    args.output_path = output
     rows: list[dict] = []
     for task_name in args.tasks:
         rows.extend(run_task(task_name, args, command))
+    if args.seed is not None:
+        merge_seed_rows(output, rows)
+        print(f"{len(rows)} seed-{args.seed} rows -> {output}")
+        return 0
     targets = evaluate_targets(rows)
     from gearshift.atomic import write_json_atomic
     from gearshift.engine.tune import plot_frontier

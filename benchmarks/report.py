@@ -2464,6 +2464,7 @@ def frontier_table(rows: list[dict], floors: dict) -> str:
     ratios at batch 1 and 32 (median over rounds, range in brackets), FLOPs ratio and size,
     every row against the fp32 teacher of the same run and thread count."""
     out = []
+    rows = [r for r in rows if not is_frontier_seed_row(r)]  # untimed: frontier_seed_study
     for task in sorted({r["task"] for r in rows}):
         rs = [r for r in rows if r["task"] == task]
         out += [
@@ -2496,6 +2497,154 @@ def frontier_table(rows: list[dict], floors: dict) -> str:
     return "\n".join(out)
 
 
+def is_frontier_seed_row(row: dict) -> bool:
+    """A frontier seed study's row (``frontier.py --seed N``): scored, never timed."""
+    return bool(row.get("extras", {}).get("seed_study"))
+
+
+FRONTIER_LINE = 1.0  # target 1: within this many points of the teacher
+FRONTIER_FIRST_SEED = 42  # the first run's stacks: compose.py's default build
+
+
+def frontier_target1_on(scores: dict, ref: float, first: list[dict], ort8: dict) -> list:
+    """Target 1 on one seed's scores (``scores[(setting, engine)]``) with the first run's
+    latency ratios: the (setting, engine) pairs within the line that beat ort-int8 at
+    batch 1 and 32, fastest at batch 1 first."""
+    wins = []
+    for r in first:
+        key = (r["setting"], r["engine"])
+        if r["method"] != "stack" or key not in scores or scores[key] < ref - FRONTIER_LINE:
+            continue
+        if (
+            r["latency_ratio_b1"] < ort8["latency_ratio_b1"]
+            and r["latency_ratio_b32"] < ort8["latency_ratio_b32"]
+        ):
+            wins.append((r["latency_ratio_b1"], key))
+    return [key for _, key in sorted(wins)]
+
+
+def frontier_seed_study(rows: list[dict], targets: list[dict]) -> str:
+    """Target 1 of each task with a seed study, on every seed: each seed's scores (its own
+    plugins and exit heads in the first run's stack folders) against the first run's
+    latency ratios and ort-int8's; then the first run's winning point over the seeds, its
+    margin over the line with a 95% t-interval. Seed 42's scores are its seed-study rows
+    where it has them (scored beside the other seeds, on one machine), else the first
+    run's; a table gives every point's score on each seed, and where seed 42 was scored
+    twice the first run's score beside it (int8 kernels differ between CPUs)."""
+    out = []
+    for task in sorted({r["task"] for r in rows if is_frontier_seed_row(r)}):
+        study = [r for r in rows if r["task"] == task and is_frontier_seed_row(r)]
+        first_all = [r for r in rows if r["task"] == task and not is_frontier_seed_row(r)]
+        seeds = sorted({r["seed"] for r in study} | {FRONTIER_FIRST_SEED})
+        per_seed: dict[int, dict] = {}
+        for seed in seeds:
+            own = [r for r in study if r["seed"] == seed]
+            if not own:  # seed 42 without a study: the first run's scores (one thread count)
+                t1 = min(r["threads"] for r in first_all)
+                own = [r for r in first_all if r["threads"] == t1]
+            per_seed[seed] = {(r["setting"], r["engine"]): r for r in own}
+        names = ", ".join(str(x) for x in seeds)
+        first1 = {
+            (r["setting"], r["engine"]): r
+            for r in first_all
+            if r["threads"] == min(x["threads"] for x in first_all)
+        }
+        ref_flops = next(
+            (r["flops"] for r in first_all if r["method"] == "teacher" and r["engine"] == "eager"),
+            None,
+        )
+        for t in targets:
+            if t["task"] != task or t["target"] != 1:
+                continue
+            first = [r for r in first_all if r["threads"] == t["threads"]]
+            ort8 = next((r for r in first if r["method"] == "ort-int8"), None)
+            ref_row = next(
+                (r for r in first if r["method"] == "teacher" and r["engine"] == "eager"), None
+            )
+            if ort8 is None or ref_row is None:
+                continue
+            ref = ref_row["score"]
+            met, parts = 0, []
+            for seed, points in per_seed.items():
+                scores = {k: r["score"] for k, r in points.items()}
+                wins = frontier_target1_on(scores, ref, first, ort8)
+                met += bool(wins)
+                parts.append(f"{seed}: " + (f"{wins[0][0]} on {wins[0][1]}" if wins else "none"))
+            n = len(per_seed)
+            verdict = "met on every seed" if met == n else f"met on {met} of {n} seeds"
+            line = (
+                f"- {task}, {t['threads']} thread(s), target 1 over seeds {names} (each seed's "
+                f"scores, the first run's latency ratios): {verdict} (fastest point that meets "
+                f"it: {'; '.join(parts)})"
+            )
+            if t.get("by"):
+                key = tuple(t["by"].rsplit(" on ", 1))
+                margins = [
+                    points[key]["score"] - (ref - FRONTIER_LINE)
+                    for points in per_seed.values()
+                    if key in points
+                ]
+                if len(margins) == n:
+                    m, sd, half = seed_interval(margins)
+                    lo, hi = m - half, m + half
+                    call = "above" if lo > 0 else "below" if hi < 0 else "within noise of"
+                    line += (
+                        f". The first run's point ({t['by']}) over the seeds: "
+                        f"{m:+.2f} ± {sd:.2f} points from the line ({ref - FRONTIER_LINE:.2f}), "
+                        f"95% interval {lo:+.2f} to {hi:+.2f}: {call} the line ({n} seeds)"
+                    )
+            out.append(line)
+        twice = any(r["seed"] == FRONTIER_FIRST_SEED for r in study)
+        head = ["setting", "engine", *(f"seed {x}" for x in seeds), "mean ± sd", "FLOPs"]
+        if twice:
+            head.insert(2, "first run (seed 42)")
+        out += ["", f"{task}, every point on every seed:", ""]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        keys = [k for k in per_seed[seeds[0]] if all(k in per_seed[x] for x in seeds)]
+        for key in keys:
+            vals = [per_seed[x][key]["score"] for x in seeds]
+            m, sd, _ = seed_interval(vals)
+            flops = [per_seed[x][key].get("flops") for x in seeds]
+            fl = "-"
+            if ref_flops and all(flops):
+                lo_f, hi_f = min(flops) / ref_flops, max(flops) / ref_flops
+                fl = f"{lo_f:.2f}" if abs(hi_f - lo_f) < 0.005 else f"{lo_f:.2f}-{hi_f:.2f}"
+            cells = [key[0], key[1], *(f"{v:.2f}" for v in vals), f"{m:.2f} ± {sd:.2f}", fl]
+            if twice:
+                got = first1.get(key)
+                cells.insert(2, f"{got['score']:.2f}" if got else "-")
+            out.append("| " + " | ".join(cells) + " |")
+        if twice:
+            machines = sorted({r.get("machine", "?").split(",")[0] for r in first_all})
+            again = sorted({r.get("machine", "?").split(",")[0] for r in study})
+            gaps: dict[bool, list[float]] = {True: [], False: []}
+            for key, r in per_seed[FRONTIER_FIRST_SEED].items():
+                if key in first1:
+                    int8 = "int8" in key[0] or "int8" in key[1]
+                    gaps[int8].append(abs(r["score"] - first1[key]["score"]))
+
+            def widest(xs):
+                return f"{max(xs):.2f}" if xs else "-"
+
+            out += [
+                "",
+                f"Seed 42 scored twice: the first run on {' / '.join(machines)}, its seed "
+                f"study on {' / '.join(again)}. The widest gap between the two: "
+                f"{widest(gaps[False])} points over the points without int8, "
+                f"{widest(gaps[True])} over those with int8 (torch's or ONNX Runtime's dynamic "
+                "int8, whose kernels differ between CPUs); the seeds are compared on the "
+                "study's scores.",
+            ]
+    if not out:
+        return ""
+    head_line = (
+        "Seed study (`frontier.py --seed N`: the first run's stack folders rebuilt with seed "
+        "N's plugins and exit heads, scored on every engine, untimed; an exit stack's latency "
+        "moves with its exit rate, which its FLOPs per seed show):"
+    )
+    return "\n".join([head_line, "", *out])
+
+
 def frontier_targets(rows: list[dict]) -> str:
     """The frontier's two targets as its script judged them (frontier.json "targets"), with
     the caveat the floor rule and the seed count add: a verdict resting only on stacks at
@@ -2504,19 +2653,29 @@ def frontier_targets(rows: list[dict]) -> str:
     targets = json.loads(path.read_text()).get("targets", []) if path.is_file() else []
     floors = constant_floors(sorted({r["task"] for r in rows}))
     out = [frontier_table(rows, floors), ""] if rows else []
+    studied = {r["task"] for r in rows if is_frontier_seed_row(r)}
     for t in targets:
-        stacks = [r for r in rows if r["task"] == t["task"] and r["method"] == "stack"]
+        stacks = [
+            r
+            for r in rows
+            if r["task"] == t["task"] and r["method"] == "stack" and not is_frontier_seed_row(r)
+        ]
         signal = [r for r in stacks if has_signal(r, floors, r.get("reference_score"))]
         verdict = "met" if t["met"] else f"missed: {t['cause']}"
         caveat = []
         if t["met"] and stacks and not signal:
             caveat.append(f"every stack measured is {NO_SIGNAL} on {t['task']}")
-        if stacks:
+        if stacks and t["task"] in studied and t["target"] == 1:
+            caveat.append("the first run, seed 42's adapters; over seeds below")
+        elif stacks:
             caveat.append("1 seed (each stack's adapters were trained once)")
         out.append(
             f"- {t['task']}, {t['threads']} thread(s), target {t['target']}: {verdict}"
             + (f" ({'; '.join(caveat)})" if caveat else "")
         )
+    study = frontier_seed_study(rows, targets)
+    if study:
+        out += ["", study]
     return "\n".join(out)
 
 

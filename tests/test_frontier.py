@@ -76,3 +76,46 @@ def test_report_table_shows_threads_engines_and_spreads(load_benchmark):
         in text
     )
     assert text.count("| 1 | ") == 3 and text.count("| 2 | ") == 3
+
+
+def test_a_seed_study_joins_the_results_beside_the_first_run(load_benchmark, tmp_path):
+    """frontier.py --seed N scores the first run's stack folders only, and its rows join
+    the results file: the first run's rows and targets stay, a re-run of seed N replaces
+    seed N's rows; without --stacks-dir it stops with the fix."""
+    import json
+
+    import pytest
+
+    frontier = load_benchmark("frontier")
+    out = tmp_path / "frontier.json"
+    first = [dict(r, task="sst2", seed=None) for r in BASE] + [
+        dict(_row("stack", "svdllm2+int8+exits: full", "eager", 85.0, 0.5, 0.5), task="sst2"),
+        dict(_row("stack", "int8+plugin: plugins=k4-ffn", "onnx", 84.0, 0.5, 0.5), task="sst2"),
+    ]
+    targets = [{"task": "sst2", "threads": 1, "target": 1, "met": False, "cause": "x"}]
+    out.write_text(json.dumps({"benchmark": "frontier", "rows": first, "targets": targets}))
+    assert frontier.first_run_stacks("sst2", out) == {"svdllm2+int8+exits", "int8+plugin"}
+    assert frontier.first_run_stacks("mrpc", out) == set()
+
+    def seed_row(seed, score):
+        row = _row("stack", "int8+plugin: full", "eager", score, None, None)
+        return dict(row, task="sst2", seed=seed, extras={"seed_study": True})
+
+    frontier.merge_seed_rows(out, [seed_row(43, 80.0)])
+    frontier.merge_seed_rows(out, [seed_row(44, 81.0)])
+    frontier.merge_seed_rows(out, [seed_row(43, 82.0)])  # seed 43 again: replaces its rows
+    # seed 42's study sits beside the first run's rows of seed 42, never in their place
+    first[2]["seed"] = 42
+    data = json.loads(out.read_text())
+    data["rows"][2]["seed"] = 42
+    out.write_text(json.dumps(data))
+    frontier.merge_seed_rows(out, [seed_row(42, 83.0)])
+    data = json.loads(out.read_text())
+    assert data["targets"] == targets and data["rows"][: len(first)] == first
+    assert sorted((r["seed"], r["score"]) for r in data["rows"][len(first) :]) == [
+        (42, 83.0),
+        (43, 82.0),
+        (44, 81.0),
+    ]
+    with pytest.raises(SystemExit):
+        frontier.main(["--tasks", "sst2", "--seed", "43"])
