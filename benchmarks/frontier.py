@@ -39,9 +39,9 @@ sst2 --seed N --build-only` (folders runs/compose/sst2/stacks-sN/), give them a 
     python benchmarks/frontier.py --tasks sst2 --seed N --stacks-dir runs/frontier-sN
     # ~10 min per task: the teacher and the first run's stacks, every engine, full dev
 
-Its rows (``seed: N``, no latency) join the results file beside the first run's, whose
-stacks were compose.py's seed-42 build (``seed: null`` on those rows: nothing is trained by
-this script); the report judges target 1 on each seed with that seed's scores and the first
+Its rows (``seed: N``, ``extras.seed_study``, no latency) join the results file beside the
+first run's, whose stacks were compose.py's seed-42 build (the folders do not record a seed:
+``extras.seed_note`` says so on those rows); the report judges target 1 on each seed with that seed's scores and the first
 run's latency ratios (an exit stack's ratio moves with its exit rate: its FLOPs per seed are
 in the rows).
 
@@ -420,7 +420,9 @@ def first_run_stacks(task_name: str, output: Path) -> set[str]:
     return {
         r["setting"].split(":")[0]
         for r in rows
-        if r["task"] == task_name and r["method"] == "stack" and r.get("seed") is None
+        if r["task"] == task_name
+        and r["method"] == "stack"
+        and not r.get("extras", {}).get("seed_study")
     }
 
 
